@@ -1,0 +1,148 @@
+"""FeatureMaps: last-conv feature maps of n images together with the head.
+
+This is what :class:`~sklearn_ais.DNNFeatureMapTransformer` returns and what
+:class:`~sklearn_ais.AISSelector` and :class:`~sklearn_ais.AISHeatmapper`
+accept. It behaves like an array of n samples for scikit-learn's tooling
+(``shape``, ``len`` and row indexing), so ``cross_validate`` and
+``GridSearchCV`` can slice it image-wise.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from .backbones._heads import Head, PoolingHead
+
+
+class FeatureMaps:
+    """Feature maps of n images, the head that embeds them, and their geometry.
+
+    Parameters
+    ----------
+    maps : ndarray of shape (n_images, n_maps, h, w)
+        Activations of the last convolutional layer (float32).
+    head : Head
+        Turns maps into embeddings (see :mod:`sklearn_ais.backbones`).
+    geometry : ndarray of shape (n_images, 6), dtype int, optional
+        Per image ``(orig_h, orig_w, resized_h, resized_w, crop_top,
+        crop_left)``: the original image was resized to ``(resized_h,
+        resized_w)`` and a window of ``input_size`` starting at
+        ``(crop_top, crop_left)`` was fed to the network. Used to map a
+        heatmap back onto the original image.
+    input_size : tuple of int, optional
+        ``(H, W)`` of the network input.
+    ids : array-like of shape (n_images,), optional
+        Image identifiers (file names, dataset indices).
+    backbone, layer : str, optional
+        Provenance, for reports.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais import FeatureMaps
+    >>> from sklearn_ais.backbones import PoolingHead
+    >>> fm = FeatureMaps(np.ones((5, 3, 2, 2), dtype=np.float32), PoolingHead())
+    >>> fm.shape, fm[[0, 2]].shape
+    ((5, 3, 2, 2), (2, 3, 2, 2))
+    >>> fm.embed().shape
+    (5, 3)
+    """
+
+    def __init__(self, maps, head: Head, geometry=None, input_size=None, ids=None, backbone=None, layer=None):
+        maps = np.asarray(maps)
+        if maps.ndim != 4:
+            raise ValueError(f"maps must have shape (n_images, n_maps, h, w), got {maps.shape}")
+        if not isinstance(head, Head):
+            raise TypeError(f"head must be a sklearn_ais.backbones Head, got {type(head).__name__}")
+        self.maps = maps
+        self.head = head
+        self.geometry = None if geometry is None else np.asarray(geometry)
+        if self.geometry is not None and self.geometry.shape != (maps.shape[0], 6):
+            raise ValueError(f"geometry must have shape ({maps.shape[0]}, 6), got {self.geometry.shape}")
+        self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
+        self.ids = None if ids is None else np.asarray(ids)
+        if self.ids is not None and len(self.ids) != maps.shape[0]:
+            raise ValueError(f"ids must have {maps.shape[0]} entries, got {len(self.ids)}")
+        self.backbone = backbone
+        self.layer = layer
+
+    # -- array-like protocol used by scikit-learn's slicing -------------------
+    @property
+    def shape(self):
+        return self.maps.shape
+
+    @property
+    def ndim(self):
+        return 4
+
+    @property
+    def n_maps(self) -> int:
+        return self.maps.shape[1]
+
+    def __len__(self):
+        return self.maps.shape[0]
+
+    def __getitem__(self, key):
+        # scikit-learn's _safe_indexing calls X[key, ...]
+        if isinstance(key, tuple):
+            if len(key) == 2 and key[1] is Ellipsis:
+                key = key[0]
+            else:
+                raise IndexError("FeatureMaps supports row (image) indexing only")
+        if isinstance(key, numbers.Integral):
+            key = [key]
+        idx = np.arange(len(self))[key]
+        return FeatureMaps(
+            self.maps[idx],
+            self.head,
+            geometry=None if self.geometry is None else self.geometry[idx],
+            input_size=self.input_size,
+            ids=None if self.ids is None else self.ids[idx],
+            backbone=self.backbone,
+            layer=self.layer,
+        )
+
+    def __repr__(self):
+        n, K, h, w = self.shape
+        src = f", backbone={self.backbone!r}" if self.backbone else ""
+        return f"FeatureMaps(n_images={n}, n_maps={K}, map_size={h}x{w}, head={self.head!r}{src})"
+
+    # -- embeddings -----------------------------------------------------------
+    def embed(self, keep=None, device="cpu", batch_size: int = 256) -> np.ndarray:
+        """Embeddings (n, D) through the head, with maps outside ``keep`` set to 0.
+
+        Parameters
+        ----------
+        keep : array-like of bool of shape (n_maps,), optional
+            Maps to keep; the others are ablated. Default keeps all.
+        """
+        out = []
+        keep_t = None
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool)
+            if keep.shape != (self.n_maps,):
+                raise ValueError(f"keep must be a boolean mask of shape ({self.n_maps},), got {keep.shape}")
+            keep_t = torch.as_tensor(keep, device=device)
+        for start in range(0, len(self), batch_size):
+            x = torch.as_tensor(self.maps[start : start + batch_size], device=device, dtype=torch.float32)
+            if keep_t is not None:
+                x = x * keep_t[None, :, None, None]
+            out.append(self.head(x).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def as_feature_maps(X) -> tuple[FeatureMaps | None, np.ndarray | None]:
+    """Split an estimator input into (FeatureMaps, None) or (None, 2-D array)."""
+    if isinstance(X, FeatureMaps):
+        return X, None
+    return None, X
+
+
+def pooled_embedding(fm: FeatureMaps) -> np.ndarray | None:
+    """For a pooling head the (n, K) embedding fully describes every ablation."""
+    if isinstance(fm.head, PoolingHead):
+        return fm.embed()
+    return None

@@ -1,0 +1,186 @@
+"""Similarity matrices, upper triangles and (masked, batched) correlations.
+
+Conventions used throughout the package:
+
+* A model representational similarity matrix (RSM) is built from embedding
+  rows. ``"pearson"`` is the Pearson correlation of two rows (``np.corrcoef``),
+  ``"cosine"`` the cosine of the angle between them. A row with zero variance
+  (Pearson) or zero norm (cosine) carries no information: its similarity to
+  every other row is defined as 0 (``np.corrcoef`` would return NaN).
+* Two matrices are compared on their strict upper triangles (diagonal
+  excluded). Human pairs that are NaN are missing and are ignored.
+* ``"spearman"`` uses average ranks for ties, exactly as
+  :func:`scipy.stats.spearmanr`. When either side is constant the
+  correlation is undefined; for a *model* side we return 0 (no information),
+  the human side is validated to be non-constant before any work starts.
+
+Everything that is evaluated many times (leave-one-out and sweep candidates)
+goes through :func:`batched_correlation`, a torch kernel that handles a
+``(B, m)`` batch of candidate vectors against one target vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SIMILARITIES = ("pearson", "cosine")
+COMPARISONS = ("spearman", "pearson")
+
+# Rows whose variance (or squared norm) is below this, relative to the scale
+# of the data, are treated as constant.
+_REL_EPS = 1e-12
+
+
+def upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the strict upper triangle of an n x n matrix."""
+    return np.triu_indices(n, k=1)
+
+
+def upper_triangle(matrix) -> np.ndarray:
+    """Strict upper triangle (diagonal excluded) of a square matrix, row-major."""
+    matrix = np.asarray(matrix)
+    return matrix[upper_indices(matrix.shape[0])]
+
+
+def similarity_matrix(embeddings, similarity: str = "pearson") -> np.ndarray:
+    """Model similarity matrix of embedding rows.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (n_images, n_features)
+        One embedding per image.
+    similarity : {"pearson", "cosine"}, default="pearson"
+        ``"pearson"`` equals ``np.corrcoef(embeddings)`` wherever that is
+        defined; ``"cosine"`` is the cosine similarity.
+
+    Returns
+    -------
+    rsm : ndarray of shape (n_images, n_images)
+        Symmetric, float64, unit diagonal. Rows without variance (or norm)
+        have similarity 0 to every other row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.metrics import similarity_matrix
+    >>> E = np.array([[1., 2., 3.], [2., 4., 7.], [3., 2., 1.]])
+    >>> np.allclose(similarity_matrix(E), np.corrcoef(E))
+    True
+    """
+    E = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
+    return rsm_torch(E[None], similarity)[0].numpy()
+
+
+def rsm_torch(E: torch.Tensor, similarity: str) -> torch.Tensor:
+    """Batched RSMs: ``E`` is (B, n, D); returns (B, n, n) with unit diagonal."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    En = _standardize_rows(E, center=similarity == "pearson")
+    Z = En @ En.transpose(-1, -2)
+    Z = Z.clamp(-1.0, 1.0)
+    idx = torch.arange(Z.shape[-1], device=Z.device)
+    Z[..., idx, idx] = 1.0
+    return Z
+
+
+def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1-based) along the last axis, as ``scipy.stats.rankdata``.
+
+    ``x`` is (B, m). Ties get the mean of the ranks they span.
+    """
+    B, m = x.shape
+    order = torch.argsort(x, dim=1, stable=True)
+    xs = torch.gather(x, 1, order)
+    pos = torch.arange(m, device=x.device, dtype=x.dtype).expand(B, m)
+    new_run = torch.ones_like(xs, dtype=torch.bool)
+    new_run[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    if bool(new_run.all()):
+        ranks_sorted = pos + 1
+    else:
+        run_id = torch.cumsum(new_run, dim=1) - 1
+        first = torch.full((B, m), float(m), device=x.device, dtype=x.dtype)
+        first = first.scatter_reduce(1, run_id, pos, reduce="amin", include_self=True)
+        last = torch.full((B, m), -1.0, device=x.device, dtype=x.dtype)
+        last = last.scatter_reduce(1, run_id, pos, reduce="amax", include_self=True)
+        ranks_sorted = torch.gather((first + last) / 2 + 1, 1, run_id)
+    ranks = torch.empty_like(ranks_sorted)
+    ranks.scatter_(1, order, ranks_sorted)
+    return ranks
+
+
+def _standardize_rows(x: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """Centre each row (optionally) and scale it to unit norm.
+
+    A row whose centred energy is negligible relative to its own magnitude
+    (constant up to round-off) or that is all zero becomes 0.
+    """
+    scale = (x.abs().amax(dim=-1, keepdim=True) ** 2) * x.shape[-1]
+    if center:
+        x = x - x.mean(dim=-1, keepdim=True)
+    sq = (x * x).sum(dim=-1, keepdim=True)
+    alive = (sq > _REL_EPS * scale) & (sq > 0)
+    inv = torch.where(alive, sq.clamp_min(torch.finfo(x.dtype).tiny).rsqrt(), torch.zeros_like(sq))
+    return x * inv
+
+
+class TargetVector:
+    """A human vector prepared once for many comparisons.
+
+    ``values`` is the observed part (NaNs removed), ``mask`` the boolean mask of
+    observed entries in the full vector, ``prepared`` its standardized ranks
+    (Spearman) or standardized values (Pearson).
+    """
+
+    def __init__(self, values, comparison: str, device="cpu", dtype=torch.float64):
+        if comparison not in COMPARISONS:
+            raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
+        values = np.asarray(values, dtype=np.float64)
+        self.mask = ~np.isnan(values)
+        self.comparison = comparison
+        self.device = device
+        self.dtype = dtype
+        self.mask_t = torch.as_tensor(self.mask, device=device)
+        self.n_observed = int(self.mask.sum())
+        v = torch.as_tensor(values[self.mask], device=device, dtype=dtype)[None]
+        if comparison == "spearman":
+            v = rankdata_torch(v)
+        self.prepared = _standardize_rows(v)[0]
+        self.is_constant = bool((self.prepared == 0).all())
+
+    def correlate(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Correlation of each row of ``candidates`` (B, m_full) with the target.
+
+        Only observed entries are used. Returns (B,) in the candidates' dtype.
+        """
+        c = candidates
+        if not bool(self.mask.all()):
+            c = c[:, self.mask_t]
+        c = c.to(self.dtype)
+        if self.comparison == "spearman":
+            c = rankdata_torch(c)
+        c = _standardize_rows(c)
+        return (c @ self.prepared).clamp(-1.0, 1.0)
+
+
+def batched_correlation(candidates, target, comparison: str = "spearman") -> np.ndarray:
+    """Correlation of each row of ``candidates`` with ``target`` (NaN = missing).
+
+    Parameters
+    ----------
+    candidates : array-like of shape (n_candidates, m)
+    target : array-like of shape (m,)
+    comparison : {"spearman", "pearson"}
+
+    Returns
+    -------
+    r : ndarray of shape (n_candidates,)
+    """
+    tv = TargetVector(target, comparison)
+    c = torch.as_tensor(np.asarray(candidates, dtype=np.float64))
+    return tv.correlate(c).numpy()
+
+
+def correlation(a, b, comparison: str = "spearman") -> float:
+    """Correlation of two vectors, ignoring positions where ``b`` is NaN."""
+    return float(batched_correlation(np.asarray(a, dtype=np.float64)[None], b, comparison)[0])

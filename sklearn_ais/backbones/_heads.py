@@ -1,0 +1,191 @@
+"""Heads: the part of a network that turns last-conv feature maps into an embedding.
+
+Ablating feature map ``k`` means setting it to zero *before* the head. How
+cheaply that can be evaluated depends on the head's structure, so the
+ablation kernels dispatch on the head class:
+
+* :class:`PoolingHead` — every embedding coordinate is a function of one map
+  only (global average/max pooling, optionally after an element-wise
+  activation with ``act(0) = 0``). Ablating map k zeroes coordinate k: the
+  2-D ``(n, K)`` embedding *is* the whole story (rank-one kernels).
+* :class:`MLPHead` — a channel-wise pool to ``P`` values per map, then a
+  linear layer, then anything (``rest``). Ablating map k subtracts one
+  block of the first layer's pre-activation (VGG: maxpool, 7x7 avgpool,
+  fc6, ReLU, fc7, ReLU).
+* :class:`ModuleHead` — any callable; ablation is evaluated by brute force
+  (batched), which is exact but slower.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_ACTIVATIONS = {
+    None: lambda x: x,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "silu": F.silu,
+}
+
+
+def _as_tensor(maps, device=None, dtype=torch.float32) -> torch.Tensor:
+    if isinstance(maps, torch.Tensor):
+        t = maps
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(maps))
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
+class Head:
+    """Base class: ``head(maps) -> embeddings`` with maps of shape (n, K, h, w)."""
+
+    kind = "generic"
+
+    def embed(self, maps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, maps, device=None, dtype=torch.float32) -> torch.Tensor:
+        t = _as_tensor(maps, device=device, dtype=dtype)
+        if t.ndim != 4:
+            raise ValueError(f"feature maps must have shape (n, K, h, w), got {tuple(t.shape)}")
+        with torch.inference_mode():
+            return self.embed(t)
+
+    def to(self, device=None, dtype=None):
+        """Return a head whose parameters live on ``device`` (self for parameter-free heads)."""
+        return self
+
+
+class PoolingHead(Head):
+    """Global pooling per map, optionally after an element-wise activation.
+
+    Parameters
+    ----------
+    pool : {"avg", "max"}, default="avg"
+    activation : {None, "relu", "relu6", "silu"}, default=None
+        Applied to the maps before pooling (DenseNet applies a ReLU after its
+        last norm layer). Every choice maps 0 to 0, so an ablated map still
+        gives a zero coordinate.
+    """
+
+    kind = "pooling"
+
+    def __init__(self, pool: str = "avg", activation: str | None = None):
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
+        self.pool = pool
+        self.activation = activation
+
+    def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        x = _ACTIVATIONS[self.activation](maps)
+        return x.mean(dim=(2, 3)) if self.pool == "avg" else x.amax(dim=(2, 3))
+
+    def __repr__(self):
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"PoolingHead(pool={self.pool!r}{act})"
+
+
+class MLPHead(Head):
+    """Channel-wise pooling, a first linear layer, then the rest of the head.
+
+    This is the VGG head: ``maxpool(2) -> adaptive avgpool(7x7) -> flatten ->
+    fc6 -> ReLU -> fc7 -> ReLU`` (dropout is inactive at inference).
+
+    Parameters
+    ----------
+    weight : Tensor of shape (D1, K * P)
+        First linear layer's weight; columns are grouped by map (``P`` pooled
+        values per map, as ``torch.flatten`` orders them).
+    bias : Tensor of shape (D1,)
+    rest : nn.Module
+        Applied to the first layer's pre-activation (e.g. ReLU, fc7, ReLU).
+    maxpool : int or None, default=2
+        Kernel (and stride) of the max-pool applied to each map first.
+    output_size : tuple of int, default=(7, 7)
+        Adaptive average pool output; ``P = output_size[0] * output_size[1]``.
+    """
+
+    kind = "mlp"
+
+    def __init__(self, weight, bias, rest: nn.Module, maxpool: int | None = 2, output_size=(7, 7)):
+        self.weight = torch.as_tensor(weight).detach().float().cpu()
+        self.bias = torch.as_tensor(bias).detach().float().cpu()
+        self.rest = rest.eval().cpu()
+        for p in self.rest.parameters():
+            p.requires_grad_(False)
+        self.maxpool = maxpool
+        self.output_size = tuple(output_size)
+
+    @property
+    def n_pooled(self) -> int:
+        return int(np.prod(self.output_size))
+
+    def pooled(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-map pooled values, (n, K, P)."""
+        x = maps
+        if self.maxpool:
+            x = F.max_pool2d(x, kernel_size=self.maxpool, stride=self.maxpool)
+        x = F.adaptive_avg_pool2d(x, self.output_size)
+        return x.flatten(2)
+
+    def first_layer(self, pooled: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(device=pooled.device, dtype=pooled.dtype)
+        b = self.bias.to(device=pooled.device, dtype=pooled.dtype)
+        return pooled.flatten(1) @ w.T + b
+
+    def rest_on(self, device, dtype) -> nn.Module:
+        return self.rest.to(device=device, dtype=dtype)
+
+    def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooled(maps)
+        pre = self.first_layer(pooled)
+        return self.rest_on(maps.device, maps.dtype)(pre)
+
+    def block_weight(self, n_maps: int) -> torch.Tensor:
+        """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k."""
+        return self.weight.view(self.weight.shape[0], n_maps, self.n_pooled)
+
+    def __repr__(self):
+        return (
+            f"MLPHead(in={self.weight.shape[1]}, hidden={self.weight.shape[0]}, "
+            f"maxpool={self.maxpool}, output_size={self.output_size})"
+        )
+
+
+class ModuleHead(Head):
+    """Any callable head (an ``nn.Module`` or a function of a (n, K, h, w) tensor).
+
+    Ablation through a generic head is exact but evaluated by brute force.
+    """
+
+    kind = "generic"
+
+    def __init__(self, module):
+        if not callable(module):
+            raise TypeError(f"head must be callable (an nn.Module or a function), got {type(module).__name__}")
+        self.module = module
+        if isinstance(module, nn.Module):
+            module.eval()
+
+    def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.module, nn.Module):
+            p = next(self.module.parameters(), None)
+            if p is not None:
+                self.module.to(device=maps.device, dtype=maps.dtype)
+        out = self.module(maps)
+        if out.ndim != 2:
+            out = out.flatten(1)
+        return out
+
+    def __repr__(self):
+        return f"ModuleHead({self.module!r})"
+
+
+def identity_head() -> PoolingHead:
+    """The head used for plain 2-D inputs: unit k is coordinate k."""
+    return PoolingHead("avg")
