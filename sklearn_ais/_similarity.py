@@ -13,6 +13,8 @@ Conventions used throughout the package:
   :func:`scipy.stats.spearmanr`. When either side is constant the
   correlation is undefined; for a *model* side we return 0 (no information),
   the human side is validated to be non-constant before any work starts.
+  Model similarities are rounded to 12 decimals before ranking, so that
+  pairs that are mathematically tied are tied whatever route computed them.
 
 Everything that is evaluated many times (leave-one-out and sweep candidates)
 goes through :func:`batched_correlation`, a torch kernel that handles a
@@ -27,9 +29,12 @@ import torch
 SIMILARITIES = ("pearson", "cosine")
 COMPARISONS = ("spearman", "pearson")
 
-# Rows whose variance (or squared norm) is below this, relative to the scale
-# of the data, are treated as constant.
+# A row whose centred energy is below this fraction of its raw energy is
+# constant up to round-off (float64 cancellation leaves ~1e-16).
 _REL_EPS = 1e-12
+# Model similarities are rounded to this many decimals before ranking.
+TIE_DECIMALS = 12
+TIE_SCALE = 10.0**TIE_DECIMALS
 
 
 def upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +120,7 @@ def _standardize_rows(x: torch.Tensor, center: bool = True) -> torch.Tensor:
     A row whose centred energy is negligible relative to its own magnitude
     (constant up to round-off) or that is all zero becomes 0.
     """
-    scale = (x.abs().amax(dim=-1, keepdim=True) ** 2) * x.shape[-1]
+    scale = (x * x).sum(dim=-1, keepdim=True)
     if center:
         x = x - x.mean(dim=-1, keepdim=True)
     sq = (x * x).sum(dim=-1, keepdim=True)
@@ -158,7 +163,10 @@ class TargetVector:
             c = c[:, self.mask_t]
         c = c.to(self.dtype)
         if self.comparison == "spearman":
-            c = rankdata_torch(c)
+            # Model similarities live in [-1, 1]; values that agree to 1e-12
+            # are ties (e.g. every pair of a one-map embedding correlates 1),
+            # whatever the round-off of the route that computed them.
+            c = rankdata_torch(torch.round(c * TIE_SCALE) / TIE_SCALE)
         c = _standardize_rows(c)
         return (c @ self.prepared).clamp(-1.0, 1.0)
 

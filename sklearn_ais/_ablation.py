@@ -1,0 +1,418 @@
+"""Exact, batched ablation kernels.
+
+Every quantity the selector and the heatmapper need is a correlation between
+a *candidate* model similarity vector and the human one:
+
+* leave-one-out: map k set to 0 in every image (global AIS);
+* ranked sweep: only the top-t maps kept, for every t;
+* per image: map k set to 0 in image t only; row t of the RSM.
+
+A naive implementation re-embeds all images for every candidate. Here the
+work is shared according to the head (see ``backbones/_heads.py``):
+
+``_PooledProblem`` (GAP heads and plain 2-D inputs)
+    Ablating map k changes coordinate k only, so the row sums, row energies
+    and Gram matrix of the embeddings change by rank-one terms: every
+    candidate RSM costs O(n^2), all K of them O(K n^2). Done in float64 so
+    that the downdated statistics agree with a direct computation to ~1e-12
+    (float32 would flip ranks of near-tied pairs).
+``_MLPProblem`` (VGG heads)
+    The first linear layer is linear before its ReLU, so the pre-activation
+    with map k removed is ``a - W[:, block_k] @ x_k``. Many (map, image)
+    pairs go through the rest of the head in one GEMM (float32, like the
+    network itself); pairs whose pooled map is all zero are skipped (their
+    output is unchanged). RSMs and ranks are then computed in float64.
+``_GenericProblem`` (any other head)
+    Brute force, batched: exact but O(K) head evaluations.
+
+Memory is bounded by processing candidates in chunks (``_chunk``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._containers import FeatureMaps
+from ._similarity import TargetVector, _standardize_rows, rsm_torch
+from .backbones._heads import MLPHead, PoolingHead
+
+# Upper bound on elements of the largest temporary of one chunk (float64:
+# 8 bytes each, argsort adds int64 indices): about 200 MB of working memory.
+_ELEMENT_BUDGET = 1 << 23
+_DEAD_REL = 1e-10  # relative energy below which an ablated row is treated as zero
+
+
+def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
+    return int(max(1, min(total, budget // max(1, per_item))))
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _Problem:
+    """Common interface. Subclasses fill ``n``, ``K``, ``similarity``, ``device``."""
+
+    n: int
+    K: int
+
+    def __init__(self, similarity: str, device):
+        self.similarity = similarity
+        self.device = resolve_device(device)
+        self._iu = None
+
+    @property
+    def iu(self):
+        if self._iu is None:
+            i, j = np.triu_indices(self.n, k=1)
+            self._iu = (torch.as_tensor(i, device=self.device), torch.as_tensor(j, device=self.device))
+        return self._iu
+
+    def target(self, values, comparison) -> TargetVector:
+        return TargetVector(values, comparison, device=self.device)
+
+    # Implemented by subclasses -------------------------------------------
+    def subset(self, idx) -> "_Problem":
+        raise NotImplementedError
+
+    def embeddings(self, keep=None) -> torch.Tensor:
+        """(n, D) float64 embeddings with maps outside ``keep`` ablated."""
+        raise NotImplementedError
+
+    def leave_one_out(self, target: TargetVector, maps=None) -> tuple[float, np.ndarray]:
+        """(base score, score with each map in ``maps`` ablated in every image)."""
+        raise NotImplementedError
+
+    def sweep(self, order, target: TargetVector, ts) -> np.ndarray:
+        """Score when only maps ``order[:t]`` are kept, for each t in ``ts``."""
+        raise NotImplementedError
+
+    def per_image(self, H: np.ndarray, comparison: str, rows=None) -> tuple[np.ndarray, np.ndarray]:
+        """Row-wise base scores (n,) and ablated row scores (n, K)."""
+        raise NotImplementedError
+
+    # Shared ----------------------------------------------------------------
+    def model_rsm(self, keep=None) -> np.ndarray:
+        return rsm_torch(self.embeddings(keep)[None], self.similarity)[0].cpu().numpy()
+
+    def score(self, target: TargetVector, keep=None) -> float:
+        Z = rsm_torch(self.embeddings(keep)[None], self.similarity)[0]
+        return float(target.correlate(Z[self.iu][None])[0])
+
+    def _row_targets(self, H, comparison, rows):
+        rows = range(self.n) if rows is None else rows
+        for t in rows:
+            others = np.r_[0:t, t + 1 : self.n]
+            yield t, others, TargetVector(H[t, others], comparison, device=self.device)
+
+
+# ---------------------------------------------------------------------------
+# Pooling heads and 2-D inputs: rank-one updates
+# ---------------------------------------------------------------------------
+class _PooledProblem(_Problem):
+    def __init__(self, E, similarity, device):
+        super().__init__(similarity, device)
+        self.E = torch.tensor(np.asarray(E, dtype=np.float64), device=self.device)  # a copy: inputs may be read-only
+        self.n, self.K = self.E.shape
+        self.s = self.E.sum(1)
+        self.q = (self.E * self.E).sum(1)
+        self._G = None
+
+    @property
+    def G(self):
+        if self._G is None:
+            self._G = self.E @ self.E.T
+        return self._G
+
+    def subset(self, idx):
+        return _PooledProblem(self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy(),
+                              self.similarity, self.device)
+
+    def embeddings(self, keep=None):
+        if keep is None:
+            return self.E
+        return self.E * torch.as_tensor(np.asarray(keep, dtype=np.float64), device=self.device)
+
+    def _corr_from_stats(self, G, s_i, s_j, q_i, q_j, q0_i, q0_j):
+        """Similarity from (batched) statistics; rows with no energy left give 0."""
+        if self.similarity == "pearson":
+            v_i = q_i - s_i * s_i / self.K
+            v_j = q_j - s_j * s_j / self.K
+            num = G - s_i * s_j / self.K
+        else:
+            v_i, v_j, num = q_i, q_j, G
+        alive_i = v_i > _DEAD_REL * q0_i
+        alive_j = v_j > _DEAD_REL * q0_j
+        den = (v_i.clamp_min(1e-300) * v_j.clamp_min(1e-300)).sqrt()
+        z = torch.where(alive_i & alive_j, num / den, torch.zeros_like(num))
+        return z.clamp(-1.0, 1.0)
+
+    def _upper_from_delta(self, dE):
+        """Candidate upper triangles when ``E[:, k]`` loses ``dE[c]`` (C, n)."""
+        i, j = self.iu
+        s = self.s[None] - dE
+        q = self.q[None] - dE * dE
+        G = self.G[i, j][None] - dE[:, i] * dE[:, j]
+        q0 = self.q[None]
+        return self._corr_from_stats(G, s[:, i], s[:, j], q[:, i], q[:, j], q0[:, i], q0[:, j])
+
+    def leave_one_out(self, target, maps=None):
+        maps = np.arange(self.K) if maps is None else np.asarray(maps)
+        m = len(self.iu[0])
+        # Base through the same formula, so a dead map gives exactly AIS = 0.
+        base = float(target.correlate(self._upper_from_delta(torch.zeros(1, self.n, dtype=self.E.dtype,
+                                                                          device=self.device)))[0])
+        out = np.empty(len(maps))
+        step = _chunk(len(maps), m * 4)
+        for a in range(0, len(maps), step):
+            ks = torch.as_tensor(maps[a : a + step], device=self.device)
+            out[a : a + step] = target.correlate(self._upper_from_delta(self.E[:, ks].T)).cpu().numpy()
+        return base, out
+
+    def sweep(self, order, target, ts):
+        i, j = self.iu
+        m = len(i)
+        order = torch.as_tensor(np.asarray(order), device=self.device)
+        ts = np.asarray(ts)
+        want = np.zeros(self.K + 1, dtype=bool)
+        want[ts] = True
+        out = {}
+        s = torch.zeros(self.n, dtype=self.E.dtype, device=self.device)
+        q = torch.zeros_like(s)
+        G = torch.zeros(m, dtype=self.E.dtype, device=self.device)
+        q0 = self.q
+        step = _chunk(self.K, m * 4)
+        for a in range(0, int(ts.max()), step):
+            b = min(a + step, int(ts.max()))
+            Eo = self.E[:, order[a:b]].T  # (C, n) maps in ranked order
+            cs = s[None] + torch.cumsum(Eo, 0)
+            cq = q[None] + torch.cumsum(Eo * Eo, 0)
+            cG = G[None] + torch.cumsum(Eo[:, i] * Eo[:, j], 0)
+            s, q, G = cs[-1], cq[-1], cG[-1]
+            sel = np.nonzero(want[a + 1 : b + 1])[0]
+            if len(sel):
+                sel_t = torch.as_tensor(sel, device=self.device)
+                Zu = self._corr_from_stats(cG[sel_t], cs[sel_t][:, i], cs[sel_t][:, j], cq[sel_t][:, i],
+                                           cq[sel_t][:, j], q0[i][None], q0[j][None])
+                r = target.correlate(Zu).cpu().numpy()
+                for c, val in zip(sel, r):
+                    out[a + 1 + c] = val
+        return np.array([out[int(t)] for t in ts])
+
+    def per_image(self, H, comparison, rows=None):
+        n, K = self.n, self.K
+        rows_list = list(range(n) if rows is None else rows)
+        base = np.zeros(len(rows_list))
+        ablated = np.zeros((len(rows_list), K))
+        zero = torch.zeros(1, dtype=self.E.dtype, device=self.device)
+        for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
+            o = torch.as_tensor(others, device=self.device)
+            e_t = torch.cat([zero, self.E[t]])  # index 0: nothing ablated
+            s_t = self.s[t] - e_t  # (K+1,)
+            q_t = self.q[t] - e_t * e_t
+            G_t = self.G[t, o][None] - e_t[:, None] * torch.cat([torch.zeros(1, len(o), dtype=self.E.dtype,
+                                                                              device=self.device), self.E[o].T])
+            Zrow = self._corr_from_stats(G_t, s_t[:, None], self.s[o][None], q_t[:, None], self.q[o][None],
+                                         self.q[t], self.q[o][None])
+            rs = tv.correlate(Zrow).cpu().numpy()
+            base[r], ablated[r] = rs[0], rs[1:]
+        return base, ablated
+
+
+# ---------------------------------------------------------------------------
+# VGG-style heads: update of the first linear layer's pre-activation
+# ---------------------------------------------------------------------------
+class _MLPProblem(_Problem):
+    def __init__(self, maps, head: MLPHead, similarity, device, pooled=None):
+        super().__init__(similarity, device)
+        self.head = head
+        self.dtype = torch.float32
+        if pooled is None:
+            with torch.inference_mode():
+                x = torch.as_tensor(np.asarray(maps), device=self.device, dtype=self.dtype)
+                pooled = head.pooled(x)
+        self.P = pooled  # (n, K, P)
+        self.n, self.K, self.Pn = self.P.shape
+        self.W = head.block_weight(self.K).to(device=self.device, dtype=self.dtype)  # (D1, K, P)
+        self.b = head.bias.to(device=self.device, dtype=self.dtype)
+        self.rest = head.rest_on(self.device, self.dtype)
+        with torch.inference_mode():
+            self.A = torch.einsum("nkp,dkp->nd", self.P, self.W) + self.b  # (n, D1)
+            self.E0 = self.rest(self.A).double()
+        self.alive = self.P.abs().amax(-1) > 0  # (n, K): pairs worth computing
+
+    def subset(self, idx):
+        idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
+        return _MLPProblem(None, self.head, self.similarity, self.device, pooled=self.P[idx_t])
+
+    def embeddings(self, keep=None):
+        if keep is None:
+            return self.E0
+        keep_t = torch.as_tensor(np.asarray(keep, dtype=np.float32), device=self.device)
+        with torch.inference_mode():
+            A = torch.einsum("nkp,dkp->nd", self.P * keep_t[None, :, None], self.W) + self.b
+            return self.rest(A).double()
+
+    def _rsm_upper(self, E):
+        Z = rsm_torch(E, self.similarity)
+        i, j = self.iu
+        return Z[:, i, j]
+
+    def leave_one_out(self, target, maps=None):
+        maps = np.arange(self.K) if maps is None else np.asarray(maps)
+        D1 = self.W.shape[0]
+        base = float(target.correlate(self._rsm_upper(self.E0[None]))[0])
+        out = np.empty(len(maps))
+        step = _chunk(len(maps), self.n * max(D1, self.n * 4))
+        with torch.inference_mode():
+            for a in range(0, len(maps), step):
+                ks = torch.as_tensor(maps[a : a + step], device=self.device)
+                contrib = torch.einsum("nkp,dkp->knd", self.P[:, ks], self.W[:, ks])  # (C, n, D1)
+                alive = self.alive[:, ks].T  # (C, n)
+                E = self.E0[None].repeat(len(ks), 1, 1)
+                if bool(alive.any()):
+                    pre = self.A[None] - contrib
+                    E[alive] = self.rest(pre[alive]).double()
+                out[a : a + step] = target.correlate(self._rsm_upper(E)).cpu().numpy()
+        return base, out
+
+    def sweep(self, order, target, ts):
+        order = torch.as_tensor(np.asarray(order), device=self.device)
+        ts = np.asarray(ts)
+        want = np.zeros(self.K + 1, dtype=bool)
+        want[ts] = True
+        D1 = self.W.shape[0]
+        out = {}
+        acc = self.b[None].expand(self.n, D1).clone()
+        step = _chunk(self.K, self.n * max(D1, self.n * 4))
+        with torch.inference_mode():
+            for a in range(0, int(ts.max()), step):
+                b = min(a + step, int(ts.max()))
+                ks = order[a:b]
+                contrib = torch.einsum("nkp,dkp->knd", self.P[:, ks], self.W[:, ks])
+                cum = acc[None] + torch.cumsum(contrib, 0)
+                acc = cum[-1]
+                sel = np.nonzero(want[a + 1 : b + 1])[0]
+                if len(sel):
+                    pre = cum[torch.as_tensor(sel, device=self.device)]
+                    E = self.rest(pre.reshape(-1, D1)).double().reshape(len(sel), self.n, -1)
+                    r = target.correlate(self._rsm_upper(E)).cpu().numpy()
+                    for c, val in zip(sel, r):
+                        out[a + 1 + c] = val
+        return np.array([out[int(t)] for t in ts])
+
+    def per_image(self, H, comparison, rows=None):
+        rows_list = list(range(self.n) if rows is None else rows)
+        base = np.zeros(len(rows_list))
+        ablated = np.zeros((len(rows_list), self.K))
+        std0 = _standardize_rows(self.E0, center=self.similarity == "pearson")
+        D1 = self.W.shape[0]
+        step = _chunk(self.K, max(D1, self.n) * 2)
+        with torch.inference_mode():
+            for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
+                o = torch.as_tensor(others, device=self.device)
+                base_row = (std0[t] @ std0[o].T)[None]
+                base[r] = float(tv.correlate(base_row.clamp(-1, 1))[0])
+                ablated[r] = base[r]  # maps that are zero in image t change nothing
+                live = torch.nonzero(self.alive[t]).flatten()
+                for a in range(0, len(live), step):
+                    ks = live[a : a + step]
+                    pre = self.A[t][None] - torch.einsum("kp,dkp->kd", self.P[t, ks], self.W[:, ks])
+                    Et = _standardize_rows(self.rest(pre).double(), center=self.similarity == "pearson")
+                    Zrow = (Et @ std0[o].T).clamp(-1, 1)
+                    ablated[r, ks.cpu().numpy()] = tv.correlate(Zrow).cpu().numpy()
+        return base, ablated
+
+
+# ---------------------------------------------------------------------------
+# Any other head: brute force, batched
+# ---------------------------------------------------------------------------
+class _GenericProblem(_Problem):
+    def __init__(self, fm: FeatureMaps, similarity, device):
+        super().__init__(similarity, device)
+        self.fm = fm
+        self.maps = torch.as_tensor(fm.maps, device=self.device, dtype=torch.float32)
+        self.n, self.K = self.maps.shape[:2]
+        with torch.inference_mode():
+            self.E0 = fm.head.embed(self.maps).double()
+
+    def subset(self, idx):
+        return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)
+
+    def embeddings(self, keep=None):
+        if keep is None:
+            return self.E0
+        keep_t = torch.as_tensor(np.asarray(keep, dtype=np.float32), device=self.device)
+        with torch.inference_mode():
+            return self.fm.head.embed(self.maps * keep_t[None, :, None, None]).double()
+
+    def _masked_batch(self, masks):
+        """Embeddings for a batch of keep-masks (C, K) -> (C, n, D)."""
+        C = masks.shape[0]
+        x = self.maps[None] * masks[:, None, :, None, None]
+        with torch.inference_mode():
+            E = self.fm.head.embed(x.reshape(C * self.n, *self.maps.shape[1:])).double()
+        return E.reshape(C, self.n, -1)
+
+    def _upper(self, E):
+        i, j = self.iu
+        return rsm_torch(E, self.similarity)[:, i, j]
+
+    def leave_one_out(self, target, maps=None):
+        maps = np.arange(self.K) if maps is None else np.asarray(maps)
+        base = float(target.correlate(self._upper(self.E0[None]))[0])
+        out = np.empty(len(maps))
+        step = _chunk(len(maps), self.maps.numel())
+        for a in range(0, len(maps), step):
+            ks = torch.as_tensor(maps[a : a + step], device=self.device)
+            masks = torch.ones(len(ks), self.K, device=self.device)
+            masks[torch.arange(len(ks)), ks] = 0
+            out[a : a + step] = target.correlate(self._upper(self._masked_batch(masks))).cpu().numpy()
+        return base, out
+
+    def sweep(self, order, target, ts):
+        order = torch.as_tensor(np.asarray(order), device=self.device)
+        ts = np.asarray(ts)
+        out = np.empty(len(ts))
+        step = _chunk(len(ts), self.maps.numel())
+        for a in range(0, len(ts), step):
+            tt = ts[a : a + step]
+            masks = torch.zeros(len(tt), self.K, device=self.device)
+            for c, t in enumerate(tt):
+                masks[c, order[:t]] = 1
+            out[a : a + step] = target.correlate(self._upper(self._masked_batch(masks))).cpu().numpy()
+        return out
+
+    def per_image(self, H, comparison, rows=None):
+        rows_list = list(range(self.n) if rows is None else rows)
+        base = np.zeros(len(rows_list))
+        ablated = np.zeros((len(rows_list), self.K))
+        center = self.similarity == "pearson"
+        std0 = _standardize_rows(self.E0, center=center)
+        step = _chunk(self.K, self.maps[0].numel())
+        for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
+            o = torch.as_tensor(others, device=self.device)
+            base[r] = float(tv.correlate((std0[t] @ std0[o].T)[None].clamp(-1, 1))[0])
+            for a in range(0, self.K, step):
+                ks = torch.arange(a, min(a + step, self.K), device=self.device)
+                x = self.maps[t][None].repeat(len(ks), 1, 1, 1)
+                x[torch.arange(len(ks)), ks] = 0
+                with torch.inference_mode():
+                    Et = _standardize_rows(self.fm.head.embed(x).double(), center=center)
+                ablated[r, a : a + len(ks)] = tv.correlate((Et @ std0[o].T).clamp(-1, 1)).cpu().numpy()
+        return base, ablated
+
+
+def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
+    """Prepare the kernels for ``X`` (FeatureMaps or a 2-D (n, K) array)."""
+    if isinstance(X, FeatureMaps):
+        if isinstance(X.head, PoolingHead):
+            return _PooledProblem(X.embed(), similarity, device)
+        if isinstance(X.head, MLPHead):
+            return _MLPProblem(X.maps, X.head, similarity, device)
+        return _GenericProblem(X, similarity, device)
+    return _PooledProblem(X, similarity, device)

@@ -1,0 +1,307 @@
+"""Held-out evaluation of alignment: splitters and cross-validation.
+
+Two ways to hold data out of a similarity analysis:
+
+* **over images**: the test images (and every pair that involves them) never
+  reach ``fit``. scikit-learn's own splitters (``KFold``,
+  ``RepeatedKFold``, ``ShuffleSplit``, re-exported here) already split
+  images; pass ``y`` through :func:`similarity_frame` to use them with
+  ``cross_validate`` and ``GridSearchCV``.
+* **over matrix entries**: :class:`PairKFold`, :class:`RepeatedPairKFold`
+  and :class:`PairShuffleSplit` split the observed upper-triangle pairs;
+  ``fit`` sees the training pairs only (the others are NaN).
+
+:func:`cross_validate_alignment` runs either protocol for an
+:class:`~sklearn_ais.AISSelector` (or any estimator with ``score`` and
+``score_all``) and reports, per fold, the held-out 2OI with all maps and with
+the selected maps, plus a paired test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.base import clone
+from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
+from sklearn.utils import check_random_state
+
+from ._targets import check_similarity_target, similarity_frame
+
+__all__ = [
+    "KFold",
+    "PairKFold",
+    "PairShuffleSplit",
+    "RepeatedKFold",
+    "RepeatedPairKFold",
+    "ShuffleSplit",
+    "AlignmentCVResult",
+    "cross_validate_alignment",
+    "mask_pairs",
+    "pair_indices",
+    "similarity_frame",
+    "summarize_folds",
+]
+
+
+def pair_indices(n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every upper-triangle pair, in the order splitters index them."""
+    return np.triu_indices(n_images, k=1)
+
+
+def mask_pairs(similarity, pairs) -> np.ndarray:
+    """A copy of ``similarity`` in which only ``pairs`` (upper-triangle indices) are observed.
+
+    Every other off-diagonal entry becomes NaN, on both sides of the diagonal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.model_selection import mask_pairs
+    >>> mask_pairs(np.ones((3, 3)), [0])  # keep pair (0, 1)
+    array([[ 1.,  1., nan],
+           [ 1.,  1., nan],
+           [nan, nan,  1.]])
+    """
+    S = np.asarray(similarity, dtype=np.float64)
+    n = S.shape[0]
+    i, j = pair_indices(n)
+    keep = np.zeros(len(i), dtype=bool)
+    keep[np.asarray(pairs, dtype=np.int64)] = True
+    out = np.full_like(S, np.nan)
+    out[i[keep], j[keep]] = S[i[keep], j[keep]]
+    out[j[keep], i[keep]] = S[j[keep], i[keep]]
+    np.fill_diagonal(out, np.diag(S))
+    return out
+
+
+def _observed_pairs(X, y):
+    n = len(X) if y is None else np.asarray(y).shape[0]
+    i, j = pair_indices(n)
+    if y is None:
+        return np.arange(len(i))
+    y = np.asarray(y, dtype=np.float64)
+    return np.nonzero(~np.isnan(y[i, j]))[0]
+
+
+class _PairSplitMixin:
+    """Split the observed upper-triangle pairs of an n x n matrix.
+
+    ``split(X, y)``: ``X`` gives the number of images; ``y`` (optional, the
+    similarity matrix) restricts the split to its observed (non-NaN) pairs.
+    Indices refer to :func:`pair_indices` order.
+    """
+
+    splits_pairs = True
+
+    def split(self, X, y=None, groups=None):
+        observed = _observed_pairs(X, y)
+        for train, test in super().split(observed):
+            yield observed[train], observed[test]
+
+
+class PairKFold(_PairSplitMixin, KFold):
+    """K-fold over the upper-triangle pairs of a similarity matrix.
+
+    Parameters are those of :class:`sklearn.model_selection.KFold`; the
+    default shuffles, since pairs are ordered by image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.model_selection import PairKFold
+    >>> cv = PairKFold(n_splits=3, random_state=0)
+    >>> [len(test) for _, test in cv.split(np.zeros((6, 1)))]  # 15 pairs
+    [5, 5, 5]
+    """
+
+    def __init__(self, n_splits=5, *, shuffle=True, random_state=None):
+        super().__init__(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
+
+
+class PairShuffleSplit(_PairSplitMixin, ShuffleSplit):
+    """Random train/test splits of the upper-triangle pairs (see :class:`ShuffleSplit`)."""
+
+    def __init__(self, n_splits=10, *, test_size=None, train_size=None, random_state=None):
+        super().__init__(n_splits=n_splits, test_size=test_size, train_size=train_size, random_state=random_state)
+
+
+class RepeatedPairKFold:
+    """:class:`PairKFold` repeated with different shuffles.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.model_selection import RepeatedPairKFold
+    >>> RepeatedPairKFold(n_splits=5, n_repeats=2).get_n_splits()
+    10
+    """
+
+    splits_pairs = True
+
+    def __init__(self, n_splits=5, *, n_repeats=8, random_state=None):
+        self.n_splits = n_splits
+        self.n_repeats = n_repeats
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return self.n_splits * self.n_repeats
+
+    def split(self, X, y=None, groups=None):
+        rng = check_random_state(self.random_state)
+        for _ in range(self.n_repeats):
+            cv = PairKFold(self.n_splits, random_state=rng.randint(np.iinfo(np.int32).max))
+            yield from cv.split(X, y)
+
+    def __repr__(self):
+        return f"RepeatedPairKFold(n_splits={self.n_splits}, n_repeats={self.n_repeats}, random_state={self.random_state})"
+
+
+# ---------------------------------------------------------------------------
+def _fisher_mean(r):
+    r = np.clip(np.asarray(r, dtype=np.float64), -0.999999, 0.999999)
+    return float(np.tanh(np.arctanh(r).mean()))
+
+
+def summarize_folds(table: pd.DataFrame) -> pd.Series:
+    """Mean (Fisher-z averaged) held-out 2OI with all vs selected maps and a paired t-test.
+
+    The t-test is on the Fisher-z values of the per-fold scores (paired by
+    fold). Folds of one repeat share data, so the p-value is optimistic; it
+    is the test the AIS paper reports, kept for comparability.
+    """
+    full = table["test_score_full"].to_numpy()
+    sel = table["test_score_selected"].to_numpy()
+    z_full = np.arctanh(np.clip(full, -0.999999, 0.999999))
+    z_sel = np.arctanh(np.clip(sel, -0.999999, 0.999999))
+    t, p = stats.ttest_rel(z_sel, z_full) if len(table) > 1 else (np.nan, np.nan)
+    n = len(table)
+    return pd.Series(
+        {
+            "n_folds": n,
+            "test_score_full": _fisher_mean(full),
+            "test_score_full_sem": float(np.std(full, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+            "test_score_selected": _fisher_mean(sel),
+            "test_score_selected_sem": float(np.std(sel, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+            "train_score_selected": _fisher_mean(table["train_score_selected"]),
+            "n_selected_mean": float(table["n_selected"].mean()),
+            "t_statistic": float(t),
+            "p_value": float(p),
+        }
+    )
+
+
+@dataclass
+class AlignmentCVResult:
+    """Per-fold table and its summary, returned by :func:`cross_validate_alignment`."""
+
+    table: pd.DataFrame
+    summary: pd.Series
+    estimators: list | None = None
+
+    def __repr__(self):
+        s = self.summary
+        return (
+            f"AlignmentCVResult({int(s.n_folds)} folds: held-out 2OI all maps {s.test_score_full:.3f} "
+            f"± {s.test_score_full_sem:.3f}, selected {s.test_score_selected:.3f} ± "
+            f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), paired t = "
+            f"{s.t_statistic:.2f}, p = {s.p_value:.2g})"
+        )
+
+
+def cross_validate_alignment(
+    estimator, X, y, cv=None, *, y_kind=None, return_estimators=False, verbose=0
+) -> AlignmentCVResult:
+    """Held-out 2OI of all maps vs the selected maps, fold by fold.
+
+    Parameters
+    ----------
+    estimator : AISSelector (or an estimator with ``fit``, ``score`` and ``score_all``)
+        Cloned for every fold.
+    X : FeatureMaps or array-like of shape (n_images, n_units)
+    y : array-like of shape (n_images, n_images)
+        Human similarity matrix (NaN = missing pair).
+    cv : splitter, default=None
+        Over images (``KFold``, ``RepeatedKFold``, ...) or over pairs
+        (:class:`PairKFold`, :class:`RepeatedPairKFold`,
+        :class:`PairShuffleSplit`). Default: ``RepeatedKFold(n_splits=5,
+        n_repeats=8, random_state=0)``, the paper's protocol.
+    y_kind : {"similarity", "dissimilarity"}, optional
+        Defaults to the estimator's ``y_kind``.
+    return_estimators : bool, default=False
+    verbose : int, default=0
+        Show a progress bar over folds when > 0.
+
+    Returns
+    -------
+    result : AlignmentCVResult
+        ``table`` has one row per fold: ``fold``, ``split`` ("images" or
+        "pairs"), ``n_train``, ``n_test``, ``train_score_selected``,
+        ``test_score_full``, ``test_score_selected``, ``n_selected``,
+        ``fit_time``; ``summary`` is :func:`summarize_folds` of it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import KFold
+    >>> from sklearn_ais import AISSelector
+    >>> from sklearn_ais.model_selection import cross_validate_alignment
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(40, 30))
+    >>> H = np.corrcoef(X[:, :4] + 0.5 * rng.normal(size=(40, 4)))
+    >>> res = cross_validate_alignment(AISSelector(), X, H, cv=KFold(4, shuffle=True, random_state=0))
+    >>> bool(res.summary["test_score_selected"] > res.summary["test_score_full"])
+    True
+    """
+    from ._selector import validate_maps_input
+
+    if cv is None:
+        cv = RepeatedKFold(n_splits=5, n_repeats=8, random_state=0)
+    y_kind = y_kind or getattr(estimator, "y_kind", "similarity")
+    probe = clone(estimator)
+    X = validate_maps_input(probe, X, reset=True)
+    n = X.shape[0]
+    H = check_similarity_target(y, n, y_kind)
+    if y_kind == "dissimilarity":
+        H = -H  # validated as similarity from here on
+    by_pairs = getattr(cv, "splits_pairs", False)
+    splits = list(cv.split(X, H) if by_pairs else cv.split(np.arange(n)))
+    rows, fitted = [], []
+    iterator = splits
+    if verbose:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(splits, desc="cross-validation", unit="fold")
+    for fold, (train, test) in enumerate(iterator):
+        est = clone(estimator)
+        if hasattr(est, "y_kind"):
+            est.set_params(y_kind="similarity")
+        t0 = time.perf_counter()
+        if by_pairs:
+            H_train, H_test = mask_pairs(H, train), mask_pairs(H, test)
+            X_train = X_test = X
+        else:
+            X_train, X_test = X[train], X[test]
+            H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+        est.fit(X_train, H_train)
+        fit_time = time.perf_counter() - t0
+        rows.append(
+            {
+                "fold": fold,
+                "split": "pairs" if by_pairs else "images",
+                "n_train": len(train),
+                "n_test": len(test),
+                "train_score_selected": est.score(X_train, H_train),
+                "test_score_full": est.score_all(X_test, H_test),
+                "test_score_selected": est.score(X_test, H_test),
+                "n_selected": int(np.sum(est.get_support())),
+                "fit_time": fit_time,
+            }
+        )
+        if return_estimators:
+            fitted.append(est)
+    table = pd.DataFrame(rows)
+    return AlignmentCVResult(table, summarize_folds(table), fitted if return_estimators else None)

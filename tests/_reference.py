@@ -1,0 +1,82 @@
+"""Naive, independent references: zero a map, re-embed, np.corrcoef, scipy."""
+
+import numpy as np
+import torch
+from scipy import stats
+
+
+def naive_rsm(E, similarity):
+    E = np.asarray(E, dtype=np.float64)
+    if similarity == "pearson":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            Z = np.corrcoef(E)
+    else:
+        norms = np.linalg.norm(E, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            Z = (E @ E.T) / np.outer(norms, norms)
+    Z = np.nan_to_num(Z, nan=0.0)  # the package's convention for constant rows
+    np.fill_diagonal(Z, 1.0)
+    return Z
+
+
+def naive_compare(a, b, comparison):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = ~np.isnan(b)
+    a, b = a[ok], b[ok]
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    if comparison == "spearman":  # the package's tie rule: model values equal to 12 decimals tie
+        return stats.spearmanr(np.round(a, 12), b).statistic
+    return stats.pearsonr(a, b).statistic
+
+
+def naive_2oi(E, H, similarity, comparison):
+    iu = np.triu_indices(len(H), 1)
+    return naive_compare(naive_rsm(E, similarity)[iu], H[iu], comparison)
+
+
+def embed(maps_or_E, head=None, keep=None):
+    """Embeddings with maps outside ``keep`` set to zero (identity head for 2-D)."""
+    X = np.array(maps_or_E, dtype=np.float64 if head is None else np.float32, copy=True)
+    if keep is not None:
+        X[:, ~np.asarray(keep, bool)] = 0
+    if head is None:
+        return X
+    with torch.no_grad():
+        return head.embed(torch.as_tensor(X)).double().numpy()
+
+
+def naive_ais(X, H, similarity, comparison, head=None):
+    K = X.shape[1]
+    base = naive_2oi(embed(X, head), H, similarity, comparison)
+    scores = np.empty(K)
+    for k in range(K):
+        keep = np.ones(K, bool)
+        keep[k] = False
+        scores[k] = base - naive_2oi(embed(X, head, keep), H, similarity, comparison)
+    return base, scores
+
+
+def naive_path(X, H, order, similarity, comparison, head=None):
+    K = X.shape[1]
+    out = []
+    for t in range(1, K + 1):
+        keep = np.zeros(K, bool)
+        keep[order[:t]] = True
+        out.append(naive_2oi(embed(X, head, keep), H, similarity, comparison))
+    return np.array(out)
+
+
+def naive_image_scores(X, H, similarity, comparison, head=None):
+    n, K = X.shape[:2]
+    E = embed(X, head)
+    out = np.zeros((n, K))
+    for t in range(n):
+        others = np.r_[0:t, t + 1 : n]
+        base = naive_compare(naive_rsm(E, similarity)[t, others], H[t, others], comparison)
+        for k in range(K):
+            Xt = np.array(X, copy=True)
+            Xt[t, k] = 0
+            Ek = embed(Xt, head)
+            out[t, k] = base - naive_compare(naive_rsm(Ek, similarity)[t, others], H[t, others], comparison)
+    return out

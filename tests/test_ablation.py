@@ -1,0 +1,132 @@
+"""Exactness of the ablation kernels against the naive algorithm (tests/_reference.py)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sklearn_ais._ablation import make_problem
+from sklearn_ais._containers import FeatureMaps
+from sklearn_ais.backbones import MLPHead, ModuleHead, PoolingHead
+
+from ._reference import naive_ais, naive_image_scores, naive_path
+
+SETTINGS = [(s, c) for s in ("pearson", "cosine") for c in ("spearman", "pearson")]
+
+
+def _human(rng, n, nan_frac=0.0):
+    A = rng.normal(size=(n, n))
+    H = (A + A.T) / 2
+    if nan_frac:
+        iu = np.triu_indices(n, 1)
+        drop = rng.random(len(iu[0])) < nan_frac
+        H[iu[0][drop], iu[1][drop]] = np.nan
+        H[iu[1][drop], iu[0][drop]] = np.nan
+    return H
+
+
+def _vgg_like(K=6, P=4, D1=16, D=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fc7 = nn.Linear(D1, D)
+    with torch.no_grad():
+        fc7.weight.copy_(torch.randn(D, D1, generator=g))
+        fc7.bias.copy_(torch.randn(D, generator=g))
+    W = torch.randn(D1, K * P, generator=g)
+    b = torch.randn(D1, generator=g)
+    return MLPHead(W, b, nn.Sequential(nn.ReLU(), fc7, nn.ReLU()), maxpool=2, output_size=(2, 2))
+
+
+def _run(problem, H, similarity, comparison, K):
+    iu = np.triu_indices(len(H), 1)
+    tv = problem.target(H[iu], comparison)
+    base, loo = problem.leave_one_out(tv)
+    order = np.argsort(-(base - loo), kind="stable")
+    return base, base - loo, order, problem.sweep(order, tv, np.arange(1, K + 1))
+
+
+@pytest.mark.parametrize("similarity,comparison", SETTINGS)
+@pytest.mark.parametrize("nan_frac", [0.0, 0.3])
+def test_pooled_kernels_match_naive(rng, similarity, comparison, nan_frac):
+    n, K = 14, 9
+    X = rng.normal(size=(n, K)) + 0.5
+    X[:, 3] = 0.0  # a dead unit
+    H = _human(rng, n, nan_frac)
+    base, ais, order, path = _run(make_problem(X, similarity), H, similarity, comparison, K)
+    ref_base, ref_ais = naive_ais(X, H, similarity, comparison)
+    np.testing.assert_allclose(base, ref_base, atol=1e-9)
+    np.testing.assert_allclose(ais, ref_ais, atol=1e-9)
+    assert ais[3] == 0.0  # dead map: exactly no effect
+    np.testing.assert_allclose(path, naive_path(X, H, order, similarity, comparison), atol=1e-9)
+
+
+@pytest.mark.parametrize("similarity,comparison", SETTINGS)
+def test_mlp_kernels_match_naive(rng, similarity, comparison):
+    n, K = 10, 6
+    head = _vgg_like(K=K)
+    maps = rng.normal(size=(n, K, 4, 4)).astype(np.float32)
+    maps[:, 2] = 0  # dead map
+    maps[3, 4] = 0  # map dead in one image only: the kernel skips that pair
+    H = _human(rng, n, 0.2)
+    fm = FeatureMaps(maps, head)
+    base, ais, order, path = _run(make_problem(fm, similarity), H, similarity, comparison, K)
+    ref_base, ref_ais = naive_ais(maps, H, similarity, comparison, head=head)
+    np.testing.assert_allclose(base, ref_base, atol=1e-6)
+    np.testing.assert_allclose(ais, ref_ais, atol=1e-6)
+    np.testing.assert_allclose(path, naive_path(maps, H, order, similarity, comparison, head), atol=1e-6)
+
+
+@pytest.mark.parametrize("similarity,comparison", SETTINGS[:2])
+def test_generic_head_matches_naive(rng, similarity, comparison):
+    n, K = 9, 5
+    lin = nn.Linear(K, 7)
+    head = ModuleHead(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin, nn.Tanh()))
+    maps = rng.normal(size=(n, K, 3, 3)).astype(np.float32)
+    H = _human(rng, n)
+    fm = FeatureMaps(maps, head)
+    base, ais, order, path = _run(make_problem(fm, similarity), H, similarity, comparison, K)
+    ref_base, ref_ais = naive_ais(maps, H, similarity, comparison, head=head)
+    np.testing.assert_allclose(ais, ref_ais, atol=1e-6)
+    np.testing.assert_allclose(path, naive_path(maps, H, order, similarity, comparison, head), atol=1e-6)
+
+
+def test_pooling_head_feature_maps_equal_2d(rng):
+    maps = rng.random(size=(8, 5, 3, 3)).astype(np.float32)
+    H = _human(rng, 8)
+    fm = FeatureMaps(maps, PoolingHead("avg"))
+    E = maps.astype(np.float64).mean(axis=(2, 3))
+    a = _run(make_problem(fm, "pearson"), H, "pearson", "spearman", 5)
+    b = _run(make_problem(E, "pearson"), H, "pearson", "spearman", 5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pooled", "mlp", "generic"])
+@pytest.mark.parametrize("similarity,comparison", [("pearson", "spearman"), ("cosine", "pearson")])
+def test_per_image_scores_match_naive(rng, kind, similarity, comparison):
+    n, K = 8, 5
+    H = _human(rng, n, 0.2)
+    if kind == "pooled":
+        X, head = rng.normal(size=(n, K)) + 0.3, None
+        problem = make_problem(X, similarity)
+    else:
+        X = rng.normal(size=(n, K, 4, 4)).astype(np.float32)
+        X[2, 1] = 0
+        if kind == "mlp":
+            head = _vgg_like(K=K)
+        else:
+            head = ModuleHead(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(K, 6), nn.ReLU()))
+        problem = make_problem(FeatureMaps(X, head), similarity)
+    base, ablated = problem.per_image(H, comparison)
+    ref = naive_image_scores(X, H, similarity, comparison, head)
+    np.testing.assert_allclose(base[:, None] - ablated, ref, atol=1e-6)
+
+
+def test_chunking_does_not_change_results(rng, monkeypatch):
+    import sklearn_ais._ablation as ab
+
+    X = rng.normal(size=(12, 20))
+    H = _human(rng, 12)
+    full = _run(make_problem(X, "pearson"), H, "pearson", "spearman", 20)
+    monkeypatch.setattr(ab, "_ELEMENT_BUDGET", 200)  # forces many tiny chunks
+    tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", 20)
+    np.testing.assert_allclose(full[1], tiny[1], atol=1e-12)
+    np.testing.assert_allclose(full[3], tiny[3], atol=1e-12)
