@@ -53,7 +53,7 @@ def similarity_frame(similarity, ids=None) -> pd.DataFrame:
 
 
 _SLICED_HINT = (
-    "y has shape {shape} but X has {n} images: y must be the n x n similarity matrix of the images in X. "
+    "y has shape {shape} but X has {n} images: y must be the square n x n similarity matrix of the images in X. "
     "If this happened inside cross_validate/GridSearchCV, scikit-learn sliced the rows of y only; pass "
     "y=sklearn_ais.model_selection.similarity_frame(y) so the columns can be realigned by image id."
 )
@@ -85,7 +85,7 @@ def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, to
     if y.ndim != 2:
         raise ValueError(f"y must be an n x n similarity matrix, got an array with shape {y.shape}")
     if y.shape[0] != y.shape[1]:
-        if y.shape[0] == n_samples:
+        if y.shape[0] == n_samples and y.shape[1] > n_samples:
             raise ValueError(_SLICED_HINT.format(shape=y.shape, n=n_samples))
         raise ValueError(f"y must be square (n x n similarity matrix), got shape {y.shape}")
     if y.shape[0] != n_samples:

@@ -33,7 +33,8 @@ def _vgg_like(K=6, P=4, D1=16, D=12, seed=0):
         fc7.bias.copy_(torch.randn(D, generator=g))
     W = torch.randn(D1, K * P, generator=g)
     b = torch.randn(D1, generator=g)
-    return MLPHead(W, b, nn.Sequential(nn.ReLU(), fc7, nn.ReLU()), maxpool=2, output_size=(2, 2))
+    side = int(round(P**0.5))
+    return MLPHead(W, b, nn.Sequential(nn.ReLU(), fc7, nn.ReLU()), maxpool=2, output_size=(side, side))
 
 
 def _run(problem, H, similarity, comparison, K):

@@ -148,6 +148,11 @@ class MLPHead(Head):
 
     def block_weight(self, n_maps: int) -> torch.Tensor:
         """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k."""
+        if self.weight.shape[1] != n_maps * self.n_pooled:
+            raise ValueError(
+                f"this head's first layer reads {self.weight.shape[1]} inputs, but {n_maps} maps pooled to "
+                f"{self.output_size} give {n_maps * self.n_pooled}: the maps do not come from this head's network"
+            )
         return self.weight.view(self.weight.shape[0], n_maps, self.n_pooled)
 
     def __repr__(self):

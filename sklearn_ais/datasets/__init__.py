@@ -1,0 +1,20 @@
+"""Datasets: real images with human similarity judgments, and a synthetic task.
+
+Real data are read from a data folder (``data_home`` argument, else the
+``SKLEARN_AIS_DATA`` environment variable, else ``~/sklearn_ais_data``) and
+downloaded, with sha256 verification, from pinned public addresses when
+missing.
+"""
+
+from ._base import DataUnavailableError, get_data_home
+from ._kriegeskorte import load_kriegeskorte92
+from ._peterson import load_peterson_animals
+from ._synthetic import make_similarity_task
+
+__all__ = [
+    "DataUnavailableError",
+    "get_data_home",
+    "load_kriegeskorte92",
+    "load_peterson_animals",
+    "make_similarity_task",
+]

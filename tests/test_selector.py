@@ -1,0 +1,214 @@
+"""AISSelector: exactness against the naive algorithm, planted truth, conventions, bad input."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_ais import AISSelector, FeatureMaps
+from sklearn_ais.model_selection import similarity_frame
+
+from ._reference import naive_2oi, naive_ais, naive_path
+from .test_ablation import SETTINGS, _human, _vgg_like
+
+
+@parametrize_with_checks([AISSelector(device="cpu")])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("similarity,comparison", SETTINGS)
+@pytest.mark.parametrize("nan_frac", [0.0, 0.25])
+def test_fitted_attributes_match_naive(rng, similarity, comparison, nan_frac):
+    n, K = 16, 10
+    X = rng.normal(size=(n, K)) + 1.0
+    H = _human(rng, n, nan_frac)
+    sel = AISSelector(similarity=similarity, comparison=comparison, device="cpu").fit(X, H)
+    base, ais = naive_ais(X, H, similarity, comparison)
+    np.testing.assert_allclose(sel.baseline_score_, base, atol=1e-6)
+    np.testing.assert_allclose(sel.scores_, ais, atol=1e-6)
+    order = np.argsort(-sel.scores_, kind="stable")
+    np.testing.assert_array_equal(sel.ranking_[order], np.arange(1, K + 1))
+    np.testing.assert_allclose(sel.path_scores_, naive_path(X, H, order, similarity, comparison), atol=1e-6)
+    # score = 2OI with unselected units zeroed, on fresh data
+    X2, H2 = rng.normal(size=(12, K)), _human(rng, 12, nan_frac)
+    expected = naive_2oi(np.where(sel.support_, X2, 0.0), H2, similarity, comparison)
+    np.testing.assert_allclose(sel.score(X2, H2), expected, atol=1e-6)
+
+
+def test_vgg_head_matches_naive(rng):
+    n, K = 10, 6
+    head = _vgg_like(K=K)
+    maps = np.abs(rng.normal(size=(n, K, 4, 4))).astype(np.float32)
+    H = _human(rng, n)
+    sel = AISSelector(n_features_to_select=3, device="cpu").fit(FeatureMaps(maps, head), H)
+    base, ais = naive_ais(maps, H, "pearson", "spearman", head=head)
+    np.testing.assert_allclose(sel.scores_, ais, atol=1e-6)
+    order = np.argsort(-sel.scores_, kind="stable")
+    np.testing.assert_allclose(sel.path_scores_, naive_path(maps, H, order, "pearson", "spearman", head), atol=1e-6)
+    assert sel.support_.sum() == 3
+    kept = maps * sel.support_[None, :, None, None]
+    from ._reference import embed
+
+    np.testing.assert_allclose(
+        sel.score(FeatureMaps(maps, head), H), naive_2oi(embed(kept, head), H, "pearson", "spearman"), atol=1e-6
+    )
+
+
+def _planted(rng, n=60, K=40, k_true=6, noise=0.5):
+    X = rng.normal(size=(n, K))
+    truth = np.zeros(K, bool)
+    truth[rng.choice(K, k_true, replace=False)] = True
+    H = np.corrcoef(X[:, truth])
+    N = rng.normal(scale=noise * H[np.triu_indices(n, 1)].std(), size=(n, n))
+    return X, H + (N + N.T) / 2, truth
+
+
+def test_planted_truth_recovered_and_generalises(rng):
+    X, H, truth = _planted(rng)
+    sel = AISSelector(device="cpu").fit(X, H)
+    assert set(np.flatnonzero(sel.support_)) >= set(np.flatnonzero(truth))
+    assert sel.support_.sum() <= truth.sum() + 3
+    # held out images: selection raises 2OI
+    from sklearn_ais.model_selection import cross_validate_alignment
+
+    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=KFold(4, shuffle=True, random_state=0))
+    assert (res.table.test_score_selected > res.table.test_score_full).all()
+
+
+def test_n_features_to_select_options(rng):
+    X, H, truth = _planted(rng, n=30, K=12, k_true=3)
+    assert AISSelector(n_features_to_select=5, device="cpu").fit(X, H).support_.sum() == 5
+    assert AISSelector(n_features_to_select=0.5, device="cpu").fit(X, H).support_.sum() == 6
+    auto = AISSelector(device="cpu").fit(X, H)
+    best = np.flatnonzero(auto.path_scores_ == auto.path_scores_.max())[0] + 1  # smallest t on ties
+    assert auto.n_features_to_select_ == best
+    cv = AISSelector(cv=KFold(3, shuffle=True, random_state=0), device="cpu").fit(X, H)
+    assert cv.cv_path_scores_.shape == (3, 12)
+    assert cv.n_features_to_select_ == np.argmax(cv.cv_path_scores_.mean(0)) + 1
+    with pytest.raises(ValueError, match="exceeds"):
+        AISSelector(n_features_to_select=13, device="cpu").fit(X, H)
+
+
+def test_dead_map_and_constant_row_give_finite_scores(rng):
+    X = rng.normal(size=(10, 6))
+    X[:, 2] = 0  # dead unit
+    X[4] = 0.0  # constant row: no Pearson similarity defined
+    X[7, :] = 2.5
+    X[7, 2] = 0  # constant but for the dead unit
+    sel = AISSelector(device="cpu").fit(X, _human(rng, 10))
+    assert np.isfinite(sel.scores_).all() and np.isfinite(sel.path_scores_).all()
+    assert sel.scores_[2] == 0.0
+
+
+def test_dissimilarity_and_labels(rng):
+    X, H, _ = _planted(rng, n=24, K=10, k_true=3)
+    a = AISSelector(device="cpu").fit(X, H)
+    b = AISSelector(y_kind="dissimilarity", device="cpu").fit(X, -H + 5)
+    np.testing.assert_allclose(a.scores_, b.scores_, atol=1e-12)
+    labels = np.repeat([0, 1, 2], 8)
+    c = AISSelector(device="cpu").fit(X, labels)
+    same = (labels[:, None] == labels[None]).astype(float)
+    np.testing.assert_allclose(c.scores_, naive_ais(X, same, "pearson", "spearman")[1], atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make_y,match",
+    [
+        (lambda H: H[:, :-1], "square"),
+        (lambda H: np.where(np.eye(len(H), k=1) > 0, np.inf, H), "inf"),
+        (lambda H: H + np.triu(np.ones_like(H), 1), "not symmetric"),
+        (lambda H: np.ones_like(H), "constant"),
+        (lambda H: H[:-1, :-1], "X has"),
+    ],
+)
+def test_bad_y(rng, make_y, match):
+    X = rng.normal(size=(8, 4))
+    with pytest.raises(ValueError, match=match):
+        AISSelector(device="cpu").fit(X, make_y(_human(rng, 8)))
+
+
+def test_bad_X(rng):
+    H = _human(rng, 8)
+    with pytest.raises(ValueError, match="2D"):
+        AISSelector(device="cpu").fit(rng.normal(size=8), H)
+    X = rng.normal(size=(8, 4))
+    X[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        AISSelector(device="cpu").fit(X, H)
+    with pytest.raises(ValueError, match="minimum of 4"):
+        AISSelector(device="cpu").fit(rng.normal(size=(3, 4)), _human(rng, 3))
+    with pytest.raises(ValueError):
+        AISSelector(device="cpu").fit(np.zeros((0, 4)), np.zeros((0, 0)))
+    fm = FeatureMaps(np.full((6, 3, 2, 2), np.nan, dtype=np.float32), _vgg_like(K=3, P=1))
+    with pytest.raises(ValueError, match="NaN"):
+        AISSelector(device="cpu").fit(fm, _human(rng, 6))
+
+
+def test_sliced_unlabelled_y_explains(rng):
+    X, H = rng.normal(size=(10, 4)), _human(rng, 10)
+    with pytest.raises(ValueError, match="similarity_frame"):
+        AISSelector(device="cpu").fit(X[:6], H[:6])
+
+
+def test_pipeline_cross_validate_never_fits_on_test_images(rng):
+    """scikit-learn slices y by rows; the labelled frame realigns the columns.
+
+    A spy records which image ids reach fit; no test id may appear.
+    """
+    X, H, _ = _planted(rng, n=30, K=8, k_true=3)
+    ids = np.array([f"img{i:02d}" for i in range(30)])
+    y = similarity_frame(H, ids)
+    seen = []
+
+    class Spy(AISSelector):
+        def fit(self, X, y):
+            seen.append(list(y.index))
+            return super().fit(X, y)
+
+    cv = KFold(5, shuffle=True, random_state=0)
+    out = cross_validate(Spy(device="cpu"), X, y, cv=cv, return_indices=True)
+    for fit_ids, test_idx in zip(seen, out["indices"]["test"]):
+        assert not set(fit_ids) & set(ids[test_idx])
+    # the test score is the 2OI on the test block only
+    sel = Spy(device="cpu").fit(X[out["indices"]["train"][0]], y.iloc[out["indices"]["train"][0]])
+    te = out["indices"]["test"][0]
+    assert np.isclose(out["test_score"][0], sel.score(X[te], H[np.ix_(te, te)]))
+    gs = GridSearchCV(Pipeline([("ais", AISSelector(device="cpu"))]), {"ais__n_features_to_select": [2, "auto"]}, cv=cv)
+    gs.fit(X, y)
+    assert gs.best_params_["ais__n_features_to_select"] in (2, "auto")
+
+
+def test_featuremaps_transform_and_pickle(rng):
+    maps = np.abs(rng.normal(size=(8, 5, 3, 3))).astype(np.float32)
+    fm = FeatureMaps(maps, _vgg_like(K=5, P=1), ids=np.arange(8))
+    sel = AISSelector(n_features_to_select=2, device="cpu").fit(fm, _human(rng, 8))
+    out = sel.transform(fm)
+    assert isinstance(out, FeatureMaps)
+    np.testing.assert_array_equal(out.maps[:, ~sel.support_], 0)
+    np.testing.assert_array_equal(out.maps[:, sel.support_], maps[:, sel.support_])
+    again = pickle.loads(pickle.dumps(sel))
+    np.testing.assert_array_equal(again.scores_, sel.scores_)
+    assert clone(sel).get_params() == sel.get_params()
+
+
+def test_deterministic(rng):
+    X, H, _ = _planted(rng, n=20, K=10, k_true=3)
+    a = AISSelector(device="cpu").fit(X, H)
+    b = AISSelector(device="cpu").fit(X.copy(), H.copy())
+    assert a.scores_.tobytes() == b.scores_.tobytes()
+    assert a.path_scores_.tobytes() == b.path_scores_.tobytes()
+
+
+def test_dataframe_y_reordered_columns(rng):
+    X, H = rng.normal(size=(9, 4)), _human(rng, 9)
+    y = similarity_frame(H).iloc[:, ::-1]  # columns in another order: realigned by id
+    a = AISSelector(device="cpu").fit(X, y)
+    b = AISSelector(device="cpu").fit(X, H)
+    np.testing.assert_allclose(a.scores_, b.scores_)
+    assert isinstance(y, pd.DataFrame)
