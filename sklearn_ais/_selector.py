@@ -261,6 +261,18 @@ class AISSelector(SelectorMixin, BaseEstimator):
         problem, H = self._prepare(X, y, reset=False)
         return problem.score(problem.target(upper_triangle(H), self.comparison), keep=self.support_)
 
+    def path_score(self, X, y) -> np.ndarray:
+        """2OI on (X, y) along this selector's ranked sweep: one value per t = 1 .. n_maps.
+
+        On held-out data this is the validation curve that shows how many maps
+        generalise.
+        """
+        check_is_fitted(self)
+        problem, H = self._prepare(X, y, reset=False)
+        order = np.argsort(self.ranking_, kind="stable")
+        target = problem.target(upper_triangle(H), self.comparison)
+        return problem.sweep(order, target, np.arange(1, problem.K + 1))
+
     def score_all(self, X, y):
         """2OI of all maps on (X, y): the reference the selection must beat."""
         check_is_fitted(self)

@@ -201,6 +201,8 @@ class AlignmentCVResult:
     table: pd.DataFrame
     summary: pd.Series
     estimators: list | None = None
+    train_paths: np.ndarray | None = None
+    test_paths: np.ndarray | None = None
 
     def __repr__(self):
         s = self.summary
@@ -213,7 +215,7 @@ class AlignmentCVResult:
 
 
 def cross_validate_alignment(
-    estimator, X, y, cv=None, *, y_kind=None, return_estimators=False, verbose=0
+    estimator, X, y, cv=None, *, y_kind=None, return_estimators=False, return_paths=False, verbose=0
 ) -> AlignmentCVResult:
     """Held-out 2OI of all maps vs the selected maps, fold by fold.
 
@@ -232,6 +234,10 @@ def cross_validate_alignment(
     y_kind : {"similarity", "dissimilarity"}, optional
         Defaults to the estimator's ``y_kind``.
     return_estimators : bool, default=False
+    return_paths : bool, default=False
+        Also record, per fold, the training and held-out 2OI along the
+        fold's ranked sweep (``train_paths``, ``test_paths``: (n_folds,
+        n_maps)), the curves behind the choice of t.
     verbose : int, default=0
         Show a progress bar over folds when > 0.
 
@@ -269,7 +275,7 @@ def cross_validate_alignment(
         H = -H  # validated as similarity from here on
     by_pairs = getattr(cv, "splits_pairs", False)
     splits = list(cv.split(X, H) if by_pairs else cv.split(np.arange(n)))
-    rows, fitted = [], []
+    rows, fitted, train_paths, test_paths = [], [], [], []
     iterator = splits
     if verbose:
         from tqdm.auto import tqdm
@@ -303,5 +309,14 @@ def cross_validate_alignment(
         )
         if return_estimators:
             fitted.append(est)
+        if return_paths:
+            train_paths.append(est.path_scores_)
+            test_paths.append(est.path_score(X_test, H_test))
     table = pd.DataFrame(rows)
-    return AlignmentCVResult(table, summarize_folds(table), fitted if return_estimators else None)
+    return AlignmentCVResult(
+        table,
+        summarize_folds(table),
+        fitted if return_estimators else None,
+        np.asarray(train_paths) if return_paths else None,
+        np.asarray(test_paths) if return_paths else None,
+    )
