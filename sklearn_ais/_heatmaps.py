@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
 from ._containers import FeatureMaps
@@ -136,7 +136,9 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : FeatureMaps
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+            A 2-D array (identity head) gives ``image_scores_`` of units;
+            only feature maps can be drawn by :meth:`transform`.
         y : array-like of shape (n_images, n_images)
             Human similarity matrix (NaN = missing pair).
 
@@ -144,9 +146,14 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         -------
         self : AISHeatmapper
         """
-        X = _require_maps(X)
+        if isinstance(X, FeatureMaps):
+            X = _require_maps(X)
+            K = X.n_maps
+        else:  # units of a 2-D embedding: per-image scores only, nothing to draw
+            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=4)
+            K = X.shape[1]
         H = check_similarity_target(y, len(X), self.y_kind)
-        self._keep_mask(X.n_maps)
+        self._keep_mask(K)
         problem = make_problem(X, self.similarity, self.device)
         base, ablated = problem.per_image(H, self.comparison)
         self.image_base_scores_ = base
@@ -154,8 +161,8 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         target = problem.target(upper_triangle(H), self.comparison)
         gbase, gablated = problem.leave_one_out(target)
         self.scores_ = gbase - gablated
-        self.n_features_in_ = X.n_maps
-        self._train_digests = {d: i for i, d in enumerate(_fingerprint(X.maps))}
+        self.n_features_in_ = K
+        self._train_digests = {d: i for i, d in enumerate(_fingerprint(X.maps))} if isinstance(X, FeatureMaps) else {}
         return self
 
     def image_weights(self, X) -> np.ndarray:
