@@ -13,7 +13,8 @@ AISSelector
 AISHeatmapper
     Per-image alignment importance and heatmaps.
 
-Submodules: ``backbones``, ``datasets``, ``metrics``, ``model_selection``,
+Submodules: ``alignment`` (neighbouring methods), ``attention`` (gradient
+baselines), ``backbones``, ``datasets``, ``metrics``, ``model_selection``,
 ``plotting``.
 """
 
@@ -29,7 +30,7 @@ _LAZY = {
     "AISSelector": "._selector",
     "AISHeatmapper": "._heatmaps",
 }
-_SUBMODULES = {"backbones", "datasets", "metrics", "model_selection", "plotting", "cli", "alignment"}
+_SUBMODULES = {"alignment", "attention", "backbones", "cli", "datasets", "metrics", "model_selection", "plotting"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 

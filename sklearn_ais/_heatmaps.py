@@ -6,7 +6,6 @@ import hashlib
 import warnings
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -211,10 +210,5 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
             return minmax(raw)
         if X.input_size is None:
             raise ValueError("X has no input_size (it was not made by DNNFeatureMapTransformer); use output='maps'")
-        up = torch.nn.functional.interpolate(
-            torch.as_tensor(raw)[:, None], size=X.input_size, mode="bilinear", align_corners=False
-        )[:, 0].numpy()
-        if self.output == "input" or X.geometry is None:
-            return minmax(up)
-        out = to_original(up, X.geometry, X.input_size)
-        return minmax(out) if isinstance(out, np.ndarray) else [minmax(o[None])[0] for o in out]
+        output = "input" if self.output == "input" or X.geometry is None else "original"
+        return minmax(to_original(raw, X.geometry, X.input_size, output=output))

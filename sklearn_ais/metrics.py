@@ -144,3 +144,28 @@ def split_half_ceiling(half1, half2, comparison: str = "spearman") -> float:
     """
     r = second_order_isomorphism(half1, half2, comparison)
     return float(2 * r / (1 + r)) if r > -1 else -1.0
+
+
+from ._map_metrics import (  # noqa: E402  (re-exported map and distribution comparisons)
+    heatmap_match,
+    ks_test,
+    match_entropy_correlation,
+    mean_absolute_deviation,
+    precision_recall,
+    precision_recall_auc,
+    prediction_entropy,
+    relative_risk,
+    top_mask,
+)
+
+__all__ += [
+    "heatmap_match",
+    "ks_test",
+    "match_entropy_correlation",
+    "mean_absolute_deviation",
+    "precision_recall",
+    "precision_recall_auc",
+    "prediction_entropy",
+    "relative_risk",
+    "top_mask",
+]

@@ -1,0 +1,173 @@
+"""Map heatmaps from the network input back onto the original images.
+
+Preprocessing (see :class:`~sklearn_ais.backbones._preprocess.Preprocessing`)
+resizes an ``(orig_h, orig_w)`` image to ``(resized_h, resized_w)`` and feeds
+the window of ``input_size`` starting at ``(crop_top, crop_left)`` to the
+network. :func:`to_original` undoes this for maps computed on the network
+input (or on the coarser feature-map grid): upsample to ``input_size``, paste
+the window into an all-zero canvas of the resized size (the network never saw
+what lies outside the crop), and resize the canvas to the original size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+__all__ = ["minmax", "to_original"]
+
+_OUTPUTS = ("original", "resized", "input")
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (n, h, w) maps; antialiased when shrinking."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[:, 0]
+
+
+def _as_size(input_size, default):
+    if input_size is None:
+        return tuple(default)
+    size = tuple(int(s) for s in np.broadcast_to(np.asarray(input_size), (2,)))
+    if min(size) < 1:
+        raise ValueError(f"input_size must be positive, got {size}")
+    return size
+
+
+def to_original(heatmaps, geometry=None, input_size=None, output="original"):
+    """Map heatmaps from the network input back onto the original images.
+
+    Parameters
+    ----------
+    heatmaps : array-like or Tensor of shape (n_images, h, w)
+        Maps on the network input, at any resolution (e.g. the feature-map
+        grid): they are first upsampled bilinearly to ``input_size``.
+    geometry : array-like of int of shape (n_images, 6), optional
+        Per image ``(orig_h, orig_w, resized_h, resized_w, crop_top,
+        crop_left)``, as in :attr:`FeatureMaps.geometry
+        <sklearn_ais.FeatureMaps>`. Required unless ``output="input"``.
+    input_size : int or tuple of int, optional
+        ``(H, W)`` of the network input. Default: ``(h, w)`` of ``heatmaps``.
+    output : {"original", "resized", "input"}, default="original"
+        Geometry of the result: the original image, the resized image before
+        the crop, or the network input.
+
+    Returns
+    -------
+    maps : ndarray of shape (n_images, H, W) or list of ndarray
+        Float maps (float64 for float64 input, else float32). A list of 2-D
+        arrays when the images differ in size. Pixels outside the crop
+        window are 0 before the final resize to the original size.
+
+    Notes
+    -----
+    All resizing is bilinear with ``align_corners=False`` (pixel centres,
+    as PIL resizes), antialiased when shrinking. Bilinear weights are
+    non-negative and sum to 1, so values stay within the input's range.
+
+    Examples
+    --------
+    A map that is 1 on the left half of a 4 x 4 crop, taken from the centre of
+    an 8 x 4 image that was not resized:
+
+    >>> import numpy as np
+    >>> from sklearn_ais._geometry import to_original
+    >>> m = np.zeros((1, 4, 4)); m[0, :, :2] = 1
+    >>> to_original(m, [(8, 4, 8, 4, 2, 0)], (4, 4))[0].astype(int)
+    array([[0, 0, 0, 0],
+           [0, 0, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [0, 0, 0, 0],
+           [0, 0, 0, 0]])
+    """
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+    x = heatmaps.detach().cpu() if isinstance(heatmaps, torch.Tensor) else torch.from_numpy(np.asarray(heatmaps))
+    if x.ndim != 3:
+        raise ValueError(f"heatmaps must have shape (n_images, h, w), got {tuple(x.shape)}")
+    if 0 in x.shape:
+        raise ValueError(f"heatmaps is empty (shape {tuple(x.shape)})")
+    x = x.double() if x.dtype == torch.float64 else x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError("heatmaps contain NaN or inf")
+    x = _resize(x, _as_size(input_size, x.shape[-2:]))
+    if output == "input":
+        return x.numpy()
+
+    if geometry is None:
+        raise ValueError(f"geometry is required for output={output!r}")
+    geometry = np.asarray(geometry)
+    if geometry.shape != (len(x), 6) or not np.issubdtype(geometry.dtype, np.integer):
+        raise ValueError(f"geometry must be an integer array of shape ({len(x)}, 6), got {geometry.dtype} {geometry.shape}")
+    if (geometry[:, :4] < 1).any():
+        raise ValueError("geometry sizes (orig_h, orig_w, resized_h, resized_w) must be positive")
+
+    H, W = x.shape[-2:]
+    out = [None] * len(x)
+    # Images with the same geometry (the usual case) are resized as one batch.
+    keys, inverse = np.unique(geometry, axis=0, return_inverse=True)
+    for g, (oh, ow, rh, rw, top, left) in enumerate(keys.tolist()):
+        idx = np.flatnonzero(inverse.ravel() == g)
+        canvas = x.new_zeros((len(idx), rh, rw))
+        # Intersection of the crop window with the canvas (PIL pads a crop
+        # that overhangs the image; those pixels have no original).
+        t0, t1 = max(top, 0), min(top + H, rh)
+        l0, l1 = max(left, 0), min(left + W, rw)
+        if t1 > t0 and l1 > l0:
+            canvas[:, t0:t1, l0:l1] = x[torch.from_numpy(idx)][:, t0 - top : t1 - top, l0 - left : l1 - left]
+        if output == "original":
+            canvas = _resize(canvas, (oh, ow))
+        for j, i in enumerate(idx):
+            out[i] = canvas[j].numpy()
+    if len({o.shape for o in out}) == 1:
+        return np.stack(out)
+    return out
+
+
+def minmax(heatmaps):
+    """Rescale each map to [0, 1]; a constant map becomes all zeros.
+
+    Parameters
+    ----------
+    heatmaps : array-like of shape (n_images, H, W) or (H, W), or list of 2-D arrays
+
+    Returns
+    -------
+    scaled : ndarray or list of ndarray
+        Same structure and shape; ``(x - min) / (max - min)`` per map.
+        Never NaN: a constant map (no spatial information) maps to 0.
+
+    Raises
+    ------
+    ValueError
+        A map contains NaN or inf, or the input is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais._geometry import minmax
+    >>> minmax(np.array([[[1.0, 3.0]], [[2.0, 2.0]]]))
+    array([[[0., 1.]],
+    <BLANKLINE>
+           [[0., 0.]]])
+    """
+    if isinstance(heatmaps, (list, tuple)):
+        return [minmax(np.asarray(h)) for h in heatmaps]
+    x = np.asarray(heatmaps)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"heatmaps must have shape (n_images, H, W) or (H, W), got {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"heatmaps is empty (shape {x.shape})")
+    x = x.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("heatmaps contain NaN or inf")
+    lo = x.min(axis=(-2, -1), keepdims=True)
+    span = x.max(axis=(-2, -1), keepdims=True) - lo
+    return np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
