@@ -31,61 +31,26 @@ def _figure_block(title: str, fig, caption: str, out_dir: Path, name: str) -> st
 
 
 def curve_figure(train_paths, test_paths, chosen_t=None):
-    """Mean training and held-out 2OI along the ranked sweep."""
-    import matplotlib
+    """Mean training path and held-out paths along the ranked sweep (log t axis)."""
+    from .plotting import plot_path
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    t = np.arange(1, train_paths.shape[1] + 1)
-    for paths, label, color in ((train_paths, "training images", "tab:blue"), (test_paths, "held-out images", "tab:red")):
-        m = paths.mean(0)
-        se = paths.std(0, ddof=1) / np.sqrt(len(paths)) if len(paths) > 1 else np.zeros_like(m)
-        ax.plot(t, m, color=color, label=label)
-        ax.fill_between(t, m - se, m + se, color=color, alpha=0.2, lw=0)
-    if chosen_t is not None:
-        ax.axvline(chosen_t, color="k", ls="--", lw=1, label=f"mean t kept = {chosen_t:.0f}")
+    ax = plot_path(np.mean(train_paths, axis=0), test_paths,
+                   n_selected=None if chosen_t is None else int(round(chosen_t)))
     ax.set_xscale("log")
-    ax.set_xlabel("maps kept (top t by AIS)")
-    ax.set_ylabel("2OI with human similarity")
-    ax.legend(frameon=False)
-    return fig
+    ax.figure.set_size_inches(6.5, 3.6)
+    return ax.figure
 
 
 def histogram_figure(scores):
-    import matplotlib
+    from .plotting import plot_ais_histogram
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.hist(scores, bins=60, color="tab:gray")
-    ax.axvline(0, color="k", lw=1)
-    ax.set_xlabel("alignment importance score (AIS)")
-    ax.set_ylabel("number of maps")
-    return fig
+    return plot_ais_histogram(scores, bins=60).figure
 
 
-def grid_figure(images, heatmaps, titles=None, ncols=8, alpha=0.5):
-    import matplotlib
+def grid_figure(images, heatmaps, titles=None, ncols=8):
+    from .plotting import plot_heatmap_grid
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.ravel()[i]
-        ax.imshow(images[i])
-        ax.imshow(heatmaps[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
-        if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=7)
-    fig.tight_layout()
-    return fig
+    return plot_heatmap_grid(images, heatmaps, ncols=ncols, titles=titles)
 
 
 def write_report(out_dir, *, title, summary_lines, cv_result, selector, images, heatmaps, titles=None) -> Path:
@@ -105,7 +70,8 @@ def write_report(out_dir, *, title, summary_lines, cv_result, selector, images, 
         _figure_block(
             "Cross-validation curve",
             curve_figure(cv_result.train_paths, cv_result.test_paths, s.n_selected_mean),
-            "Mean 2OI (± s.e. across folds) when only the top-t maps, ranked on the training images, are kept.",
+            "2OI when only the top-t maps, ranked on each fold's training part, are kept: training (mean over "
+            "folds) and held-out ('validation', mean ± s.d. over folds); dashed: mean number kept.",
             out_dir,
             "cv_curve",
         ),

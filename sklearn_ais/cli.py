@@ -185,8 +185,10 @@ def _run(args):
     images, ids = load_images_arg(args.images)
     S = load_similarity_arg(args.similarity, args.similarity_key)
     weights = args.weights if args.weights is not None else "DEFAULT"
-    if args.weights and not Path(args.weights).exists() and os.sep in args.weights:
-        raise UserError(f"--weights {args.weights}: no such file")
+    if weights.lower() == "none":
+        weights = None  # a randomly initialised network, e.g. as a control
+    elif not Path(weights).exists() and (os.sep in weights or weights.endswith((".pth", ".pt", ".bin"))):
+        raise UserError(f"--weights {weights}: no such file")
     return analyse(images, S, out=args.out, ids=ids, backbone=args.backbone, weights=weights, device=args.device,
                    kind=args.kind, n_splits=args.cv, n_repeats=args.repeats, title=f"AIS analysis of {args.images}",
                    quiet=args.quiet)
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--similarity-key", default=None, help="variable name inside a .mat file")
     run.add_argument("--kind", choices=("similarity", "dissimilarity"), default="similarity")
     run.add_argument("--backbone", default="efficientnet_lite0")
-    run.add_argument("--weights", default=None, help="DEFAULT, a torchvision weights name, or a local state dict file")
+    run.add_argument("--weights", default=None, help="DEFAULT (pretrained), none (random), a torchvision weights name, or a local state dict file")
     run.add_argument("--cv", type=int, default=5, help="folds of image-wise cross-validation (default: %(default)s)")
     run.add_argument("--repeats", type=int, default=2, help="repeats of the cross-validation (default: %(default)s)")
     common(run)
