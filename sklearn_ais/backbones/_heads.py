@@ -18,6 +18,8 @@ ablation kernels dispatch on the head class:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -115,7 +117,8 @@ class MLPHead(Head):
     def __init__(self, weight, bias, rest: nn.Module, maxpool: int | None = 2, output_size=(7, 7)):
         self.weight = torch.as_tensor(weight).detach().float().cpu()
         self.bias = torch.as_tensor(bias).detach().float().cpu()
-        self.rest = rest.eval().cpu()
+        # A private CPU copy: the caller's layers (often the model's own) never move.
+        self.rest = copy.deepcopy(rest).eval().cpu().float()
         for p in self.rest.parameters():
             p.requires_grad_(False)
         self.maxpool = maxpool
@@ -139,7 +142,21 @@ class MLPHead(Head):
         return pooled.flatten(1) @ w.T + b
 
     def rest_on(self, device, dtype) -> nn.Module:
-        return self.rest.to(device=device, dtype=dtype)
+        """``rest`` on ``device``/``dtype``: a cached copy, so the head itself
+        (and any model it shares layers with) never moves, and pickles stay
+        portable."""
+        key = (str(device), dtype)
+        if str(device) == "cpu" and dtype == torch.float32:
+            return self.rest
+        cache = self.__dict__.setdefault("_device_copies", {})
+        if key not in cache:
+            cache[key] = copy.deepcopy(self.rest).to(device=device, dtype=dtype)
+        return cache[key]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_device_copies", None)
+        return state
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
         pooled = self.pooled(maps)
@@ -178,14 +195,25 @@ class ModuleHead(Head):
             module.eval()
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.module, nn.Module):
-            p = next(self.module.parameters(), None)
-            if p is not None:
-                self.module.to(device=maps.device, dtype=maps.dtype)
-        out = self.module(maps)
+        module = self.module
+        if isinstance(module, nn.Module):
+            p = next(module.parameters(), None)
+            if p is not None and (p.device != maps.device or p.dtype != maps.dtype):
+                # A cached copy on the maps' device; the user's module never moves.
+                key = (str(maps.device), maps.dtype)
+                cache = self.__dict__.setdefault("_device_copies", {})
+                if key not in cache:
+                    cache[key] = copy.deepcopy(module).to(device=maps.device, dtype=maps.dtype)
+                module = cache[key]
+        out = module(maps)
         if out.ndim != 2:
             out = out.flatten(1)
         return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_device_copies", None)
+        return state
 
     def __repr__(self):
         return f"ModuleHead({self.module!r})"

@@ -1,0 +1,324 @@
+"""Image inputs: what the package accepts, how it is decoded and preprocessed.
+
+Accepted inputs (see :func:`as_image_source`):
+
+* a sequence of image files (``str`` / ``os.PathLike``), PIL images, arrays
+  or tensors, possibly of different sizes and mixed;
+* one array of shape ``(n, H, W, 3)``, ``(n, H, W, 4)`` (alpha dropped),
+  ``(n, H, W, 1)`` or ``(n, H, W)`` (grayscale);
+* one tensor of shape ``(n, C, H, W)`` or ``(C, H, W)`` with ``C`` in
+  ``{1, 3}``;
+* a single file path or PIL image (one image).
+
+Pixel values: ``uint8`` arrays and tensors are 0..255, ``uint16`` arrays are
+0..65535 and floating-point arrays and tensors must lie in [0, 1] (values
+0..255 stored as floats are refused rather than guessed: pass ``uint8`` or
+divide by 255). Every image is converted to 8-bit RGB, the format the
+pretrained networks were trained on: grayscale is replicated, alpha is
+dropped (as ``PIL.Image.convert("RGB")`` does), palette, CMYK and 16-bit
+images are converted, files are rotated by their EXIF orientation. Float
+inputs are therefore quantised to 1/255 steps.
+
+Preprocessing follows torchvision's convention: resize the shorter side to
+``resize_size`` with PIL (antialiased), centre-crop ``input_size``, scale to
+[0, 1] and normalise with ``mean`` and ``std``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Pixel values of float inputs may overshoot [0, 1] by rounding noise.
+_FLOAT_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop, normalise.
+
+    Parameters
+    ----------
+    input_size : tuple of int
+        ``(H, W)`` of the network input (the centre crop).
+    resize_size : int
+        Length of the shorter side after resizing, before the crop. Must be
+        at least ``max(input_size)`` so that the crop fits.
+    interpolation : {"bilinear", "bicubic", "nearest", "lanczos"}
+    mean, std : tuple of float
+        Per-channel normalisation of the [0, 1] RGB values.
+    """
+
+    input_size: tuple = (224, 224)
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def __post_init__(self):
+        size = tuple(int(s) for s in np.broadcast_to(self.input_size, (2,)))
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "resize_size", int(self.resize_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if min(size) < 1:
+            raise ValueError(f"input_size must be positive, got {size}")
+        if self.resize_size < max(size):
+            raise ValueError(
+                f"resize_size ({self.resize_size}) must be >= max(input_size) = {max(size)} "
+                "so that the centre crop fits"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std must be 3 values (std > 0), got mean={self.mean}, std={self.std}")
+
+    def geometry(self, height: int, width: int) -> tuple[int, int, int, int, int, int]:
+        """``(orig_h, orig_w, resized_h, resized_w, crop_top, crop_left)`` of an image."""
+        s = self.resize_size
+        # torchvision's rule: the shorter side becomes s, the longer is truncated.
+        if width <= height:
+            new_w, new_h = s, int(s * height / width)
+        else:
+            new_h, new_w = s, int(s * width / height)
+        crop_h, crop_w = self.input_size
+        top = int(round((new_h - crop_h) / 2.0))
+        left = int(round((new_w - crop_w) / 2.0))
+        return height, width, new_h, new_w, top, left
+
+    def __call__(self, image: Image.Image) -> tuple[np.ndarray, tuple]:
+        """Preprocess one RGB image: ``(pixels (3, H, W) float32, geometry)``."""
+        geom = self.geometry(image.height, image.width)
+        _, _, new_h, new_w, top, left = geom
+        image = image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+        crop_h, crop_w = self.input_size
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+        x = np.asarray(image, dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)), geom
+
+    def batch(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess RGB images: ``(pixels (n, 3, H, W) float32, geometry (n, 6) int64)``."""
+        out = [self(im) for im in images]
+        return np.stack([o[0] for o in out]), np.asarray([o[1] for o in out], dtype=np.int64).reshape(-1, 6)
+
+
+# -- decoding ----------------------------------------------------------------
+def _pil_to_rgb(image: Image.Image, label: str) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I"):
+        # 16-bit (and 32-bit integer) grayscale: PIL's convert would clip at 255.
+        arr = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.round(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image), label)).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _check_pixels(arr: np.ndarray, label: str):
+    """Raise unless ``arr`` holds valid pixel values for its dtype."""
+    if arr.dtype in (np.uint8, np.uint16):
+        return
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{label} contains NaN or infinite pixel values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -_FLOAT_TOL or hi > 1 + _FLOAT_TOL:
+            raise ValueError(
+                f"{label}: float pixel values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+                "for 0..255 values pass uint8 (x.astype(np.uint8)) or divide by 255"
+            )
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{label}: integer pixel values must lie in 0..255 (uint16: 0..65535), got range [{lo}, {hi}]"
+            )
+    else:
+        raise ValueError(f"{label}: unsupported pixel dtype {arr.dtype}; use uint8 (0..255) or float (0..1)")
+
+
+def _to_uint8(arr: np.ndarray, label: str) -> np.ndarray:
+    _check_pixels(arr, label)
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if arr.dtype == np.uint16:
+        return np.round(arr / 257.0).astype(np.uint8)
+    return arr.astype(np.uint8)
+
+
+def _check_image_array(arr: np.ndarray, label: str) -> np.ndarray:
+    """Validate one (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array; return it as (H, W) or (H, W, 3)."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(
+            f"{label}: expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {arr.shape}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{label} is empty (shape {arr.shape})")
+    _check_pixels(arr, label)
+    return arr
+
+
+def _array_to_pil(arr: np.ndarray, label: str) -> Image.Image:
+    arr = _check_image_array(arr, label)
+    return Image.fromarray(np.ascontiguousarray(_to_uint8(arr, label))).convert("RGB")
+
+
+def _tensor_to_array(t: torch.Tensor, label: str) -> np.ndarray:
+    """A (C, H, W) tensor, C in {1, 3} -> (H, W, C) array."""
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"{label}: expected a tensor of shape (C, H, W) with C in {{1, 3}}, got {tuple(t.shape)}")
+    return t.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def _open_file(path: str) -> Image.Image:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image file not found: {path!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _pil_to_rgb(image, f"image file {path!r}")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"could not read image file {path!r}: {exc}") from exc
+
+
+def _is_path(item) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+class ImageSource(Sequence):
+    """A lazily decoded sequence of RGB images.
+
+    ``source[i]`` decodes image ``i`` into an RGB ``PIL.Image``; files are
+    read only when indexed, so a large set can be processed batch by batch.
+
+    Attributes
+    ----------
+    ids : ndarray of shape (n_images,)
+        The file paths (as given, as ``str``) when every image is a file,
+        else ``arange(n_images)``.
+    """
+
+    def __init__(self, items, ids):
+        self._items = items
+        self.ids = ids
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        item = self._items[i]
+        label = f"image {i}"
+        if _is_path(item):
+            return _open_file(os.fspath(item))
+        if isinstance(item, Image.Image):
+            return _pil_to_rgb(item, label)
+        if isinstance(item, torch.Tensor):
+            item = _tensor_to_array(item, label)
+        return _array_to_pil(np.asarray(item), label)
+
+
+def _check_stack(arr: np.ndarray, what: str):
+    """Validate a whole in-memory stack once, up front."""
+    if arr.shape[0] == 0:
+        raise ValueError("no images given (empty input)")
+    if 0 in arr.shape[1:3]:
+        raise ValueError(f"{what} has empty images (shape {arr.shape})")
+    _check_pixels(arr, what)
+
+
+def as_image_source(X) -> ImageSource:
+    """Interpret ``X`` as a set of images (see the module docstring).
+
+    Files are checked for existence now and decoded only when indexed;
+    in-memory arrays and tensors are validated now.
+
+    Raises
+    ------
+    ValueError
+        Empty input, unsupported shapes or dtypes, NaN/inf pixels, float
+        pixels outside [0, 1].
+    FileNotFoundError
+        A path that does not exist.
+    TypeError
+        An element that is not a path, PIL image, array or tensor.
+    """
+    if _is_path(X) or isinstance(X, Image.Image):
+        X = [X]
+    if isinstance(X, torch.Tensor):
+        if X.ndim == 3:
+            X = X[None]
+        if X.ndim != 4 or X.shape[1] not in (1, 3):
+            raise ValueError(
+                f"a tensor of images must have shape (n, C, H, W) or (C, H, W) with C in {{1, 3}}, got {tuple(X.shape)}"
+            )
+        arr = X.detach().cpu().permute(0, 2, 3, 1).numpy()
+        _check_stack(arr, "tensor of images")
+        return ImageSource(arr, np.arange(len(arr)))
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 3 and X.shape[-1] in (3, 4):
+            raise ValueError(
+                f"ambiguous array of shape {X.shape}: a 3-D array is read as n grayscale images (n, H, W); "
+                "pass one RGB image as image[None] (shape (1, H, W, 3)) or a stack as (n, H, W, 3)"
+            )
+        if X.ndim not in (3, 4) or (X.ndim == 4 and X.shape[-1] not in (1, 3, 4)):
+            raise ValueError(
+                "an array of images must have shape (n, H, W), (n, H, W, 1), (n, H, W, 3) or (n, H, W, 4), "
+                f"got {X.shape}"
+            )
+        _check_stack(X, "array of images")
+        return ImageSource(X, np.arange(len(X)))
+    if not hasattr(X, "__len__") or isinstance(X, (bytes, dict)):
+        raise TypeError(
+            "images must be a sequence of paths, PIL images, arrays or tensors, or one array/tensor; "
+            f"got {type(X).__name__}"
+        )
+    items = list(X)
+    if not items:
+        raise ValueError("no images given (empty input)")
+    for i, item in enumerate(items):
+        if _is_path(item):
+            if not os.path.exists(item):
+                raise FileNotFoundError(f"image file not found: {os.fspath(item)!r} (image {i})")
+            if os.path.isdir(item):
+                raise ValueError(
+                    f"image {i} is a directory, not an image file: {os.fspath(item)!r}; "
+                    "pass a list of files, e.g. sorted(Path(d).glob('*.jpg'))"
+                )
+        elif isinstance(item, torch.Tensor):
+            _check_image_array(_tensor_to_array(item, f"image {i}"), f"image {i}")
+        elif isinstance(item, np.ndarray):
+            _check_image_array(item, f"image {i}")
+        elif not isinstance(item, Image.Image):
+            raise TypeError(f"image {i}: expected a path, PIL image, array or tensor, got {type(item).__name__}")
+    ids = np.asarray([os.fspath(p) for p in items]) if all(_is_path(p) for p in items) else np.arange(len(items))
+    return ImageSource(items, ids)
+
