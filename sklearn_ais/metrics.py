@@ -169,3 +169,7 @@ __all__ += [
     "relative_risk",
     "top_mask",
 ]
+
+from ._feature_alignment import feature_alignment_score  # noqa: E402  (harmonization feature alignment)
+
+__all__ += ["feature_alignment_score"]

@@ -1,0 +1,99 @@
+"""Shared helpers of the alignment estimators: inputs, targets, 2OI."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import KFold, check_cv
+from sklearn.utils.validation import validate_data
+
+from .._containers import FeatureMaps
+from .._similarity import correlation, similarity_matrix, upper_triangle
+from .._targets import check_similarity_target
+
+MIN_IMAGES = 4
+
+
+def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -> np.ndarray:
+    """Embeddings (n, D) float64 of ``X``: FeatureMaps through their head, or a 2-D array.
+
+    With ``reset=True`` sets ``estimator.n_features_in_`` to the embedding
+    dimension ``D`` (for FeatureMaps: the head's output size, which equals the
+    number of maps for pooling heads); otherwise checks it. ``min_samples``:
+    fewest images accepted (a similarity analysis needs 4; a transform 1).
+    """
+    if isinstance(X, FeatureMaps):
+        n = len(X)
+        if n < min_samples:
+            raise ValueError(f"X has {n} images; at least {min_samples} are needed for a similarity analysis")
+        if not np.isfinite(X.maps).all():
+            raise ValueError("X (feature maps) contains NaN or inf")
+        E = np.asarray(X.embed(), dtype=np.float64)
+        if reset:
+            estimator.n_features_in_ = E.shape[1]
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+        elif E.shape[1] != getattr(estimator, "n_features_in_", E.shape[1]):
+            raise ValueError(
+                f"X embeds to {E.shape[1]} features, but {type(estimator).__name__} was fitted with "
+                f"{estimator.n_features_in_}"
+            )
+        return E
+    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=min_samples)
+
+
+def as_target(y, n: int, y_kind: str = "similarity") -> np.ndarray:
+    """Validated (n, n) human similarity (NaN diagonal, NaN = missing); see ``check_similarity_target``."""
+    return check_similarity_target(y, n, y_kind)
+
+
+def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:
+    """Correlation of the upper triangles of a model similarity matrix and a human one (NaN ignored)."""
+    return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), upper_triangle(H), comparison)
+
+
+def embedding_2oi(E, H, similarity: str = "pearson", comparison: str = "spearman") -> float:
+    """2OI of embeddings ``E`` (n, D) with a validated human matrix ``H``."""
+    return compare_upper(similarity_matrix(E, similarity), H, comparison)
+
+
+def image_cv(cv, random_state=None):
+    """Inner image-wise splitter: an int means ``KFold(cv, shuffle=True, random_state=random_state)``.
+
+    Shuffling matters: image sets are often ordered by category.
+    """
+    if cv is None:
+        cv = 5
+    if isinstance(cv, (int, np.integer)) and not isinstance(cv, bool):
+        return KFold(int(cv), shuffle=True, random_state=random_state)
+    return check_cv(cv)
+
+
+def split_images(cv, n: int):
+    """List of (train, validation) image index arrays of an inner splitter."""
+    return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]
+
+
+class torch_threads:
+    """Context manager: run small torch problems on ``n`` threads, then restore.
+
+    Many tiny kernels (an n x n similarity matrix, a few thousand triplets)
+    run faster on one thread than on several competing ones.
+    """
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self._old = torch.get_num_threads()
+        if self.n is not None and self.n != self._old:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if torch.get_num_threads() != self._old:
+            torch.set_num_threads(self._old)
+        return False

@@ -1,0 +1,455 @@
+"""One table for alignment methods and architectures: the same image-wise CV, the same held-out 2OI."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.base import clone
+from sklearn.model_selection import KFold
+
+from .._containers import FeatureMaps
+from .._targets import check_similarity_target, similarity_frame
+from ._base import embedding_2oi
+
+__all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "make_method", "plot_comparison", "summarize_comparison"]
+
+METHODS = ("none", "ais", "reweighting", "glocal")
+
+
+def make_method(name: str):
+    """The default estimator of a method name (``None`` for ``"none"``: all maps, nothing fitted).
+
+    Parameters
+    ----------
+    name : {"none", "ais", "reweighting", "glocal"}
+
+    Returns
+    -------
+    estimator : AISSelector, FeatureReweighting, GLocalAligner or None
+
+    Examples
+    --------
+    >>> from sklearn_ais.alignment import make_method
+    >>> make_method("reweighting")
+    FeatureReweighting()
+    """
+    if name == "none":
+        return None
+    if name == "ais":
+        from .._selector import AISSelector
+
+        return AISSelector()
+    if name == "reweighting":
+        from ._reweighting import FeatureReweighting
+
+        return FeatureReweighting()
+    if name == "glocal":
+        from ._glocal import GLocalAligner
+
+        return GLocalAligner()
+    raise ValueError(f"unknown method {name!r}; use one of {METHODS} or pass {{name: estimator}}")
+
+
+def _methods(methods) -> dict:
+    if isinstance(methods, str):
+        methods = (methods,)
+    if isinstance(methods, dict):
+        out = {}
+        for name, est in methods.items():
+            out[str(name)] = make_method(est) if isinstance(est, str) else est
+        return out
+    return {m: make_method(m) for m in methods}
+
+
+def _feature_maps(item, images, verbose):
+    """(label, FeatureMaps) of one backbone entry."""
+    from .._feature_maps import DNNFeatureMapTransformer
+
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        label, item = item
+    else:
+        label = None
+    if isinstance(item, FeatureMaps):
+        return label or item.backbone or "features", item
+    from ..backbones._registry import Backbone
+
+    if isinstance(item, (str, Backbone)):
+        item = DNNFeatureMapTransformer(backbone=item, verbose=verbose)
+    if not isinstance(item, DNNFeatureMapTransformer):
+        raise TypeError(
+            "each backbone must be a registered name, a DNNFeatureMapTransformer, FeatureMaps or a (label, one of "
+            f"these) pair; got {type(item).__name__}"
+        )
+    if images is None:
+        raise ValueError("images are required to extract features")
+    if not hasattr(item, "backbone_"):
+        item.fit(images)
+    fm = item.transform(images)
+    if label is None:
+        label = item.backbone_.name if item.weights is not None else f"{item.backbone_.name} (random)"
+    return label, fm
+
+
+def _n_kept(est, n_maps) -> int:
+    est = getattr(est, "best_estimator_", est)
+    if est is None:
+        return int(n_maps)
+    if hasattr(est, "get_support"):
+        return int(np.sum(est.get_support()))
+    if hasattr(est, "n_kept_"):
+        return int(est.n_kept_)
+    return int(getattr(est, "n_features_in_", n_maps))
+
+
+def _as_similarity_estimator(est):
+    est = clone(est)
+    if "y_kind" in est.get_params():
+        est.set_params(y_kind="similarity")  # targets are validated (and flipped) once, up front
+    elif any(k.endswith("__y_kind") for k in est.get_params()):
+        est.set_params(**{k: "similarity" for k in est.get_params() if k.endswith("__y_kind")})
+    return est
+
+
+def _fisher(r):
+    return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -0.999999, 0.999999))
+
+
+def summarize_comparison(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
+    """Per backbone and method: mean held-out 2OI, its standard error, and a paired test vs ``reference``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The per-fold table of :func:`compare_alignment` (columns ``backbone``,
+        ``method``, ``fold``, ``test_2oi``, ``n_kept`` ...).
+    reference : str, default="none"
+        Method every other method is compared with, fold by fold.
+
+    Returns
+    -------
+    summary : DataFrame
+        One row per (backbone, method): ``n_folds``, ``test_2oi`` (mean over
+        folds), ``test_2oi_sem``, ``train_2oi``, ``n_kept`` (mean),
+        ``delta`` (mean paired difference with the reference),
+        ``t_statistic`` and ``p_value`` (paired t-test on Fisher-z values),
+        ``wilcoxon_p`` (Wilcoxon signed-rank test). Folds of one dataset
+        share images, so the p-values are optimistic.
+    """
+    rows = []
+    for (bb, method), g in table.groupby(["backbone", "method"], sort=False):
+        g = g.sort_values("fold")
+        n = len(g)
+        test = g["test_2oi"].to_numpy()
+        row = {
+            "backbone": bb,
+            "method": method,
+            "n_folds": n,
+            "test_2oi": float(np.mean(test)),
+            "test_2oi_sem": float(np.std(test, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+            "train_2oi": float(g["train_2oi"].mean()),
+            "n_kept": float(g["n_kept"].mean()),
+            "delta": np.nan,
+            "t_statistic": np.nan,
+            "p_value": np.nan,
+            "wilcoxon_p": np.nan,
+        }
+        ref = table[(table["backbone"] == bb) & (table["method"] == reference)].sort_values("fold")
+        if method != reference and len(ref):
+            paired = g.merge(ref[["fold", "test_2oi"]], on="fold", suffixes=("", "_ref"))
+            a, b = paired["test_2oi"].to_numpy(), paired["test_2oi_ref"].to_numpy()
+            row["delta"] = float(np.mean(a - b))
+            if len(paired) > 1 and np.any(a != b):
+                t, p = stats.ttest_rel(_fisher(a), _fisher(b))
+                row["t_statistic"], row["p_value"] = float(t), float(p)
+                row["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class AlignmentComparison:
+    """Result of :func:`compare_alignment`.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per backbone, method and fold: ``backbone``, ``method``,
+        ``fold``, ``n_train``, ``n_test``, ``test_2oi``, ``train_2oi``,
+        ``n_kept``, ``fit_time``.
+    summary : DataFrame
+        :func:`summarize_comparison` of the table.
+    noise_ceiling : tuple of float or None
+        ``(lower, upper)`` bounds of the noise ceiling on the test images,
+        averaged over folds (from ``subject_similarities``).
+    ceiling_table : DataFrame or None
+        Per-fold ``lower`` and ``upper`` bounds.
+    """
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    noise_ceiling: tuple | None = None
+    ceiling_table: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __iter__(self):
+        # ``table, summary = compare_alignment(...)``
+        yield self.table
+        yield self.summary
+
+    def to_markdown(self, digits: int = 3) -> str:
+        """Markdown table of held-out 2OI (mean ± s.e.) per backbone and method."""
+        return _markdown(self.summary, self.noise_ceiling, digits)
+
+    def plot(self, ax=None):
+        """Bar plot of the held-out 2OI (see :func:`plot_comparison`)."""
+        return plot_comparison(self, ax=ax)
+
+
+def _markdown(summary, noise_ceiling, digits):
+    fmt = f"{{:.{digits}f}}"
+    header = "| backbone | method | held-out 2OI (mean ± s.e.) | Δ vs none | paired t p | n kept |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        delta = "" if np.isnan(r["delta"]) else f"{r['delta']:+.{digits}f}"
+        p = "" if np.isnan(r["p_value"]) else f"{r['p_value']:.2g}"
+        sem = "" if np.isnan(r["test_2oi_sem"]) else f" ± {fmt.format(r['test_2oi_sem'])}"
+        lines.append(
+            f"| {r['backbone']} | {r['method']} | {fmt.format(r['test_2oi'])}{sem} | {delta} | {p} | {r['n_kept']:.0f} |"
+        )
+    if noise_ceiling is not None:
+        lo, hi = noise_ceiling
+        lines.append(f"| noise ceiling | (lower – upper) | {fmt.format(lo)} – {fmt.format(hi)} | | | |")
+    return "\n".join(lines)
+
+
+def compare_alignment(
+    backbones,
+    images,
+    y,
+    methods=METHODS,
+    cv=KFold(5, shuffle=True, random_state=0),
+    subject_similarities=None,
+    *,
+    y_kind="similarity",
+    similarity="pearson",
+    comparison="spearman",
+    verbose=0,
+) -> AlignmentComparison:
+    """Held-out 2OI of alignment methods across architectures, fold by fold.
+
+    Features are extracted once per backbone; every method then runs the
+    same image-wise cross-validation (the same splits for every backbone
+    and method, so folds are paired): it is fitted on the training images
+    and their human similarities only and scored (:meth:`score`, the
+    held-out 2OI) on the test images.
+
+    Parameters
+    ----------
+    backbones : list or dict
+        Entries are registered names (:func:`~sklearn_ais.backbones.list_backbones`,
+        pretrained weights), :class:`~sklearn_ais.DNNFeatureMapTransformer`
+        instances (fitted if needed), precomputed
+        :class:`~sklearn_ais.FeatureMaps`, or ``(label, entry)`` pairs; a
+        dict maps labels to entries.
+    images : images
+        The n images (anything the transformers accept); may be None when
+        every entry is FeatureMaps.
+    y : array-like of shape (n, n)
+        Human similarity (NaN = missing pair).
+    methods : sequence of str or dict, default=("none", "ais", "reweighting", "glocal")
+        ``"none"``: all maps, nothing fitted (2OI of the network's own
+        embedding); ``"ais"``: :class:`~sklearn_ais.AISSelector`;
+        ``"reweighting"``: :class:`FeatureReweighting`; ``"glocal"``:
+        :class:`GLocalAligner`, each with its defaults. A dict maps labels
+        to estimators (e.g. a ``GridSearchCV`` with an image-wise inner
+        ``cv``; it receives ``y`` as a
+        :func:`~sklearn_ais.model_selection.similarity_frame`).
+    cv : splitter over images, default=KFold(5, shuffle=True, random_state=0)
+    subject_similarities : array-like of shape (n_subjects, n, n), optional
+        Per-subject matrices (similarities or dissimilarities, consistently)
+        for the noise ceiling on each fold's test images
+        (:func:`sklearn_ais.metrics.noise_ceiling`).
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
+    similarity : {"pearson", "cosine"}, default="pearson"
+        Model RSM of ``"none"``.
+    comparison : {"spearman", "pearson"}, default="spearman"
+        Correlation of ``"none"`` (the estimators use their own parameter).
+    verbose : int, default=0
+        Progress bar over backbones and folds when > 0.
+
+    Returns
+    -------
+    result : AlignmentComparison
+        ``table`` (tidy, one row per backbone, method and fold), ``summary``
+        (paired tests vs ``"none"``), ``noise_ceiling``; ``result.plot()``
+        and ``result.to_markdown()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.model_selection import KFold
+    >>> from sklearn_ais import FeatureMaps
+    >>> from sklearn_ais.backbones import PoolingHead
+    >>> from sklearn_ais.alignment import compare_alignment
+    >>> rng = np.random.default_rng(0)
+    >>> maps = rng.random((30, 12, 2, 2)).astype(np.float32)
+    >>> H = np.corrcoef(maps[:, :3].mean(axis=(2, 3)))
+    >>> res = compare_alignment([("toy", FeatureMaps(maps, PoolingHead()))], None, H,
+    ...                         methods=("none", "ais"), cv=KFold(3, shuffle=True, random_state=0))
+    >>> res.table.shape
+    (6, 9)
+    >>> list(res.summary["method"])
+    ['none', 'ais']
+    """
+    methods = _methods(methods)
+    if not methods:
+        raise ValueError("methods is empty")
+    if isinstance(backbones, dict):
+        entries = list(backbones.items())
+    elif isinstance(backbones, (list, tuple)):
+        entries = list(backbones)
+    else:
+        entries = [backbones]
+    if not entries:
+        raise ValueError("backbones is empty")
+
+    subjects = None
+    if subject_similarities is not None:
+        subjects = np.asarray(subject_similarities, dtype=np.float64)
+        if subjects.ndim != 3 or subjects.shape[1] != subjects.shape[2]:
+            raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {subjects.shape}")
+
+    rows, ceilings, splits, H, seen = [], [], None, None, set()
+    progress = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        n_splits = cv.get_n_splits() if hasattr(cv, "get_n_splits") else None
+        total = len(entries) * n_splits * len(methods) if isinstance(n_splits, int) else None
+        progress = tqdm(total=total, desc="backbone x fold x method", unit="fit")
+    for entry in entries:
+        label, X = _feature_maps(entry, images, verbose)
+        if label in seen:
+            label = f"{label} #{len(seen)}"
+        seen.add(label)
+        n = len(X)
+        if H is None:
+            H = check_similarity_target(y, n, y_kind)
+            if y_kind == "dissimilarity":
+                H = -H  # validated as similarity from here on
+            splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+            if subjects is not None:
+                if subjects.shape[1] != n:
+                    raise ValueError(f"subject_similarities are {subjects.shape[1]} x {subjects.shape[1]}, X has {n} images")
+                from ..metrics import noise_ceiling
+
+                for fold, (_, test) in enumerate(splits):
+                    lo, hi = noise_ceiling(subjects[:, test][:, :, test], comparison)
+                    ceilings.append({"fold": fold, "lower": lo, "upper": hi})
+        elif n != H.shape[0]:
+            raise ValueError(f"backbone {label!r} gave {n} images, others {H.shape[0]}")
+        n_maps = X.shape[1]
+        for fold, (train, test) in enumerate(splits):
+            X_tr, X_te = X[train], X[test]
+            H_tr, H_te = H[np.ix_(train, train)], H[np.ix_(test, test)]
+            for name, template in methods.items():
+                t0 = time.perf_counter()
+                if template is None:
+                    est, fit_time = None, 0.0
+                    test_score = embedding_2oi(_embed(X_te), H_te, similarity, comparison)
+                    train_score = embedding_2oi(_embed(X_tr), H_tr, similarity, comparison)
+                else:
+                    est = _as_similarity_estimator(template)
+                    est.fit(X_tr, similarity_frame(H_tr))
+                    fit_time = time.perf_counter() - t0
+                    test_score = float(est.score(X_te, H_te))
+                    train_score = float(est.score(X_tr, H_tr))
+                rows.append(
+                    {
+                        "backbone": label,
+                        "method": name,
+                        "fold": fold,
+                        "n_train": len(train),
+                        "n_test": len(test),
+                        "test_2oi": test_score,
+                        "train_2oi": train_score,
+                        "n_kept": _n_kept(est, n_maps),
+                        "fit_time": fit_time,
+                    }
+                )
+                if progress is not None:
+                    progress.set_postfix_str(f"{label}, fold {fold}, {name}", refresh=False)
+                    progress.update()
+    if progress is not None:
+        progress.close()
+    table = pd.DataFrame(rows)
+    reference = "none" if "none" in methods else next(iter(methods))
+    summary = summarize_comparison(table, reference)
+    ceiling_table = pd.DataFrame(ceilings) if ceilings else None
+    ceiling = (float(ceiling_table["lower"].mean()), float(ceiling_table["upper"].mean())) if ceilings else None
+    return AlignmentComparison(table, summary, ceiling, ceiling_table)
+
+
+def _embed(X):
+    return X.embed() if isinstance(X, FeatureMaps) else np.asarray(X, dtype=np.float64)
+
+
+def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
+    """Bar plot of held-out 2OI per backbone and method (mean ± s.e., folds as dots).
+
+    Parameters
+    ----------
+    result : AlignmentComparison or DataFrame
+        The result of :func:`compare_alignment` or its per-fold ``table``.
+    noise_ceiling : (float, float), optional
+        Lower and upper bound, drawn as a grey band; default the result's.
+    ax : matplotlib Axes, optional
+    reference : str, default="none"
+        Method whose bars are drawn in grey.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(result, AlignmentComparison):
+        table = result.table
+        if noise_ceiling is None:
+            noise_ceiling = result.noise_ceiling
+    elif isinstance(result, pd.DataFrame):
+        table = result
+    else:
+        raise TypeError(f"result must be an AlignmentComparison or its table, got {type(result).__name__}")
+    backbones = list(dict.fromkeys(table["backbone"]))
+    methods = list(dict.fromkeys(table["method"]))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * len(backbones) * len(methods)), 4.0))
+    width = 0.8 / len(methods)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rng = np.random.default_rng(0)
+    for m, method in enumerate(methods):
+        colour = "0.6" if method == reference else colours[m % len(colours)]
+        for b, bb in enumerate(backbones):
+            vals = table[(table["backbone"] == bb) & (table["method"] == method)]["test_2oi"].to_numpy()
+            if not len(vals):
+                continue
+            x = b - 0.4 + width * (m + 0.5)
+            sem = np.std(vals, ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
+            ax.bar(x, vals.mean(), width * 0.9, yerr=sem, color=colour, capsize=3,
+                   label=method if b == 0 else None, alpha=0.9)
+            ax.scatter(x + rng.uniform(-width / 5, width / 5, len(vals)), vals, s=9, color="k", zorder=3)
+    if noise_ceiling is not None:
+        lo, hi = noise_ceiling
+        ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise ceiling")
+    ax.set_xticks(range(len(backbones)))
+    ax.set_xticklabels(backbones)
+    ax.set_ylabel("held-out 2OI (Spearman)")
+    ax.axhline(0, color="k", lw=0.8)
+    top = max(float(table["test_2oi"].max()), noise_ceiling[1] if noise_ceiling is not None else -np.inf)
+    ax.set_ylim(top=top + 0.12 * (top - min(0.0, float(table["test_2oi"].min()))) + 0.05)
+    ax.legend(frameon=False, fontsize="small", ncol=min(len(methods) + 1, 3), loc="upper left")
+    return ax
