@@ -62,7 +62,7 @@ def write_report(out_dir, *, title, summary_lines, cv_result, selector, images, 
         {
             "held-out 2OI (Fisher-z mean)": [s.test_score_full, s.test_score_selected],
             "s.e. across folds": [s.test_score_full_sem, s.test_score_selected_sem],
-            "maps": [selector.n_features_in_, s.n_selected_mean],
+            "maps (mean over folds)": [f"{selector.n_features_in_:d}", f"{s.n_selected_mean:.1f}"],
         },
         index=["all maps", "AIS-selected maps"],
     )

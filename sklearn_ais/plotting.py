@@ -234,7 +234,7 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="j
     return fig
 
 
-def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None):
+def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel="top-ranked maps kept (t)"):
     """Training (and validation) 2OI along the ranked sweep of maps.
 
     Parameters
@@ -251,6 +251,8 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None):
         choice, else the (first) maximum of the validation mean, else of the
         training path.
     ax : matplotlib Axes, optional
+    xlabel : str, default="top-ranked maps kept (t)"
+        E.g. "top-ranked units kept (t)" for penultimate units.
 
     Returns
     -------
@@ -293,7 +295,7 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None):
     if n_selected is None:
         n_selected = int(np.nanargmax(best)) + 1
     ax.axvline(n_selected, color="0.2", linestyle="--", linewidth=1, label=f"t = {n_selected}")
-    ax.set_xlabel("top-ranked maps kept (t)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("2OI")
     ax.legend(fontsize="small")
     return ax
@@ -334,6 +336,9 @@ def plot_ais_histogram(scores, ax=None, bins=50):
         raise ValueError("scores contain NaN or inf")
     ax = _axes(ax, figsize=(5, 3.5))
     ax.hist(s, bins=bins, color="C0", alpha=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # AIS values are small: long tick labels would collide
     ax.axvline(0, color="0.2", linestyle="--", linewidth=1)
     ax.set_xlabel("alignment importance score")
     ax.set_ylabel("count")

@@ -325,7 +325,7 @@ def compare_alignment(
     rows, ceilings, splits, H, seen = [], [], None, None, set()
     progress = None
     if verbose:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         n_splits = cv.get_n_splits() if hasattr(cv, "get_n_splits") else None
         total = len(entries) * n_splits * len(methods) if isinstance(n_splits, int) else None
