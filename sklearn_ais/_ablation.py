@@ -34,13 +34,16 @@ import numpy as np
 import torch
 
 from ._containers import FeatureMaps
-from ._similarity import TargetVector, _standardize_rows, rsm_torch
+from ._similarity import _REL_EPS, TargetVector, _standardize_rows, rsm_torch
 from .backbones._heads import MLPHead, PoolingHead
 
 # Upper bound on elements of the largest temporary of one chunk (float64:
 # 8 bytes each, argsort adds int64 indices): about 200 MB of working memory.
 _ELEMENT_BUDGET = 1 << 23
-_DEAD_REL = 1e-10  # relative energy below which an ablated row is treated as zero
+# A row that keeps less than this fraction of its energy after an ablation (one
+# map carried nearly all of it) has lost too many digits in the rank-one
+# downdate: its similarities are recomputed directly (rare; exact).
+_RECOMPUTE_REL = 0.1
 
 
 def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
@@ -48,10 +51,32 @@ def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
 
 
 def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if device is None or device == "auto":
+    """``"auto"`` -> CUDA when available, else CPU.
+
+    An explicit CUDA device on a machine without one (e.g. an estimator
+    fitted on a GPU machine, unpickled on a laptop) is a ``ValueError`` that
+    says so, rather than a driver error from deep inside torch.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "use device='auto' or 'cpu' (e.g. estimator.set_params(device='cpu'))"
+        )
+    return resolved
+
+
+def _check_finite_embeddings(E: torch.Tensor):
+    if not bool(torch.isfinite(E).all()):
+        raise ValueError(
+            "the head's embeddings of X are not finite (NaN or inf): the feature maps overflow the head's "
+            "float32 arithmetic; rescale them (e.g. divide X by its maximum)"
+        )
 
 
 class _Problem:
@@ -114,18 +139,46 @@ class _Problem:
 # Pooling heads and 2-D inputs: rank-one updates
 # ---------------------------------------------------------------------------
 class _PooledProblem(_Problem):
+    """Rank-one kernels on an (n, K) embedding.
+
+    Pearson similarities are computed from *centred* statistics: with ``D``
+    the rows of ``E`` minus their means, ``Gc = D D^T`` and ``vD = diag(Gc)``
+    are exact for rows with a large common offset, where the raw identity
+    ``q - s^2 / K`` would cancel catastrophically. Setting ``E[i, k]`` (=
+    ``e``, with centred value ``d = D[i, k]``) to zero gives, exactly::
+
+        v'_i    = vD_i - 2 d_i e_i + e_i^2 (K - 1) / K
+        num'_ij = Gc_ij - d_i e_j - e_i d_j + e_i e_j (K - 1) / K   (k ablated in i and j)
+        num'_ij = Gc_ij - e_i D[j, k]                               (k ablated in i only)
+
+    A row that keeps less than ``_RECOMPUTE_REL`` of its energy after an
+    ablation (one map carried nearly all of it) would lose too many digits:
+    its similarities are recomputed directly. A row is constant (similarity
+    0) by the rule of :func:`~sklearn_ais._similarity._standardize_rows`.
+    """
+
     def __init__(self, E, similarity, device):
         super().__init__(similarity, device)
-        self.E = torch.tensor(np.asarray(E, dtype=np.float64), device=self.device)  # a copy: inputs may be read-only
+        E = np.array(E, dtype=np.float64, order="C")  # a copy (inputs may be read-only), C order (same bits)
+        # Rows scaled by a power of two near their largest magnitude: exact, every
+        # similarity is invariant to it, and squares can no longer over/underflow.
+        _, exponent = np.frexp(np.abs(E).max(axis=1, keepdims=True) if E.size else np.ones((len(E), 1)))
+        self.E = torch.as_tensor(np.ldexp(E, -exponent), device=self.device)
+        _check_finite_embeddings(self.E)
         self.n, self.K = self.E.shape
+        self.pearson = similarity == "pearson"
         self.s = self.E.sum(1)
         self.q = (self.E * self.E).sum(1)
+        if self.pearson:
+            self.D = self.E - self.E.mean(1, keepdim=True)
+            self.vD = (self.D * self.D).sum(1)
         self._G = None
 
     @property
     def G(self):
+        """Gram matrix of the rows: centred for Pearson, raw for cosine."""
         if self._G is None:
-            self._G = self.E @ self.E.T
+            self._G = self.D @ self.D.T if self.pearson else self.E @ self.E.T
         return self._G
 
     def subset(self, idx):
@@ -137,43 +190,86 @@ class _PooledProblem(_Problem):
             return self.E
         return self.E * torch.as_tensor(np.asarray(keep, dtype=np.float64), device=self.device)
 
-    def _corr_from_stats(self, G, s_i, s_j, q_i, q_j, q0_i, q0_j):
-        """Similarity from (batched) statistics; rows with no energy left give 0."""
-        if self.similarity == "pearson":
-            v_i = q_i - s_i * s_i / self.K
-            v_j = q_j - s_j * s_j / self.K
-            num = G - s_i * s_j / self.K
-        else:
-            v_i, v_j, num = q_i, q_j, G
-        alive_i = v_i > _DEAD_REL * q0_i
-        alive_j = v_j > _DEAD_REL * q0_j
+    @staticmethod
+    def _z(num, v_i, v_j, alive_i, alive_j):
         den = (v_i.clamp_min(1e-300) * v_j.clamp_min(1e-300)).sqrt()
-        z = torch.where(alive_i & alive_j, num / den, torch.zeros_like(num))
-        return z.clamp(-1.0, 1.0)
+        return torch.where(alive_i & alive_j, num / den, torch.zeros_like(num)).clamp(-1.0, 1.0)
 
-    def _upper_from_delta(self, dE):
-        """Candidate upper triangles when ``E[:, k]`` loses ``dE[c]`` (C, n)."""
+    def _alive(self, v, raw):
+        """Rows with information: centred energy above round-off of the raw one (Pearson), non-zero (cosine)."""
+        return v > _REL_EPS * raw if self.pearson else v > 0
+
+    def _ablated_rows(self, e, d, t=None):
+        """Energy statistics of rows that lose raw values ``e`` (centred values ``d``).
+
+        Returns ``(v, raw, flagged)``: centred (Pearson) or raw (cosine) energy,
+        raw energy left, and rows to recompute directly. ``t`` indexes the rows
+        of ``e`` when it is not all of them.
+        """
+        q = self.q if t is None else self.q[t]
+        raw = q - e * e
+        if self.pearson:
+            vD = self.vD if t is None else self.vD[t]
+            v = vD - 2 * d * e + e * e * ((self.K - 1) / self.K)
+            scale = vD + e * e
+        else:
+            v, scale = raw, q
+        return v, raw, (v < _RECOMPUTE_REL * scale) & (scale > 0)
+
+    def _direct_rows(self, rows_E, others):
+        """Similarities of (already ablated) rows ``rows_E`` (R, K) with the rows ``others`` (B, K)."""
+        center = self.pearson
+        return (_standardize_rows(rows_E, center=center) @ _standardize_rows(others, center=center).T).clamp(-1, 1)
+
+    def _upper_from_delta(self, dE, ks=None):
+        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image."""
         i, j = self.iu
-        s = self.s[None] - dE
-        q = self.q[None] - dE * dE
-        G = self.G[i, j][None] - dE[:, i] * dE[:, j]
-        q0 = self.q[None]
-        return self._corr_from_stats(G, s[:, i], s[:, j], q[:, i], q[:, j], q0[:, i], q0[:, j])
+        dD = self.D[:, ks].T if (self.pearson and ks is not None) else torch.zeros_like(dE)
+        v, raw, flagged = self._ablated_rows(dE, dD)
+        num = self.G[i, j][None] - dE[:, i] * dE[:, j] if not self.pearson else (
+            self.G[i, j][None] - dD[:, i] * dE[:, j] - dE[:, i] * dD[:, j]
+            + dE[:, i] * dE[:, j] * ((self.K - 1) / self.K)
+        )
+        alive = self._alive(v, raw)
+        Zu = self._z(num, v[:, i], v[:, j], alive[:, i], alive[:, j])
+        if ks is not None:
+            for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
+                rows = torch.nonzero(flagged[c]).flatten()
+                keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
+                keep[ks[c]] = 0
+                Ek = self.E * keep
+                self._set_rows(Zu[c], rows, self._direct_rows(Ek[rows], Ek))
+        return Zu
+
+    def _set_rows(self, zu, rows, z):
+        """Write rows ``rows`` of a similarity matrix (``z``: (R, n)) into its upper triangle ``zu``."""
+        n = self.n
+        j = torch.arange(n, device=self.device)[None].expand(len(rows), n)
+        r = rows[:, None].expand_as(j)
+        off = j != r
+        a, b = torch.minimum(r, j)[off], torch.maximum(r, j)[off]
+        zu[a * n - a * (a + 1) // 2 + (b - a - 1)] = z[off]
+
+    def _base_upper(self):
+        return self._upper_from_delta(torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device))
 
     def leave_one_out(self, target, maps=None):
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
         m = len(self.iu[0])
         # Base through the same formula, so a dead map gives exactly AIS = 0.
-        base = float(target.correlate(self._upper_from_delta(torch.zeros(1, self.n, dtype=self.E.dtype,
-                                                                          device=self.device)))[0])
+        base = float(target.correlate(self._base_upper())[0])
         out = np.empty(len(maps))
-        step = _chunk(len(maps), m * 4)
+        step = _chunk(len(maps), m * 6)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
-            out[a : a + step] = target.correlate(self._upper_from_delta(self.E[:, ks].T)).cpu().numpy()
+            out[a : a + step] = target.correlate(self._upper_from_delta(self.E[:, ks].T, ks)).cpu().numpy()
         return base, out
 
     def sweep(self, order, target, ts):
+        """Sums over the kept maps accumulate from zero: no cancellation, and by
+        Cauchy-Schwarz the centred energy of a row keeping t < K maps is at least
+        (1 - t / K) of its raw energy. t = K (all maps) is the base, computed from
+        the centred statistics."""
         i, j = self.iu
         m = len(i)
         order = torch.as_tensor(np.asarray(order), device=self.device)
@@ -181,13 +277,16 @@ class _PooledProblem(_Problem):
         want = np.zeros(self.K + 1, dtype=bool)
         want[ts] = True
         out = {}
+        if want[self.K]:
+            out[self.K] = float(target.correlate(self._base_upper())[0])
+            want[self.K] = False
+        last = int(np.nonzero(want)[0].max()) if want.any() else 0
         s = torch.zeros(self.n, dtype=self.E.dtype, device=self.device)
         q = torch.zeros_like(s)
         G = torch.zeros(m, dtype=self.E.dtype, device=self.device)
-        q0 = self.q
         step = _chunk(self.K, m * 4)
-        for a in range(0, int(ts.max()), step):
-            b = min(a + step, int(ts.max()))
+        for a in range(0, last, step):
+            b = min(a + step, last)
             Eo = self.E[:, order[a:b]].T  # (C, n) maps in ranked order
             cs = s[None] + torch.cumsum(Eo, 0)
             cq = q[None] + torch.cumsum(Eo * Eo, 0)
@@ -196,28 +295,43 @@ class _PooledProblem(_Problem):
             sel = np.nonzero(want[a + 1 : b + 1])[0]
             if len(sel):
                 sel_t = torch.as_tensor(sel, device=self.device)
-                Zu = self._corr_from_stats(cG[sel_t], cs[sel_t][:, i], cs[sel_t][:, j], cq[sel_t][:, i],
-                                           cq[sel_t][:, j], q0[i][None], q0[j][None])
-                r = target.correlate(Zu).cpu().numpy()
+                cs, cq, cG = cs[sel_t], cq[sel_t], cG[sel_t]
+                if self.pearson:
+                    v = cq - cs * cs / self.K
+                    num = cG - cs[:, i] * cs[:, j] / self.K
+                else:
+                    v, num = cq, cG
+                alive = self._alive(v, cq)
+                r = target.correlate(self._z(num, v[:, i], v[:, j], alive[:, i], alive[:, j])).cpu().numpy()
                 for c, val in zip(sel, r):
                     out[a + 1 + c] = val
         return np.array([out[int(t)] for t in ts])
 
     def per_image(self, H, comparison, rows=None):
-        n, K = self.n, self.K
-        rows_list = list(range(n) if rows is None else rows)
+        rows_list = list(range(self.n) if rows is None else rows)
         base = np.zeros(len(rows_list))
-        ablated = np.zeros((len(rows_list), K))
+        ablated = np.zeros((len(rows_list), self.K))
         zero = torch.zeros(1, dtype=self.E.dtype, device=self.device)
+        if self.pearson:
+            v_all, alive_all = self.vD, self._alive(self.vD, self.q)
+        else:
+            v_all, alive_all = self.q, self._alive(self.q, self.q)
         for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
             o = torch.as_tensor(others, device=self.device)
             e_t = torch.cat([zero, self.E[t]])  # index 0: nothing ablated
-            s_t = self.s[t] - e_t  # (K+1,)
-            q_t = self.q[t] - e_t * e_t
-            G_t = self.G[t, o][None] - e_t[:, None] * torch.cat([torch.zeros(1, len(o), dtype=self.E.dtype,
-                                                                              device=self.device), self.E[o].T])
-            Zrow = self._corr_from_stats(G_t, s_t[:, None], self.s[o][None], q_t[:, None], self.q[o][None],
-                                         self.q[t], self.q[o][None])
+            d_t = torch.cat([zero, self.D[t]]) if self.pearson else None
+            v_t, raw_t, flagged = self._ablated_rows(e_t, d_t, t)
+            # k ablated in row t only: num_tj loses e_tk * (D or E)[j, k]
+            cols = torch.cat([torch.zeros(1, len(o), dtype=self.E.dtype, device=self.device),
+                              (self.D if self.pearson else self.E)[o].T])
+            num = self.G[t, o][None] - e_t[:, None] * cols
+            alive_t = self._alive(v_t, raw_t)
+            Zrow = self._z(num, v_t[:, None], v_all[o][None], alive_t[:, None], alive_all[o][None])
+            flagged = torch.nonzero(flagged).flatten()
+            if len(flagged):  # map k carried nearly all of row t's energy: recompute directly
+                e = self.E[t][None].repeat(len(flagged), 1)
+                e[torch.arange(len(flagged), device=self.device), flagged - 1] = 0
+                Zrow[flagged] = self._direct_rows(e, self.E[o])
             rs = tv.correlate(Zrow).cpu().numpy()
             base[r], ablated[r] = rs[0], rs[1:]
         return base, ablated
@@ -243,7 +357,12 @@ class _MLPProblem(_Problem):
         with torch.inference_mode():
             self.A = torch.einsum("nkp,dkp->nd", self.P, self.W) + self.b  # (n, D1)
             self.E0 = self.rest(self.A).double()
+        _check_finite_embeddings(self.E0)
         self.alive = self.P.abs().amax(-1) > 0  # (n, K): pairs worth computing
+        # (n, K): map k is image i's only non-zero map. Ablating it leaves exactly the bias,
+        # which A - contribution only approximates in float32 (and images left with nothing
+        # must embed identically: their similarities tie).
+        self.lone = self.alive & (self.alive.sum(1, keepdim=True) == 1)
 
     def subset(self, idx):
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
@@ -276,6 +395,7 @@ class _MLPProblem(_Problem):
                 E = self.E0[None].repeat(len(ks), 1, 1)
                 if bool(alive.any()):
                     pre = self.A[None] - contrib
+                    pre[self.lone[:, ks].T] = self.b
                     E[alive] = self.rest(pre[alive]).double()
                 out[a : a + step] = target.correlate(self._rsm_upper(E)).cpu().numpy()
         return base, out
@@ -322,6 +442,7 @@ class _MLPProblem(_Problem):
                 for a in range(0, len(live), step):
                     ks = live[a : a + step]
                     pre = self.A[t][None] - torch.einsum("kp,dkp->kd", self.P[t, ks], self.W[:, ks])
+                    pre[self.lone[t, ks]] = self.b
                     Et = _standardize_rows(self.rest(pre).double(), center=self.similarity == "pearson")
                     Zrow = (Et @ std0[o].T).clamp(-1, 1)
                     ablated[r, ks.cpu().numpy()] = tv.correlate(Zrow).cpu().numpy()
@@ -339,6 +460,7 @@ class _GenericProblem(_Problem):
         self.n, self.K = self.maps.shape[:2]
         with torch.inference_mode():
             self.E0 = fm.head.embed(self.maps).double()
+        _check_finite_embeddings(self.E0)
 
     def subset(self, idx):
         return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)

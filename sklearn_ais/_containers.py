@@ -53,6 +53,10 @@ class FeatureMaps:
 
     def __init__(self, maps, head: Head, geometry=None, input_size=None, ids=None, backbone=None, layer=None):
         maps = np.asarray(maps)
+        if maps.dtype.kind not in "biuf":
+            raise TypeError(
+                f"maps must be a real numeric array (float32 activations), got dtype {maps.dtype}"
+            )
         if maps.ndim != 4:
             raise ValueError(f"maps must have shape (n_images, n_maps, h, w), got {maps.shape}")
         if not isinstance(head, Head):

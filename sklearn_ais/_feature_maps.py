@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, check_memory
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._containers import FeatureMaps
 from .backbones._heads import Head
@@ -244,6 +244,15 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         self._config_key = None
         return self
 
+    def _transform_device(self) -> torch.device:
+        """``device_``, unless it is a GPU this machine lacks (a transformer fitted elsewhere, unpickled here).
+
+        With ``device="auto"`` the CPU is used instead; an explicit device is a clear error.
+        """
+        if self.device_.type == "cuda" and not torch.cuda.is_available():
+            return _resolve_device(self.device)
+        return self.device_
+
     def _identify_weights(self, seed):
         """A cheap identity of the loaded weights, or None when only a content hash will do."""
         if not isinstance(self.backbone, str):
@@ -290,7 +299,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         memory = check_memory(os.fspath(self.memory) if isinstance(self.memory, os.PathLike) else self.memory)
         key = self._cache_key() if self.memory is not None else None
         compute = memory.cache(_batch_maps, ignore=["extract"])
-        extract = _Extractor(self.backbone_, self.device_)
+        extract = _Extractor(self.backbone_, self._transform_device())
 
         maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32)
         geometry = np.empty((n, 6), dtype=np.int64)

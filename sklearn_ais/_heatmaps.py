@@ -34,6 +34,14 @@ def _require_maps(X, min_images=4, what="AISHeatmapper"):
     return X
 
 
+def _undefined_rows(H: np.ndarray) -> np.ndarray:
+    """Rows of a validated H (NaN diagonal) whose row correlation is undefined."""
+    observed = ~np.isnan(H)
+    too_few = observed.sum(axis=1) < 3
+    constant = np.where(observed, H, -np.inf).max(axis=1) == np.where(observed, H, np.inf).min(axis=1)
+    return too_few | constant
+
+
 class AISHeatmapper(TransformerMixin, BaseEstimator):
     """Per-image alignment importance scores and the heatmaps they draw.
 
@@ -63,9 +71,11 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     image_scores_ : ndarray of shape (n_images, n_maps)
-        Per-image AIS of the training images.
+        Per-image AIS of the training images. NaN for an image whose human
+        row has fewer than 3 observed pairs or only equal ones (the row
+        correlation is undefined; ``fit`` warns and names them).
     image_base_scores_ : ndarray of shape (n_images,)
-        Row correlation of each training image with all maps.
+        Row correlation of each training image with all maps (NaN likewise).
     scores_ : ndarray of shape (n_maps,)
         Global AIS, used to weight images that have no human row (images
         not seen in ``fit``).
@@ -155,8 +165,23 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         self._keep_mask(K)
         problem = make_problem(X, self.similarity, self.device)
         base, ablated = problem.per_image(H, self.comparison)
+        image_scores = base[:, None] - ablated
+        # A row correlation needs >= 3 observed human pairs that are not all equal;
+        # otherwise the per-image AIS is undefined: NaN (not 0), and transform
+        # weights that image by the global AIS, as an image never seen in fit.
+        undefined = np.flatnonzero(_undefined_rows(H))
+        if len(undefined):
+            base[undefined] = np.nan
+            image_scores[undefined] = np.nan
+            warnings.warn(
+                f"{len(undefined)} image(s) have fewer than 3 observed human pairs, or all equal ones, in their "
+                f"row of y (rows {undefined[:10].tolist()}{'...' if len(undefined) > 10 else ''}): their "
+                "per-image AIS is undefined (NaN in image_scores_) and their heatmaps use the global AIS",
+                UserWarning,
+                stacklevel=2,
+            )
         self.image_base_scores_ = base
-        self.image_scores_ = base[:, None] - ablated
+        self.image_scores_ = image_scores
         target = problem.target(upper_triangle(H), self.comparison)
         gbase, gablated = problem.leave_one_out(target)
         self.scores_ = gbase - gablated
@@ -167,8 +192,9 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     def image_weights(self, X) -> np.ndarray:
         """Map weights (n_images, n_maps) used for each image's heatmap.
 
-        Training images use their own per-image AIS; other images the global
-        AIS. Negative scores get weight 0; each row sums to 1 (or is all 0).
+        Training images use their own per-image AIS; other images, and
+        training images whose per-image AIS is undefined, the global AIS.
+        Negative scores get weight 0; each row sums to 1 (or is all 0).
         """
         check_is_fitted(self)
         X = _require_maps(X, min_images=1)  # new images can be drawn one at a time
@@ -177,7 +203,8 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         raw = np.empty((len(X), X.n_maps))
         for i, d in enumerate(_fingerprint(X.maps)):
             j = self._train_digests.get(d)
-            raw[i] = self.image_scores_[j] if j is not None else self.scores_
+            own = j is not None and not np.isnan(self.image_scores_[j]).any()
+            raw[i] = self.image_scores_[j] if own else self.scores_
         w = np.maximum(raw, 0.0) * self._keep_mask(X.n_maps)
         total = w.sum(axis=1, keepdims=True)
         empty = np.flatnonzero(total[:, 0] == 0)

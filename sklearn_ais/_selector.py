@@ -39,6 +39,20 @@ def validate_maps_input(estimator, X, *, reset: bool):
     return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=MIN_IMAGES)
 
 
+def _warn_if_constant_model(problem, H, score, keep=None, what="the model"):
+    """A 2OI of exactly 0 may mean 'undefined': say so when the model RSM is constant."""
+    if score != 0.0:
+        return
+    Zu = upper_triangle(problem.model_rsm(keep))[~np.isnan(upper_triangle(H))]
+    if Zu.size and np.ptp(np.round(Zu, 12)) == 0:
+        warnings.warn(
+            f"the similarity matrix of {what} is constant over the observed pairs (e.g. a single unit with "
+            "similarity='pearson', or all-zero embeddings): the 2OI is undefined and reported as 0",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class AISSelector(SelectorMixin, BaseEstimator):
     """Select the feature maps whose information aligns with human similarity.
 
@@ -204,6 +218,7 @@ class AISSelector(SelectorMixin, BaseEstimator):
         ranking = np.empty(K, dtype=np.int64)
         ranking[order] = np.arange(1, K + 1)
         ts = np.arange(1, K + 1)
+        _warn_if_constant_model(problem, H, base, what="X with all maps")
         self.path_scores_ = problem.sweep(order, target, ts)
         self.scores_ = scores
         self.ranking_ = ranking
@@ -259,7 +274,9 @@ class AISSelector(SelectorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         problem, H = self._prepare(X, y, reset=False)
-        return problem.score(problem.target(upper_triangle(H), self.comparison), keep=self.support_)
+        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=self.support_)
+        _warn_if_constant_model(problem, H, r, keep=self.support_, what="X with the selected maps")
+        return r
 
     def path_score(self, X, y) -> np.ndarray:
         """2OI on (X, y) along this selector's ranked sweep: one value per t = 1 .. n_maps.
@@ -277,7 +294,9 @@ class AISSelector(SelectorMixin, BaseEstimator):
         """2OI of all maps on (X, y): the reference the selection must beat."""
         check_is_fitted(self)
         problem, H = self._prepare(X, y, reset=False)
-        return problem.score(problem.target(upper_triangle(H), self.comparison))
+        r = problem.score(problem.target(upper_triangle(H), self.comparison))
+        _warn_if_constant_model(problem, H, r, what="X with all maps")
+        return r
 
     def _get_support_mask(self):
         check_is_fitted(self)

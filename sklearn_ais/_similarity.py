@@ -15,6 +15,13 @@ Conventions used throughout the package:
   the human side is validated to be non-constant before any work starts.
   Model similarities are rounded to 12 decimals before ranking, so that
   pairs that are mathematically tied are tied whatever route computed them.
+  For ``"pearson"`` the same rule decides when the model side is constant
+  (all values equal to 12 decimals -> correlation 0); otherwise the
+  unrounded values are used.
+* A row of embeddings (or of human values) is constant when its centred
+  energy is below 1e-12 of its raw energy (coefficient of variation below
+  ~1e-6): such rows are round-off away from constant in float32/float64
+  work and get similarity 0.
 
 Everything that is evaluated many times (leave-one-out and sweep candidates)
 goes through :func:`batched_correlation`, a torch kernel that handles a
@@ -22,6 +29,8 @@ goes through :func:`batched_correlation`, a torch kernel that handles a
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -73,7 +82,7 @@ def similarity_matrix(embeddings, similarity: str = "pearson") -> np.ndarray:
     >>> np.allclose(similarity_matrix(E), np.corrcoef(E))
     True
     """
-    E = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
+    E = torch.as_tensor(np.array(embeddings, dtype=np.float64, order="C", copy=True))  # canonical strides
     return rsm_torch(E[None], similarity)[0].numpy()
 
 
@@ -114,17 +123,28 @@ def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _standardize_rows(x: torch.Tensor, center: bool = True) -> torch.Tensor:
+def _standardize_rows(x: torch.Tensor, center: bool = True, rel_eps: float = _REL_EPS) -> torch.Tensor:
     """Centre each row (optionally) and scale it to unit norm.
 
     A row whose centred energy is negligible relative to its own magnitude
     (constant up to round-off) or that is all zero becomes 0.
+
+    When squares would overflow (values ~1e200) or underflow (~1e-200), which
+    would turn valid rows into "constant" ones, every row is first divided by
+    a power of two close to its largest magnitude: exact, so it changes no
+    result bit.
     """
+    if x.shape[-1] == 0:
+        return x
     scale = (x * x).sum(dim=-1, keepdim=True)
+    if bool(((scale < 1e-250) | ~torch.isfinite(scale)).any()):  # rare: squares over/underflow
+        _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
+        x = torch.ldexp(x, -exponent)
+        scale = (x * x).sum(dim=-1, keepdim=True)
     if center:
         x = x - x.mean(dim=-1, keepdim=True)
     sq = (x * x).sum(dim=-1, keepdim=True)
-    alive = (sq > _REL_EPS * scale) & (sq > 0)
+    alive = (sq > rel_eps * scale) & (sq > 0)
     inv = torch.where(alive, sq.clamp_min(torch.finfo(x.dtype).tiny).rsqrt(), torch.zeros_like(sq))
     return x * inv
 
@@ -162,13 +182,33 @@ class TargetVector:
         if not bool(self.mask.all()):
             c = c[:, self.mask_t]
         c = c.to(self.dtype)
+        if c.shape[1] == 0:  # no observed entry: nothing to correlate (callers report it)
+            return torch.zeros(c.shape[0], dtype=self.dtype, device=c.device)
         if self.comparison == "spearman":
             # Model similarities live in [-1, 1]; values that agree to 1e-12
             # are ties (e.g. every pair of a one-map embedding correlates 1),
             # whatever the round-off of the route that computed them.
-            c = rankdata_torch(torch.round(c * TIE_SCALE) / TIE_SCALE)
-        c = _standardize_rows(c)
+            c = _standardize_rows(rankdata_torch(torch.round(c * TIE_SCALE) / TIE_SCALE))
+        else:
+            # Same rule as for ranks: a candidate whose values agree to 12 decimals is
+            # constant (correlation 0); any larger spread is information, however
+            # small (model similarities near 1 may differ only in the 8th decimal).
+            r = torch.round(c * TIE_SCALE)
+            constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+            c = torch.where(constant, torch.zeros_like(c), _standardize_rows(c, rel_eps=0.0))
         return (c @ self.prepared).clamp(-1.0, 1.0)
+
+
+def _real_array(values, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
+    try:
+        # A fresh C-ordered copy: torch picks its kernels by strides, so the same
+        # values give the same bits only in the same layout.
+        return np.array(arr, dtype=np.float64, order="C", copy=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}") from exc
 
 
 def batched_correlation(candidates, target, comparison: str = "spearman") -> np.ndarray:
@@ -177,18 +217,64 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
     Parameters
     ----------
     candidates : array-like of shape (n_candidates, m)
+        Finite wherever ``target`` is observed. A constant row correlates 0
+        (it carries no information; see the module docstring).
     target : array-like of shape (m,)
+        NaN marks a missing entry. At least 3 observed entries, not all
+        equal, and no +/-inf.
     comparison : {"spearman", "pearson"}
 
     Returns
     -------
     r : ndarray of shape (n_candidates,)
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, non-finite candidates, an infinite, (nearly)
+        empty or constant target: the correlation would be undefined.
     """
+    candidates, target = _check_correlation_inputs(candidates, target, "candidates", "target")
     tv = TargetVector(target, comparison)
-    c = torch.as_tensor(np.asarray(candidates, dtype=np.float64))
-    return tv.correlate(c).numpy()
+    return tv.correlate(torch.as_tensor(candidates)).numpy()
+
+
+def _check_correlation_inputs(candidates, target, cname, tname):
+    target = _real_array(target, tname)
+    candidates = _real_array(candidates, cname)
+    if target.ndim != 1:
+        raise ValueError(f"{tname} must be 1-D, got shape {target.shape}")
+    if candidates.ndim != 2 or candidates.shape[1] != target.shape[0]:
+        raise ValueError(f"{cname} must have {target.shape[0]} entries to match {tname}, got shape {candidates.shape}")
+    if np.isinf(target).any():
+        raise ValueError(f"{tname} contains +/-inf; use NaN to mark a missing entry")
+    observed = ~np.isnan(target)
+    if observed.sum() < 3:
+        raise ValueError(f"{tname} has {int(observed.sum())} observed (non-NaN) entries; at least 3 are needed")
+    if np.ptp(target[observed]) == 0:
+        raise ValueError(f"{tname} is constant over its observed entries: the correlation is undefined")
+    if not np.isfinite(candidates[:, observed]).all():
+        raise ValueError(f"{cname} contains NaN or inf where {tname} is observed")
+    return candidates, target
 
 
 def correlation(a, b, comparison: str = "spearman") -> float:
-    """Correlation of two vectors, ignoring positions where ``b`` is NaN."""
-    return float(batched_correlation(np.asarray(a, dtype=np.float64)[None], b, comparison)[0])
+    """Correlation of two vectors, ignoring positions where ``b`` is NaN.
+
+    ``a`` (model side) must be finite where ``b`` is observed; ``b`` (human
+    side) needs at least 3 observed entries that are not all equal (else
+    ``ValueError``). A constant ``a`` correlates 0, with a warning.
+    """
+    a = _real_array(a, "a (model side)")
+    if a.ndim != 1:
+        raise ValueError(f"a (model side) must be 1-D, got shape {a.shape}")
+    a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
+    r = float(TargetVector(b, comparison).correlate(torch.as_tensor(a2))[0])
+    observed = ~np.isnan(b)
+    if r == 0 and np.ptp(np.round(a[observed], TIE_DECIMALS)) == 0:
+        warnings.warn(
+            "the model side is constant over the observed pairs: the correlation is undefined and reported as 0",
+            UserWarning,
+            stacklevel=2,
+        )
+    return r

@@ -76,6 +76,8 @@ def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, to
         y = _realign_frame(y, n_samples)
     else:
         y = np.asarray(y)
+    if y.dtype.kind == "c":
+        raise TypeError(f"y must be real-valued similarities, got complex dtype {y.dtype}")
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
         if y.ndim == 1:
             return _labels_to_similarity(y, n_samples)

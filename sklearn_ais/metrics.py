@@ -22,11 +22,20 @@ __all__ = [
 
 
 def _check_square(M, name):
-    M = np.asarray(M, dtype=np.float64)
+    M = np.asarray(M)
+    if np.iscomplexobj(M) or not (np.issubdtype(M.dtype, np.number) or M.dtype == bool):
+        raise TypeError(f"{name} must be a real-valued numeric matrix, got dtype {M.dtype}")
+    M = M.astype(np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"{name} must be a square matrix, got shape {M.shape}")
     if M.shape[0] < 3:
         raise ValueError(f"{name} must be at least 3 x 3 to hold a correlation of pairs")
+    off = ~np.eye(len(M), dtype=bool)
+    A, B = M[off], M.T[off]
+    both = ~(np.isnan(A) | np.isnan(B))
+    if (np.isnan(A) != np.isnan(B)).any() or not np.allclose(A[both], B[both], rtol=1e-8, atol=1e-12):
+        raise ValueError(f"{name} is not symmetric; similarity matrices are compared on their upper triangle, "
+                         "so pass (M + M.T) / 2 if the asymmetry is noise")
     return M
 
 

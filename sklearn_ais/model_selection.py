@@ -19,6 +19,7 @@ the selected maps, plus a paired test.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.base import clone
-from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
+from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit, check_cv
 from sklearn.utils import check_random_state
 
 from ._targets import check_similarity_target, similarity_frame
@@ -67,10 +68,17 @@ def mask_pairs(similarity, pairs) -> np.ndarray:
            [nan, nan,  1.]])
     """
     S = np.asarray(similarity, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
     n = S.shape[0]
     i, j = pair_indices(n)
+    pairs = np.asarray(pairs)
+    if pairs.size and (pairs.dtype.kind not in "iu" or pairs.min() < 0 or pairs.max() >= len(i)):
+        raise ValueError(
+            f"pairs must be integer indices of upper-triangle pairs in [0, {len(i)}) (see pair_indices({n}))"
+        )
     keep = np.zeros(len(i), dtype=bool)
-    keep[np.asarray(pairs, dtype=np.int64)] = True
+    keep[pairs.astype(np.int64)] = True
     out = np.full_like(S, np.nan)
     out[i[keep], j[keep]] = S[i[keep], j[keep]]
     out[j[keep], i[keep]] = S[j[keep], i[keep]]
@@ -79,11 +87,14 @@ def mask_pairs(similarity, pairs) -> np.ndarray:
 
 
 def _observed_pairs(X, y):
-    n = len(X) if y is None else np.asarray(y).shape[0]
-    i, j = pair_indices(n)
     if y is None:
-        return np.arange(len(i))
+        return np.arange(len(pair_indices(len(X))[0]))
     y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] != y.shape[1]:
+        raise ValueError(f"y must be the square n x n similarity matrix of the images in X, got shape {y.shape}")
+    if X is not None and len(X) != y.shape[0]:
+        raise ValueError(f"X has {len(X)} images but y is {y.shape[0]} x {y.shape[1]}; they must match")
+    i, j = pair_indices(y.shape[0])
     return np.nonzero(~np.isnan(y[i, j]))[0]
 
 
@@ -151,6 +162,8 @@ class RepeatedPairKFold:
         return self.n_splits * self.n_repeats
 
     def split(self, X, y=None, groups=None):
+        if not isinstance(self.n_repeats, numbers.Integral) or self.n_repeats < 1:
+            raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
         rng = check_random_state(self.random_state)
         for _ in range(self.n_repeats):
             cv = PairKFold(self.n_splits, random_state=rng.randint(np.iinfo(np.int32).max))
@@ -173,6 +186,8 @@ def summarize_folds(table: pd.DataFrame) -> pd.Series:
     fold). Folds of one repeat share data, so the p-value is optimistic; it
     is the test the AIS paper reports, kept for comparability.
     """
+    if len(table) == 0:
+        raise ValueError("table has no folds to summarize")
     full = table["test_score_full"].to_numpy()
     sel = table["test_score_selected"].to_numpy()
     z_full = np.arctanh(np.clip(full, -0.999999, 0.999999))
@@ -212,6 +227,33 @@ class AlignmentCVResult:
             f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), paired t = "
             f"{s.t_statistic:.2f}, p = {s.p_value:.2g})"
         )
+
+
+def _check_fold_sizes(splits, H, by_pairs):
+    """Each fold must leave enough on both sides for a 2OI (clear error before any work)."""
+    from ._selector import MIN_IMAGES
+
+    for fold, (train, test) in enumerate(splits):
+        if by_pairs:
+            for side, idx in (("training", train), ("test", test)):
+                if len(idx) < 3:
+                    raise ValueError(
+                        f"fold {fold} has {len(idx)} {side} pairs; at least 3 are needed for a correlation. "
+                        "Use fewer splits."
+                    )
+        else:
+            for side, idx in (("training", train), ("test", test)):
+                if len(idx) < MIN_IMAGES:
+                    raise ValueError(
+                        f"fold {fold} has {len(idx)} {side} images; at least {MIN_IMAGES} are needed for a "
+                        "similarity analysis. Use fewer splits."
+                    )
+                sub = H[np.ix_(idx, idx)][np.triu_indices(len(idx), 1)]
+                if (~np.isnan(sub)).sum() < 3:
+                    raise ValueError(
+                        f"fold {fold}: the {side} images share {(~np.isnan(sub)).sum()} observed human pairs; "
+                        "at least 3 are needed. Use fewer splits or fill the missing judgments."
+                    )
 
 
 def cross_validate_alignment(
@@ -266,6 +308,14 @@ def cross_validate_alignment(
 
     if cv is None:
         cv = RepeatedKFold(n_splits=5, n_repeats=8, random_state=0)
+    elif not getattr(cv, "splits_pairs", False):
+        cv = check_cv(cv)  # an int (KFold) or an iterable of (train, test) image indices
+    for method in ("fit", "score", "score_all"):
+        if not callable(getattr(estimator, method, None)):
+            raise TypeError(
+                f"estimator must have fit, score and score_all methods (e.g. an AISSelector); "
+                f"{type(estimator).__name__} has no {method!r}"
+            )
     y_kind = y_kind or getattr(estimator, "y_kind", "similarity")
     probe = clone(estimator)
     X = validate_maps_input(probe, X, reset=True)
@@ -275,10 +325,13 @@ def cross_validate_alignment(
         H = -H  # validated as similarity from here on
     by_pairs = getattr(cv, "splits_pairs", False)
     splits = list(cv.split(X, H) if by_pairs else cv.split(np.arange(n)))
+    if not splits:
+        raise ValueError(f"cv={cv!r} produced no splits")
+    _check_fold_sizes(splits, H, by_pairs)
     rows, fitted, train_paths, test_paths = [], [], [], []
     iterator = splits
     if verbose:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         iterator = tqdm(splits, desc="cross-validation", unit="fold")
     for fold, (train, test) in enumerate(iterator):

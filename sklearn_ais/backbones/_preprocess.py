@@ -46,6 +46,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Pixel values of float inputs may overshoot [0, 1] by rounding noise.
 _FLOAT_TOL = 1e-3
+# Above this many pixels, the resized image is not materialised: only the crop
+# window is resampled (a 1 x 30000 strip would otherwise need 256 x 7.7M pixels).
+_MAX_RESIZED_PIXELS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,16 @@ class Preprocessing:
         """Preprocess one RGB image: ``(pixels (3, H, W) float32, geometry)``."""
         geom = self.geometry(image.height, image.width)
         _, _, new_h, new_w, top, left = geom
-        image = image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
         crop_h, crop_w = self.input_size
-        image = image.crop((left, top, left + crop_w, top + crop_h))
+        if new_h * new_w <= _MAX_RESIZED_PIXELS:
+            image = image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+        else:
+            # Extreme aspect ratio: resample the crop window only, at the same scale
+            # (equal to resize-then-crop up to rounding of the filter coefficients).
+            sx, sy = image.width / new_w, image.height / new_h
+            box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+            image = image.resize((crop_w, crop_h), INTERPOLATIONS[self.interpolation], box=box)
         x = np.asarray(image, dtype=np.float32) / 255.0
         x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1)), geom
