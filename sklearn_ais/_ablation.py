@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ._containers import FeatureMaps
+from ._device import resolve_device
 from ._similarity import _REL_EPS, TargetVector, _standardize_rows, rsm_torch
 from .backbones._heads import MLPHead, PoolingHead
 
@@ -48,27 +49,6 @@ _RECOMPUTE_REL = 0.1
 
 def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
     return int(max(1, min(total, budget // max(1, per_item))))
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU.
-
-    An explicit CUDA device on a machine without one (e.g. an estimator
-    fitted on a GPU machine, unpickled on a laptop) is a ``ValueError`` that
-    says so, rather than a driver error from deep inside torch.
-    """
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} was requested but CUDA is not available on this machine; "
-            "use device='auto' or 'cpu' (e.g. estimator.set_params(device='cpu'))"
-        )
-    return resolved
 
 
 def _check_finite_embeddings(E: torch.Tensor):

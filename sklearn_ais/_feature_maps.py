@@ -19,21 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ._containers import FeatureMaps
+from ._device import resolve_device
 from .backbones._heads import Head
 from .backbones._preprocess import as_image_source
 from .backbones._registry import Backbone, get_backbone
-
-
-def _resolve_device(device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='auto' or 'cpu'")
-    return resolved
 
 
 def _state_dict_digest(model: nn.Module) -> str:
@@ -214,7 +203,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         -------
         self : DNNFeatureMapTransformer
         """
-        self.device_ = _resolve_device(self.device)
+        self.device_ = resolve_device(self.device)
         backbone = self.backbone
         if not isinstance(backbone, str):
             backbone = copy.deepcopy(backbone)
@@ -250,7 +239,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         With ``device="auto"`` the CPU is used instead; an explicit device is a clear error.
         """
         if self.device_.type == "cuda" and not torch.cuda.is_available():
-            return _resolve_device(self.device)
+            return resolve_device(self.device)
         return self.device_
 
     def _identify_weights(self, seed):
