@@ -30,6 +30,8 @@ Memory is bounded by processing candidates in chunks (``_chunk``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -76,6 +78,14 @@ class _Problem:
             i, j = np.triu_indices(self.n, k=1)
             self._iu = (torch.as_tensor(i, device=self.device), torch.as_tensor(j, device=self.device))
         return self._iu
+
+    @property
+    def flat_iu(self):
+        """Flat indices of the strict upper triangle in a row-major n x n matrix (same order as ``iu``)."""
+        if getattr(self, "_flat_iu", None) is None:
+            i, j = self.iu
+            self._flat_iu = i * self.n + j
+        return self._flat_iu
 
     def target(self, values, comparison) -> TargetVector:
         return TargetVector(values, comparison, device=self.device)
@@ -202,16 +212,29 @@ class _PooledProblem(_Problem):
         return (_standardize_rows(rows_E, center=center) @ _standardize_rows(others, center=center).T).clamp(-1, 1)
 
     def _upper_from_delta(self, dE, ks=None):
-        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image."""
-        i, j = self.iu
+        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
+
+        Built as dense (C, n, n) blocks, ``Z = (r r^T) * G - U V^T`` with ``r = v^-1/2`` (0 for a constant
+        row) and a rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, ``U = [d, e]``,
+        ``V = [e, d - e (K-1)/K]``, scaled by r) or rank-1 (cosine) correction: a few dense passes and one
+        batched GEMM instead of some twenty gathers and element-wise passes over (C, m).
+        """
+        C, n = dE.shape
         dD = self.D[:, ks].T if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
-        num = self.G[i, j][None] - dE[:, i] * dE[:, j] if not self.pearson else (
-            self.G[i, j][None] - dD[:, i] * dE[:, j] - dE[:, i] * dD[:, j]
-            + dE[:, i] * dE[:, j] * ((self.K - 1) / self.K)
-        )
         alive = self._alive(v, raw)
-        Zu = self._z(num, v[:, i], v[:, j], alive[:, i], alive[:, j])
+        r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
+        Z = self.G[None] * r[:, :, None]
+        Z *= r[:, None, :]
+        b = r * dE
+        if self.pearson:
+            a = r * dD
+            U = torch.stack([a, b], dim=2)
+            V = torch.stack([b, a - ((self.K - 1) / self.K) * b], dim=2)
+        else:
+            U = V = b[:, :, None]
+        Z.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
+        Zu = Z.reshape(C, n * n)[:, self.flat_iu].clamp_(-1.0, 1.0)
         if ks is not None:
             for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
                 rows = torch.nonzero(flagged[c]).flatten()
@@ -239,7 +262,7 @@ class _PooledProblem(_Problem):
         # Base through the same formula, so a dead map gives exactly AIS = 0.
         base = float(target.correlate(self._base_upper())[0])
         out = np.empty(len(maps))
-        step = _chunk(len(maps), m * 6)
+        step = _chunk(len(maps), 3 * self.n * self.n)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             out[a : a + step] = target.correlate(self._upper_from_delta(self.E[:, ks].T, ks)).cpu().numpy()
@@ -261,29 +284,34 @@ class _PooledProblem(_Problem):
             out[self.K] = float(target.correlate(self._base_upper())[0])
             want[self.K] = False
         last = int(np.nonzero(want)[0].max()) if want.any() else 0
-        s = torch.zeros(self.n, dtype=self.E.dtype, device=self.device)
+        n = self.n
+        s = torch.zeros(n, dtype=self.E.dtype, device=self.device)
         q = torch.zeros_like(s)
-        G = torch.zeros(m, dtype=self.E.dtype, device=self.device)
-        step = _chunk(self.K, m * 4)
+        G = torch.zeros(n, n, dtype=self.E.dtype, device=self.device)
+        step = _chunk(self.K, 3 * n * n)
         for a in range(0, last, step):
             b = min(a + step, last)
             Eo = self.E[:, order[a:b]].T  # (C, n) maps in ranked order
-            cs = s[None] + torch.cumsum(Eo, 0)
-            cq = q[None] + torch.cumsum(Eo * Eo, 0)
-            cG = G[None] + torch.cumsum(Eo[:, i] * Eo[:, j], 0)
-            s, q, G = cs[-1], cq[-1], cG[-1]
+            cs = torch.cumsum(Eo, 0) + s
+            cq = torch.cumsum(Eo * Eo, 0) + q
+            cG = torch.cumsum(Eo[:, :, None] * Eo[:, None, :], 0)  # dense prefix Gram matrices
+            cG += G
+            s, q, G = cs[-1].clone(), cq[-1].clone(), cG[-1].clone()
             sel = np.nonzero(want[a + 1 : b + 1])[0]
             if len(sel):
-                sel_t = torch.as_tensor(sel, device=self.device)
-                cs, cq, cG = cs[sel_t], cq[sel_t], cG[sel_t]
-                if self.pearson:
-                    v = cq - cs * cs / self.K
-                    num = cG - cs[:, i] * cs[:, j] / self.K
-                else:
-                    v, num = cq, cG
+                if len(sel) < b - a:
+                    sel_t = torch.as_tensor(sel, device=self.device)
+                    cs, cq, cG = cs[sel_t], cq[sel_t], cG[sel_t]
+                v = cq - cs * cs / self.K if self.pearson else cq
                 alive = self._alive(v, cq)
-                r = target.correlate(self._z(num, v[:, i], v[:, j], alive[:, i], alive[:, j])).cpu().numpy()
-                for c, val in zip(sel, r):
+                r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
+                cG *= r[:, :, None]
+                cG *= r[:, None, :]
+                if self.pearson:  # num_ij = G_ij - s_i s_j / K
+                    u = (r * cs / math.sqrt(self.K))[:, :, None]
+                    cG.baddbmm_(u, u.transpose(1, 2), alpha=-1.0)
+                Zu = cG.reshape(len(sel), n * n)[:, self.flat_iu].clamp_(-1.0, 1.0)
+                for c, val in zip(sel, target.correlate(Zu).cpu().numpy()):
                     out[a + 1 + c] = val
         return np.array([out[int(t)] for t in ts])
 
@@ -356,10 +384,26 @@ class _MLPProblem(_Problem):
             A = torch.einsum("nkp,dkp->nd", self.P * keep_t[None, :, None], self.W) + self.b
             return self.rest(A).double()
 
+    def _contrib(self, P, ks):
+        """First-layer contribution of maps ``ks`` in each image of ``P`` (n', K, P): (C, n', D1)."""
+        return torch.bmm(P[:, ks].permute(1, 0, 2), self.W[:, ks].permute(1, 2, 0))
+
     def _rsm_upper(self, E):
-        Z = rsm_torch(E, self.similarity)
-        i, j = self.iu
-        return Z[:, i, j]
+        """Upper triangles of the RSMs of ``E`` (B, n, D) float64, as ``rsm_torch`` gives them.
+
+        From the centred Gram matrix: one centring pass and one batched GEMM instead of the
+        ~10 element-wise passes of ``_standardize_rows`` over (B, n, D). Same constant-row rule.
+        """
+        B, n, _ = E.shape
+        raw = torch.einsum("bnd,bnd->bn", E, E)
+        Ec = E - E.mean(dim=-1, keepdim=True) if self.similarity == "pearson" else E
+        G = torch.bmm(Ec, Ec.transpose(1, 2))
+        v = torch.diagonal(G, dim1=1, dim2=2) if self.similarity == "pearson" else raw
+        alive = (v > _REL_EPS * raw) & (v > 0)
+        r = torch.where(alive, v.clamp_min(torch.finfo(E.dtype).tiny).rsqrt(), torch.zeros_like(v))
+        G *= r[:, :, None]
+        G *= r[:, None, :]
+        return G.reshape(B, n * n)[:, self.flat_iu].clamp_(-1.0, 1.0)
 
     def leave_one_out(self, target, maps=None):
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
@@ -370,11 +414,10 @@ class _MLPProblem(_Problem):
         with torch.inference_mode():
             for a in range(0, len(maps), step):
                 ks = torch.as_tensor(maps[a : a + step], device=self.device)
-                contrib = torch.einsum("nkp,dkp->knd", self.P[:, ks], self.W[:, ks])  # (C, n, D1)
                 alive = self.alive[:, ks].T  # (C, n)
                 E = self.E0[None].repeat(len(ks), 1, 1)
                 if bool(alive.any()):
-                    pre = self.A[None] - contrib
+                    pre = self.A[None] - self._contrib(self.P, ks)
                     pre[self.lone[:, ks].T] = self.b
                     E[alive] = self.rest(pre[alive]).double()
                 out[a : a + step] = target.correlate(self._rsm_upper(E)).cpu().numpy()
@@ -393,9 +436,9 @@ class _MLPProblem(_Problem):
             for a in range(0, int(ts.max()), step):
                 b = min(a + step, int(ts.max()))
                 ks = order[a:b]
-                contrib = torch.einsum("nkp,dkp->knd", self.P[:, ks], self.W[:, ks])
-                cum = acc[None] + torch.cumsum(contrib, 0)
-                acc = cum[-1]
+                cum = torch.cumsum(self._contrib(self.P, ks), 0)
+                cum += acc
+                acc = cum[-1].clone()
                 sel = np.nonzero(want[a + 1 : b + 1])[0]
                 if len(sel):
                     pre = cum[torch.as_tensor(sel, device=self.device)]
@@ -406,26 +449,45 @@ class _MLPProblem(_Problem):
         return np.array([out[int(t)] for t in ts])
 
     def per_image(self, H, comparison, rows=None):
+        """One pass over the maps for a block of images (the leave-one-out's (map, image) rows, in
+        GEMMs of many images), not one pass per image: each pass reads every first-layer block once."""
         rows_list = list(range(self.n) if rows is None else rows)
+        n, K = self.n, self.K
+        center = self.similarity == "pearson"
         base = np.zeros(len(rows_list))
-        ablated = np.zeros((len(rows_list), self.K))
-        std0 = _standardize_rows(self.E0, center=self.similarity == "pearson")
+        ablated = np.zeros((len(rows_list), K))
         D1 = self.W.shape[0]
-        step = _chunk(self.K, max(D1, self.n) * 2)
+        block = _chunk(len(rows_list), K * n)  # rows of (K, n) candidate similarities held at once
         with torch.inference_mode():
-            for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
-                o = torch.as_tensor(others, device=self.device)
-                base_row = (std0[t] @ std0[o].T)[None]
-                base[r] = float(tv.correlate(base_row.clamp(-1, 1))[0])
-                ablated[r] = base[r]  # maps that are zero in image t change nothing
-                live = torch.nonzero(self.alive[t]).flatten()
-                for a in range(0, len(live), step):
-                    ks = live[a : a + step]
-                    pre = self.A[t][None] - torch.einsum("kp,dkp->kd", self.P[t, ks], self.W[:, ks])
-                    pre[self.lone[t, ks]] = self.b
-                    Et = _standardize_rows(self.rest(pre).double(), center=self.similarity == "pearson")
-                    Zrow = (Et @ std0[o].T).clamp(-1, 1)
-                    ablated[r, ks.cpu().numpy()] = tv.correlate(Zrow).cpu().numpy()
+            std0 = _standardize_rows(self.E0, center=center)
+            base_full = (std0 @ std0.T).clamp(-1, 1)
+            targets = list(self._row_targets(H, comparison, rows_list))
+            for r0 in range(0, len(rows_list), block):
+                rt = torch.as_tensor(rows_list[r0 : r0 + block], device=self.device)
+                R = len(rt)
+                Z = torch.zeros(R, K, n, dtype=torch.float64, device=self.device)
+                alive, lone = self.alive[rt], self.lone[rt]  # (R, K)
+                Pr, Ar = self.P[rt], self.A[rt]
+                step = _chunk(K, R * D1)
+                for a in range(0, K, step):
+                    b = min(a + step, K)
+                    al = alive[:, a:b].T  # (C, R)
+                    if not bool(al.any()):
+                        continue
+                    pre = Ar[None] - self._contrib(Pr, torch.arange(a, b, device=self.device))
+                    pre[lone[:, a:b].T] = self.b
+                    Et = _standardize_rows(self.rest(pre[al]).double(), center=center)
+                    ci, ri = al.nonzero(as_tuple=True)
+                    Z[ri, a + ci] = (Et @ std0.T).clamp_(-1, 1)
+                for r_ in range(R):
+                    t, others, tv = targets[r0 + r_]
+                    o = torch.as_tensor(others, device=self.device)
+                    out = r0 + r_
+                    base[out] = float(tv.correlate(base_full[t, o][None])[0])
+                    ablated[out] = base[out]  # maps that are zero in image t change nothing
+                    live = torch.nonzero(alive[r_]).flatten()
+                    if len(live):
+                        ablated[out, live.cpu().numpy()] = tv.correlate(Z[r_, live][:, o]).cpu().numpy()
         return base, ablated
 
 
