@@ -800,14 +800,6 @@ def test_peak_memory_small(which):
     assert _peak_rss(which, 100, 256) < 2 * 2**30
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("which", ["selector", "heatmapper"])
-def test_peak_memory_1000_images(which):
-    """n = 1000, K = 1280 on CPU (2 threads), measured: selector 1.16 GB peak RSS (0.78 GB with the
-    inputs built, i.e. torch + data), heatmapper 1.74 GB (1.47 GB with the inputs built)."""
-    assert _peak_rss(which, 1000, 1280) < 6 * 2**30
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_vgg_head_ablating_an_images_only_map(seed):
     """An image whose only non-zero map is ablated embeds as rest(bias) exactly: such images tie.
