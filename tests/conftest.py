@@ -11,7 +11,8 @@ _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "SKLEARN_AIS_DATA" not in os.environ and _SHARED.is_dir():
     os.environ["SKLEARN_AIS_DATA"] = str(_SHARED)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread per xdist worker (two workers share the two cores); two when run serially.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
