@@ -258,7 +258,6 @@ class _PooledProblem(_Problem):
 
     def leave_one_out(self, target, maps=None):
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
-        m = len(self.iu[0])
         # Base through the same formula, so a dead map gives exactly AIS = 0.
         base = float(target.correlate(self._base_upper())[0])
         out = np.empty(len(maps))
@@ -274,7 +273,6 @@ class _PooledProblem(_Problem):
         (1 - t / K) of its raw energy. t = K (all maps) is the base, computed from
         the centred statistics."""
         i, j = self.iu
-        m = len(i)
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         want = np.zeros(self.K + 1, dtype=bool)

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 import torch
 
-from .backbones._heads import Head, PoolingHead
+from .backbones._heads import Head
 
 
 class FeatureMaps:
@@ -138,15 +138,10 @@ class FeatureMaps:
         return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def as_feature_maps(X) -> tuple[FeatureMaps | None, np.ndarray | None]:
-    """Split an estimator input into (FeatureMaps, None) or (None, 2-D array)."""
-    if isinstance(X, FeatureMaps):
-        return X, None
-    return None, X
-
-
-def pooled_embedding(fm: FeatureMaps) -> np.ndarray | None:
-    """For a pooling head the (n, K) embedding fully describes every ablation."""
-    if isinstance(fm.head, PoolingHead):
-        return fm.embed()
-    return None
+def check_feature_maps(X: FeatureMaps, min_images: int = 4) -> FeatureMaps:
+    """Checks every estimator that reads FeatureMaps makes: enough images, finite maps."""
+    if len(X) < min_images:
+        raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")
+    if not np.isfinite(X.maps).all():
+        raise ValueError("X (feature maps) contains NaN or inf")
+    return X

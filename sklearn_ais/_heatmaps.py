@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
-from ._containers import FeatureMaps
+from ._containers import FeatureMaps, check_feature_maps
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._targets import check_similarity_target
 
@@ -27,11 +27,7 @@ def _require_maps(X, min_images=4, what="AISHeatmapper"):
             f"{what} needs FeatureMaps (the output of DNNFeatureMapTransformer), got {type(X).__name__}: "
             "a heatmap is a weighted sum of spatial maps"
         )
-    if len(X) < min_images:
-        raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")
-    if not np.isfinite(X.maps).all():
-        raise ValueError("X (feature maps) contains NaN or inf")
-    return X
+    return check_feature_maps(X, min_images)
 
 
 def _undefined_rows(H: np.ndarray) -> np.ndarray:

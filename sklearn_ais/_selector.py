@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
-from ._containers import FeatureMaps
+from ._containers import FeatureMaps, check_feature_maps
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._targets import check_similarity_target
 
@@ -24,11 +24,8 @@ MIN_IMAGES = 4
 def validate_maps_input(estimator, X, *, reset: bool):
     """Validate X: FeatureMaps (checked here) or a 2-D array (scikit-learn's checks)."""
     if isinstance(X, FeatureMaps):
-        n, K = X.shape[:2]
-        if n < MIN_IMAGES:
-            raise ValueError(f"X has {n} images; at least {MIN_IMAGES} are needed for a similarity analysis")
-        if not np.isfinite(X.maps).all():
-            raise ValueError("X (feature maps) contains NaN or inf")
+        check_feature_maps(X, MIN_IMAGES)
+        K = X.n_maps
         if reset:
             estimator.n_features_in_ = K
         elif K != getattr(estimator, "n_features_in_", K):

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _map_metrics
+from ._feature_alignment import feature_alignment_score
+from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
 from ._similarity import COMPARISONS, correlation, similarity_matrix, upper_triangle
 
 __all__ = [
     "alignment_score",
+    "feature_alignment_score",
     "noise_ceiling",
     "second_order_isomorphism",
     "similarity_matrix",
     "split_half_ceiling",
     "upper_triangle",
+    *_map_metrics.__all__,
 ]
 
 
@@ -154,31 +159,3 @@ def split_half_ceiling(half1, half2, comparison: str = "spearman") -> float:
     r = second_order_isomorphism(half1, half2, comparison)
     return float(2 * r / (1 + r)) if r > -1 else -1.0
 
-
-from ._map_metrics import (  # noqa: E402  (re-exported map and distribution comparisons)
-    heatmap_match,
-    ks_test,
-    match_entropy_correlation,
-    mean_absolute_deviation,
-    precision_recall,
-    precision_recall_auc,
-    prediction_entropy,
-    relative_risk,
-    top_mask,
-)
-
-__all__ += [
-    "heatmap_match",
-    "ks_test",
-    "match_entropy_correlation",
-    "mean_absolute_deviation",
-    "precision_recall",
-    "precision_recall_auc",
-    "prediction_entropy",
-    "relative_risk",
-    "top_mask",
-]
-
-from ._feature_alignment import feature_alignment_score  # noqa: E402  (harmonization feature alignment)
-
-__all__ += ["feature_alignment_score"]

@@ -7,7 +7,6 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import GridSearchCV, KFold
 
@@ -23,15 +22,6 @@ from sklearn_ais.alignment._base import embedding_2oi
 from sklearn_ais.backbones import PoolingHead, get_backbone, list_backbones
 from sklearn_ais.datasets import make_similarity_task
 from sklearn_ais.metrics import noise_ceiling
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small networks and tensors: one thread avoids oversubscription on shared CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

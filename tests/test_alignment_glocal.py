@@ -5,7 +5,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -14,15 +13,6 @@ from sklearn_ais import FeatureMaps
 from sklearn_ais.alignment import GLocalAligner, glocal_loss, odd_one_out_accuracy, triplets_from_similarity
 from sklearn_ais.backbones import PoolingHead
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny networks and tensors: one thread avoids oversubscription on shared CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 def _brute_force_loss(Xs, W, b, triplets, alpha, lmbda, tau):
     """The gLocal objective, one triplet and one image at a time."""

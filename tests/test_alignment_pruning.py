@@ -12,15 +12,6 @@ from sklearn_ais.backbones import get_backbone
 from sklearn_ais.backbones._registry import _vgg_head
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny networks and tensors: one thread avoids oversubscription on shared CPUs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 @pytest.fixture(scope="module")
 def lite():
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
 """Real photographs, real human judgments, real pretrained weights (slow; CI runs them)."""
 
-import numpy as np
 import pytest
 from sklearn.model_selection import RepeatedKFold
 

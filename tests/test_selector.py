@@ -180,8 +180,8 @@ def test_pipeline_cross_validate_never_fits_on_test_images(rng):
     te = out["indices"]["test"][0]
     assert np.isclose(out["test_score"][0], sel.score(X[te], H[np.ix_(te, te)]))
     gs = GridSearchCV(Pipeline([("ais", AISSelector(device="cpu"))]), {"ais__n_features_to_select": [2, "auto"]}, cv=cv)
-    gs.fit(X, y)
-    assert gs.best_params_["ais__n_features_to_select"] in (2, "auto")
+    gs.fit(X, y)  # error_score=nan would hide a failing fold: every mean must be a real 2OI
+    assert np.isfinite(gs.cv_results_["mean_test_score"]).all()
 
 
 def test_featuremaps_transform_and_pickle(rng):

@@ -6,11 +6,11 @@ the registry (which imports torchvision and timm) loads on first use.
 
 import importlib
 
-from ._heads import Head, MLPHead, ModuleHead, PoolingHead, identity_head
+from ._heads import Head, MLPHead, ModuleHead, PoolingHead
 
 _REGISTRY_NAMES = ("Backbone", "get_backbone", "list_backbones", "load_weights")
 
-__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", "identity_head", *_REGISTRY_NAMES])
+__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", *_REGISTRY_NAMES])
 
 
 def __getattr__(name):

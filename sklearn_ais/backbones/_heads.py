@@ -218,7 +218,3 @@ class ModuleHead(Head):
     def __repr__(self):
         return f"ModuleHead({self.module!r})"
 
-
-def identity_head() -> PoolingHead:
-    """The head used for plain 2-D inputs: unit k is coordinate k."""
-    return PoolingHead("avg")
