@@ -353,7 +353,7 @@ def cross_validate_alignment(
                 "split": "pairs" if by_pairs else "images",
                 "n_train": len(train),
                 "n_test": len(test),
-                "train_score_selected": est.score(X_train, H_train),
+                "train_score_selected": _train_score(est, X_train, H_train),
                 "test_score_full": est.score_all(X_test, H_test),
                 "test_score_selected": est.score(X_test, H_test),
                 "n_selected": int(np.sum(est.get_support())),
@@ -373,3 +373,10 @@ def cross_validate_alignment(
         np.asarray(train_paths) if return_paths else None,
         np.asarray(test_paths) if return_paths else None,
     )
+
+
+def _train_score(est, X_train, H_train) -> float:
+    """Training 2OI of the selection: already on the fitted sweep for AISSelector (no second pass)."""
+    path = getattr(est, "path_scores_", None)
+    t = getattr(est, "n_features_to_select_", None)
+    return float(path[t - 1]) if path is not None and t is not None else est.score(X_train, H_train)

@@ -77,8 +77,11 @@ def test_planted_truth_recovered_and_generalises(rng):
     # held out images: selection raises 2OI
     from sklearn_ais.model_selection import cross_validate_alignment
 
-    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=KFold(4, shuffle=True, random_state=0))
+    cv = KFold(4, shuffle=True, random_state=0)
+    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, return_estimators=True)
     assert (res.table.test_score_selected > res.table.test_score_full).all()
+    for (train, _), est, got in zip(cv.split(X), res.estimators, res.table.train_score_selected):
+        np.testing.assert_allclose(got, est.score(X[train], H[np.ix_(train, train)]), atol=1e-9)
 
 
 def test_n_features_to_select_options(rng):
