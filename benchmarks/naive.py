@@ -16,9 +16,10 @@ Two ways to push images through the head:
 
 Conventions shared with the package (so the values are comparable):
 a row with zero variance has similarity 0 to every other row (``np.corrcoef``
-gives NaN), and model similarities are rounded to 12 decimals before ranking
-(pairs that are mathematically tied, e.g. all pairs of a one-map embedding,
-are tied whatever the round-off).
+gives NaN), and model similarities tie when they are sorted neighbours at
+most 4 steps apart on a grid of step 2**-42 (about 9e-13: pairs that are
+mathematically tied, e.g. all pairs of a one-map embedding, are tied whatever
+the round-off).
 """
 
 from __future__ import annotations
@@ -73,14 +74,23 @@ def rsm_row(e, others: np.ndarray) -> np.ndarray:
     return np.clip(standardize(others) @ standardize(np.asarray(e)[None])[0], -1.0, 1.0)
 
 
+def tie_runs(values) -> np.ndarray:
+    """One id per model value; tied values share it (the tie rule above), ids increase with the value."""
+    q = np.trunc(np.asarray(values, float) * 2.0**42 + (2.0**42 + 0.5))
+    order = np.argsort(q, kind="stable")
+    ids = np.empty(len(q))
+    ids[order] = np.concatenate([[0], np.cumsum(np.diff(q[order]) > 4)])
+    return ids
+
+
 def compare(model, human) -> float:
     """Spearman correlation of two vectors (human NaN = missing), scipy."""
     model, human = np.asarray(model, float), np.asarray(human, float)
     ok = ~np.isnan(human)
-    model, human = model[ok], human[ok]
-    if np.ptp(model) == 0 or np.ptp(human) == 0:
+    runs, human = tie_runs(model[ok]), human[ok]
+    if np.ptp(runs) == 0 or np.ptp(human) == 0:
         return 0.0
-    return float(stats.spearmanr(np.round(model, 12), human).statistic)
+    return float(stats.spearmanr(runs, human).statistic)
 
 
 def two_oi(E: np.ndarray, human_upper: np.ndarray) -> float:

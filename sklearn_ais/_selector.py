@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
 from ._containers import FeatureMaps, check_feature_maps
-from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
+from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._targets import check_similarity_target
 
 MIN_IMAGES = 4
@@ -41,7 +41,7 @@ def _warn_if_constant_model(problem, H, score, keep=None, what="the model"):
     if score != 0.0:
         return
     Zu = upper_triangle(problem.model_rsm(keep))[~np.isnan(upper_triangle(H))]
-    if Zu.size and np.ptp(np.round(Zu, 12)) == 0:
+    if Zu.size and is_constant_model(Zu):
         warnings.warn(
             f"the similarity matrix of {what} is constant over the observed pairs (e.g. a single unit with "
             "similarity='pearson', or all-zero embeddings): the 2OI is undefined and reported as 0",

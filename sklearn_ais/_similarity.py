@@ -13,11 +13,15 @@ Conventions used throughout the package:
   :func:`scipy.stats.spearmanr`. When either side is constant the
   correlation is undefined; for a *model* side we return 0 (no information),
   the human side is validated to be non-constant before any work starts.
-  Model similarities are rounded to 12 decimals before ranking, so that
-  pairs that are mathematically tied are tied whatever route computed them.
+  Model similarities are placed on a grid of step 2**-42 (about 2.3e-13)
+  and two values tie when they are neighbours in sorted order at most
+  ``TIE_GAP`` = 4 grid steps apart (about 9e-13, transitively), so that
+  pairs that are mathematically tied (e.g. every pair of a one-map
+  embedding) are tied whatever route computed them: round-off is ~1e-15,
+  far below the gap, and no rounding boundary can split a tie.
   For ``"pearson"`` the same rule decides when the model side is constant
-  (all values equal to 12 decimals -> correlation 0); otherwise the
-  unrounded values are used.
+  (all values one tie run -> correlation 0); otherwise the unrounded
+  values are used.
 * A row of embeddings (or of human values) is constant when its centred
   energy is below 1e-12 of its raw energy (coefficient of variation below
   ~1e-6): such rows are round-off away from constant in float32/float64
@@ -42,9 +46,25 @@ COMPARISONS = ("spearman", "pearson")
 # A row whose centred energy is below this fraction of its raw energy is
 # constant up to round-off (float64 cancellation leaves ~1e-16).
 _REL_EPS = 1e-12
-# Model similarities are rounded to this many decimals before ranking.
-TIE_DECIMALS = 12
-TIE_SCALE = 10.0**TIE_DECIMALS
+# Model similarities live on a grid of step 2**-42 before ranking: grid index
+# ``trunc(c * 2**42 + (2**42 + 1/2))`` (c * 2**42 is exact, so every route, fused
+# or not, gets the same bits), and sorted neighbours <= TIE_GAP steps apart tie.
+TIE_GRID = 2.0**42
+TIE_GAP = 4
+# CPU sort keys pack (grid index: 44 bits) << bits | position into one int64.
+_KEY_POSITION_BITS = 19
+
+
+def tie_grid(c):
+    """Grid index of model values (numpy or torch, float64): the package's tie rule."""
+    g = c * TIE_GRID + (TIE_GRID + 0.5)
+    return g.trunc() if isinstance(g, torch.Tensor) else np.trunc(g)
+
+
+def is_constant_model(values) -> bool:
+    """True when all model values form one tie run (see the module docstring)."""
+    q = np.sort(tie_grid(np.asarray(values, dtype=np.float64)).ravel())
+    return bool(q.size == 0 or (np.diff(q) <= TIE_GAP).all())
 
 
 def upper_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,21 +122,36 @@ def rsm_torch(E: torch.Tensor, similarity: str) -> torch.Tensor:
 def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
     """Average ranks (1-based) along the last axis, as ``scipy.stats.rankdata``.
 
-    ``x`` is (B, m). Ties get the mean of the ranks they span.
+    ``x`` is (B, m). Ties (exactly equal values) get the mean of the ranks they span.
     """
-    B, m = x.shape
     order = torch.argsort(x, dim=1, stable=True)
     xs = torch.gather(x, 1, order)
-    pos = torch.arange(m, device=x.device, dtype=x.dtype).expand(B, m)
     new_run = torch.ones_like(xs, dtype=torch.bool)
     new_run[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    return _average_ranks(order, new_run, x.dtype)
+
+
+def model_ranks_torch(c: torch.Tensor) -> torch.Tensor:
+    """Average ranks of model values (B, m) under the package's tie rule (any device)."""
+    q = tie_grid(c)
+    order = torch.argsort(q, dim=1, stable=True)
+    qs = torch.gather(q, 1, order)
+    new_run = torch.ones_like(qs, dtype=torch.bool)
+    new_run[:, 1:] = (qs[:, 1:] - qs[:, :-1]) > TIE_GAP
+    return _average_ranks(order, new_run, c.dtype)
+
+
+def _average_ranks(order, new_run, dtype):
+    """Ranks from a sorting permutation and the starts of tie runs in sorted order."""
+    B, m = order.shape
+    pos = torch.arange(m, device=order.device, dtype=dtype).expand(B, m)
     if bool(new_run.all()):
         ranks_sorted = pos + 1
     else:
         run_id = torch.cumsum(new_run, dim=1) - 1
-        first = torch.full((B, m), float(m), device=x.device, dtype=x.dtype)
+        first = torch.full((B, m), float(m), device=order.device, dtype=dtype)
         first = first.scatter_reduce(1, run_id, pos, reduce="amin", include_self=True)
-        last = torch.full((B, m), -1.0, device=x.device, dtype=x.dtype)
+        last = torch.full((B, m), -1.0, device=order.device, dtype=dtype)
         last = last.scatter_reduce(1, run_id, pos, reduce="amax", include_self=True)
         ranks_sorted = torch.gather((first + last) / 2 + 1, 1, run_id)
     ranks = torch.empty_like(ranks_sorted)
@@ -187,57 +222,81 @@ class TargetVector:
         if c.shape[1] == 0:  # no observed entry: nothing to correlate (callers report it)
             return torch.zeros(c.shape[0], dtype=self.dtype, device=c.device)
         if self.comparison == "spearman":
-            # Model similarities live in [-1, 1]; values that agree to 1e-12
-            # are ties (e.g. every pair of a one-map embedding correlates 1),
-            # whatever the round-off of the route that computed them.
             if c.device.type == "cpu" and c.shape[1] > 1:
                 return self._spearman_cpu(c)
-            c = _standardize_rows(rankdata_torch(torch.round(c * TIE_SCALE) / TIE_SCALE))
+            c = _standardize_rows(model_ranks_torch(c))
         else:
-            # Same rule as for ranks: a candidate whose values agree to 12 decimals is
+            # Same rule as for ranks: a candidate whose values form one tie run is
             # constant (correlation 0); any larger spread is information, however
             # small (model similarities near 1 may differ only in the 8th decimal).
-            r = torch.round(c * TIE_SCALE)
-            constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+            q = tie_grid(c)
+            constant = (q.amax(dim=1, keepdim=True) - q.amin(dim=1, keepdim=True)) <= TIE_GAP * (c.shape[1] - 1)
+            if bool(constant.any()):  # spread small enough to be one run: check in sorted order
+                rows = constant.flatten().clone()
+                qs = torch.sort(q[rows], dim=1).values
+                constant[rows] = ((qs[:, 1:] - qs[:, :-1]) <= TIE_GAP).all(dim=1, keepdim=True)
             c = torch.where(constant, torch.zeros_like(c), _standardize_rows(c, rel_eps=0.0))
         return (c @ self.prepared).clamp(-1.0, 1.0)
 
     def _spearman_cpu(self, c: torch.Tensor) -> torch.Tensor:
         """Spearman on CPU, same values as the general path (to round-off).
 
-        numpy's SIMD argsort is ~3-5x torch's on CPU. A row without ties has the
-        ranks 1..m in some order, so its correlation with the standardized
-        target ranks is ``sum_p w_p * target[order_p]`` (``w``: the standardized
-        positions): no rank scatter, no per-row standardization. The sums run
-        row by row, so identical rows give identical bits whatever the batch.
-        Rows with ties (equal to 12 decimals) get average ranks, as
-        ``scipy.stats.rankdata``, from the starts and ends of runs of equal
-        sorted values.
+        Each row is sorted once as int64 keys ``grid index << bits | position``
+        (numpy's SIMD sort of plain integers is ~2x its argsort, and the sorted
+        grid values come out of the keys without a gather). A row without ties
+        has the ranks 1..m in some order, so its correlation with the
+        standardized target ranks is ``sum_p w_p * target[order_p]`` (``w``:
+        the standardized positions): no rank scatter, no per-row
+        standardization. The sums run row by row, so identical rows give
+        identical bits whatever the batch. Rows with ties get average ranks
+        from the starts and ends of their tie runs. Rows go in blocks of about
+        2 MB, so that the dozen passes over them stay in cache.
         """
-        x = torch.round(c * TIE_SCALE).numpy()
-        m = x.shape[1]
-        order = np.argsort(x, axis=1)
-        xs = np.take_along_axis(x, order, axis=1)
-        tied = (xs[:, 1:] == xs[:, :-1]).any(axis=1)
+        B, m = c.shape
         if self._prepared_np is None:
             self._prepared_np = self.prepared.cpu().numpy()
         w = (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / math.sqrt(m * (m * m - 1) / 12.0)
-        r = (np.take(self._prepared_np, order) * w).sum(axis=1)
-        if tied.any():
-            idx = np.nonzero(tied)[0]
-            xs_t = xs[idx]
-            pos = np.broadcast_to(np.arange(m), xs_t.shape)
-            starts = np.ones(xs_t.shape, dtype=bool)
-            starts[:, 1:] = xs_t[:, 1:] != xs_t[:, :-1]
-            ends = np.ones(xs_t.shape, dtype=bool)
-            ends[:, :-1] = starts[:, 1:]
-            first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
-            last = np.minimum.accumulate(np.where(ends, pos, m)[:, ::-1], axis=1)[:, ::-1]
-            centred = (first + last) / 2.0 - (m - 1) / 2.0  # average rank minus the mean rank
-            norm = np.sqrt((centred * centred).sum(axis=1))
-            dot = (np.take(self._prepared_np, order[idx]) * centred).sum(axis=1)
-            r[idx] = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)  # all tied: constant -> 0
-        return torch.from_numpy(np.clip(r, -1.0, 1.0)).to(c.dtype)
+        bits = max(1, (m - 1).bit_length())
+        lo, hi = torch.aminmax(c) if c.numel() else (torch.zeros(()), torch.zeros(()))
+        use_keys = bits <= _KEY_POSITION_BITS and lo >= -1 and hi <= 1  # grid index < 2**43: fits in 44 bits
+        positions = torch.arange(m, dtype=torch.int64)
+        out = np.empty(B)
+        step = max(1, (1 << 18) // m)
+        for a in range(0, B, step):
+            cb = c[a : a + step]
+            if use_keys:
+                keys = cb * TIE_GRID
+                keys += TIE_GRID + 0.5  # as tie_grid (positive, so the int conversion truncates)
+                keys = keys.to(torch.int64)
+                keys <<= bits
+                keys |= positions
+                keys = keys.numpy()
+                keys.sort(axis=1)
+                order = keys & ((1 << bits) - 1)
+                keys >>= bits
+                qs = keys
+            else:
+                qn = tie_grid(cb).numpy()
+                order = np.argsort(qn, axis=1)
+                qs = np.take_along_axis(qn, order, axis=1)
+            gap = np.diff(qs, axis=1) > TIE_GAP  # (b, m - 1): a new tie run starts after p
+            target = np.take(self._prepared_np, order)
+            r = np.einsum("ij,j->i", target, w)
+            tied = np.nonzero(~gap.all(axis=1))[0]
+            if len(tied):
+                pos = np.broadcast_to(np.arange(m), (len(tied), m))
+                starts = np.ones((len(tied), m), dtype=bool)
+                starts[:, 1:] = gap[tied]
+                ends = np.ones((len(tied), m), dtype=bool)
+                ends[:, :-1] = gap[tied]
+                first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+                last = np.minimum.accumulate(np.where(ends, pos, m)[:, ::-1], axis=1)[:, ::-1]
+                centred = (first + last) / 2.0 - (m - 1) / 2.0  # average rank minus the mean rank
+                norm = np.sqrt((centred * centred).sum(axis=1))
+                dot = np.einsum("ij,ij->i", target[tied], centred)
+                r[tied] = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)  # all tied: constant -> 0
+            out[a : a + step] = r
+        return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
 
 
 def _real_array(values, name: str) -> np.ndarray:
@@ -312,7 +371,7 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
     r = float(TargetVector(b, comparison).correlate(torch.as_tensor(a2))[0])
     observed = ~np.isnan(b)
-    if r == 0 and np.ptp(np.round(a[observed], TIE_DECIMALS)) == 0:
+    if r == 0 and is_constant_model(a[observed]):
         warnings.warn(
             "the model side is constant over the observed pairs: the correlation is undefined and reported as 0",
             UserWarning,

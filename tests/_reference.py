@@ -19,14 +19,28 @@ def naive_rsm(E, similarity):
     return Z
 
 
+def tie_runs(a):
+    """The package's tie rule, written out: grid of step 2**-42, sorted neighbours <= 4 steps apart tie.
+
+    Returns one id per value (equal ids = tied, ids increase with the value), so
+    ``scipy.stats.spearmanr(tie_runs(a), b)`` is the package's Spearman.
+    """
+    q = np.trunc(np.asarray(a, float) * 2.0**42 + (2.0**42 + 0.5))
+    order = np.argsort(q, kind="stable")
+    run = np.concatenate([[0], np.cumsum(np.diff(q[order]) > 4)])
+    ids = np.empty(len(q))
+    ids[order] = run
+    return ids
+
+
 def naive_compare(a, b, comparison):
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = ~np.isnan(b)
     a, b = a[ok], b[ok]
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    if np.ptp(tie_runs(a)) == 0 or np.ptp(b) == 0:
         return 0.0
-    if comparison == "spearman":  # the package's tie rule: model values equal to 12 decimals tie
-        return stats.spearmanr(np.round(a, 12), b).statistic
+    if comparison == "spearman":
+        return stats.spearmanr(tie_runs(a), b).statistic
     return stats.pearsonr(a, b).statistic
 
 

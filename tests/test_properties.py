@@ -18,10 +18,10 @@ from scipy import stats
 
 from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
 from sklearn_ais._ablation import make_problem
-from sklearn_ais._similarity import TIE_DECIMALS, batched_correlation, rankdata_torch, similarity_matrix
+from sklearn_ais._similarity import batched_correlation, rankdata_torch, similarity_matrix
 from sklearn_ais.backbones import PoolingHead
 
-from ._reference import embed, naive_ais, naive_path, naive_rsm
+from ._reference import embed, naive_ais, naive_path, naive_rsm, tie_runs
 from .test_ablation import _vgg_like
 
 pytestmark = pytest.mark.filterwarnings(
@@ -47,17 +47,17 @@ COMPARISONS = ["spearman", "pearson"]
 def ref_compare(a, b, comparison):
     """Correlation over the pairs where b is observed; a constant model side -> 0.
 
-    The tie rule: model values equal to 12 decimals are tied (rounding first).
+    The tie rule: see ``_reference.tie_runs``.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = ~np.isnan(b)
     a, b = a[ok], b[ok]
     if b.size < 2 or np.ptp(b) == 0:
         return 0.0  # the kernels' value for an undefined row (the estimators report it as NaN)
-    if np.ptp(np.round(a, TIE_DECIMALS)) == 0:
+    if np.ptp(tie_runs(a)) == 0:
         return 0.0  # constant up to round-off
     if comparison == "spearman":
-        return float(stats.spearmanr(np.round(a, TIE_DECIMALS), b).statistic)
+        return float(stats.spearmanr(tie_runs(a), b).statistic)
     return float(stats.pearsonr(a, b).statistic)
 
 
@@ -162,6 +162,48 @@ def test_rankdata_matches_scipy(B, m, levels, seed):
     x = np.random.default_rng(seed).integers(0, levels, size=(B, m)).astype(np.float64)  # ties when levels < m
     got = rankdata_torch(torch.as_tensor(x)).numpy()
     np.testing.assert_array_equal(got, stats.rankdata(x, axis=1))
+
+
+@PROPS
+@given(
+    B=st.integers(1, 4),
+    m=st.integers(2, 60),
+    levels=st.integers(1, 12),
+    jitter=st.sampled_from([0.0, 1e-15, 3e-14, 1e-11]),
+    scale=st.sampled_from([1.0, 30.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_model_spearman_tie_rule_matches_reference(B, m, levels, jitter, scale, seed):
+    """CPU keys, CPU argsort fallback (|c| > 1) and the torch ranks all follow ``tie_runs``."""
+    from sklearn_ais._similarity import TargetVector, model_ranks_torch
+
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, levels, size=(B, m)) / levels * 2 - 1 + jitter * rng.standard_normal((B, m))
+    c = np.clip(c, -1, 1) * scale
+    h = rng.standard_normal(m)
+    tv = TargetVector(h, "spearman")
+    want = np.array([ref_compare(row, h, "spearman") for row in c])
+    np.testing.assert_allclose(tv.correlate(torch.as_tensor(c)).numpy(), want, atol=1e-12)
+    ranks = model_ranks_torch(torch.as_tensor(c)).numpy()
+    np.testing.assert_array_equal(ranks, stats.rankdata(np.stack([tie_runs(row) for row in c]), axis=1))
+
+
+def test_tie_rule_keeps_mathematical_ties_and_separates_real_gaps():
+    from sklearn_ais._similarity import TargetVector
+
+    h = np.arange(6.0)
+    tv = TargetVector(h, "spearman")
+    # 0.5 - 5e-13 + ulp-level noise: straddles the 12th decimal, still one tie.
+    tied = np.array([[0.1, 0.2, 0.5 - 5e-13 - 1e-16, 0.5 - 5e-13 + 1e-16, 0.7, 0.9]])
+    want = stats.spearmanr([0, 1, 2, 2, 3, 4], h).statistic
+    assert float(tv.correlate(torch.as_tensor(tied))[0]) == pytest.approx(want, abs=1e-15)
+    apart = tied.copy()
+    apart[0, 3] += 2e-12  # a real gap (about 9 grid steps): distinct values
+    assert float(tv.correlate(torch.as_tensor(apart))[0]) == pytest.approx(1.0, abs=1e-15)
+    # A chain of near-equal values is one run: constant under Pearson comparison too.
+    chain = (0.3 + 8e-13 * np.arange(6))[None]
+    assert float(TargetVector(h, "pearson").correlate(torch.as_tensor(chain))[0]) == 0.0
+    assert float(tv.correlate(torch.as_tensor(chain))[0]) == 0.0
 
 
 @PROPS
