@@ -361,7 +361,7 @@ class _PooledProblem(_Problem):
 # VGG-style heads: update of the first linear layer's pre-activation
 # ---------------------------------------------------------------------------
 class _MLPProblem(_Problem):
-    def __init__(self, maps, head: MLPHead, similarity, device, pooled=None):
+    def __init__(self, maps, head: MLPHead, similarity, device, pooled=None, layer=None):
         super().__init__(similarity, device)
         self.head = head
         self.dtype = torch.float32
@@ -371,11 +371,21 @@ class _MLPProblem(_Problem):
                 pooled = head.pooled(x)
         self.P = pooled  # (n, K, P)
         self.n, self.K, self.Pn = self.P.shape
-        self.W = head.block_weight(self.K).to(device=self.device, dtype=self.dtype)  # (D1, K, P)
-        self.b = head.bias.to(device=self.device, dtype=self.dtype)
+        if layer is None:
+            head.block_weight(self.K)  # checks that the maps fit the first layer
+            weight = head.weight.to(device=self.device, dtype=self.dtype)  # (D1, K * P)
+            # Map-major copy (K, P, D1): a chunk of maps is one contiguous block for the
+            # batched GEMM (gathering the blocks from (D1, K * P) costs twice the GEMM).
+            # For VGG16 it is a second copy of fc6 (411 MB).
+            blocks = weight.T.contiguous().view(self.K, self.Pn, weight.shape[0])  # 2-D transpose: 5x a 3-D permute
+            layer = (weight, blocks, head.bias.to(device=self.device, dtype=self.dtype))
+        self._layer = layer  # shared with subsets
+        self.weight, self.Wm, self.b = layer
+        self.D1 = self.weight.shape[0]
+        self.Pk = self.P.permute(1, 0, 2).contiguous()  # (K, n, P), map-major as well
         self.rest = head.rest_on(self.device, self.dtype)
         with torch.inference_mode():
-            self.A = torch.einsum("nkp,dkp->nd", self.P, self.W) + self.b  # (n, D1)
+            self.A = self.P.flatten(1) @ self.weight.T + self.b  # (n, D1), as the head computes it
             self.E0 = self.rest(self.A).double()
         _check_finite_embeddings(self.E0)
         self.alive = self.P.abs().amax(-1) > 0  # (n, K): pairs worth computing
@@ -386,77 +396,169 @@ class _MLPProblem(_Problem):
 
     def subset(self, idx):
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
-        return _MLPProblem(None, self.head, self.similarity, self.device, pooled=self.P[idx_t])
+        return _MLPProblem(None, self.head, self.similarity, self.device, pooled=self.P[idx_t], layer=self._layer)
 
     def embeddings(self, keep=None):
         if keep is None:
             return self.E0
         keep_t = torch.as_tensor(np.asarray(keep, dtype=np.float32), device=self.device)
         with torch.inference_mode():
-            A = torch.einsum("nkp,dkp->nd", self.P * keep_t[None, :, None], self.W) + self.b
+            A = (self.P * keep_t[None, :, None]).flatten(1) @ self.weight.T + self.b
             return self.rest(A).double()
 
-    def _contrib(self, P, ks):
-        """First-layer contribution of maps ``ks`` in each image of ``P`` (n', K, P): (C, n', D1)."""
-        return torch.bmm(P[:, ks].permute(1, 0, 2), self.W[:, ks].permute(1, 2, 0))
+    def _contrib(self, ks, rows=None):
+        """First-layer contribution of maps ``ks`` in each image (or in images ``rows``): (C, n', D1)."""
+        P = self.Pk[ks] if rows is None else self.Pk[ks][:, rows]
+        return torch.bmm(P, self.Wm[ks])
 
     def _rsm_upper(self, E):
-        """Upper triangles of the RSMs of ``E`` (B, n, D) float64, as ``rsm_torch`` gives them.
+        """Upper triangles of the RSMs of ``E`` (B, n, D) float64, as ``rsm_torch`` gives them."""
+        Zu, lossy = self._gram_upper(torch.bmm(E, E.transpose(1, 2)), E.sum(dim=-1), E.shape[-1])
+        for c in torch.nonzero(lossy).flatten().tolist():
+            Zu[c] = self._direct_upper(E[c])
+        return Zu
 
-        From the centred Gram matrix: one centring pass and one batched GEMM instead of the
-        ~10 element-wise passes of ``_standardize_rows`` over (B, n, D). Same constant-row rule.
+    def _direct_upper(self, E):
+        """Upper triangle of the RSM of one (n, D) embedding, rows centred explicitly."""
+        return rsm_torch(E[None], self.similarity)[0].reshape(-1)[self.flat_iu]
+
+    def _gram_upper(self, G, s, D):
+        """Upper triangles of the RSMs from raw Gram matrices ``G`` (B, n, n, float64,
+        overwritten) and row sums ``s`` (B, n).
+
+        The centred Gram matrix is ``G - s s^T / D``: exact up to a factor ``raw /
+        centred`` energy of round-off, ~1-3 for ReLU embeddings. A candidate with a row
+        that would lose more than 4 digits that way (nearly constant) is flagged in
+        ``lossy`` (B,) for the caller to recompute with explicit centring. Same
+        constant-row rule as ``rsm_torch``.
         """
-        B, n, _ = E.shape
-        raw = torch.einsum("bnd,bnd->bn", E, E)
-        Ec = E - E.mean(dim=-1, keepdim=True) if self.similarity == "pearson" else E
-        G = torch.bmm(Ec, Ec.transpose(1, 2))
-        v = torch.diagonal(G, dim1=1, dim2=2) if self.similarity == "pearson" else raw
+        B, n, _ = G.shape
+        raw = torch.diagonal(G, dim1=1, dim2=2).clone()
+        pearson = self.similarity == "pearson"
+        v = raw - s * s / D if pearson else raw
         alive = (v > _REL_EPS * raw) & (v > 0)
-        r = torch.where(alive, v.clamp_min(torch.finfo(E.dtype).tiny).rsqrt(), torch.zeros_like(v))
+        lossy = (alive & (v < 1e-4 * raw)).any(dim=1) if pearson else torch.zeros(B, dtype=torch.bool)
+        r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
         G *= r[:, None, :]
-        return G.reshape(B, n * n)[:, self.flat_iu].clamp_(-1.0, 1.0)
+        if pearson:  # centred: G_ij - s_i s_j / D
+            u = r * s / math.sqrt(D)
+            G.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
+        return G.reshape(B, n * n)[:, self.flat_iu].clamp_(-1.0, 1.0), lossy
+
+    @property
+    def gram0(self):
+        """Raw Gram matrix and row sums of the unablated embeddings (float64)."""
+        if getattr(self, "_gram0", None) is None:
+            self._gram0 = (self.E0 @ self.E0.T, self.E0.sum(dim=1))
+        return self._gram0
 
     def leave_one_out(self, target, maps=None):
+        """Map k changes only the images where it is alive: their rows of the Gram
+        matrix are recomputed (one GEMM against the unablated embeddings for the whole
+        chunk, then the small changed-by-changed blocks); no (maps, n, D) tensor."""
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
-        D1 = self.W.shape[0]
+        n, D1, D = self.n, self.D1, self.E0.shape[1]
         base = float(target.correlate(self._rsm_upper(self.E0[None]))[0])
+        G0, s0 = self.gram0
         out = np.empty(len(maps))
-        step = _chunk(len(maps), self.n * max(D1, self.n * 4))
+        step = _chunk(len(maps), n * max(D1, n * 4))
         with torch.inference_mode():
             for a in range(0, len(maps), step):
                 ks = torch.as_tensor(maps[a : a + step], device=self.device)
+                C = len(ks)
                 alive = self.alive[:, ks].T  # (C, n)
-                E = self.E0[None].repeat(len(ks), 1, 1)
-                if bool(alive.any()):
-                    pre = self.A[None] - self._contrib(self.P, ks)
+                G = G0.expand(C, n, n).clone()
+                S = s0.expand(C, n).clone()
+                ci, ii = alive.nonzero(as_tuple=True)  # ordered by candidate, then image
+                if len(ci):
+                    pre = self.A[None] - self._contrib(ks)
                     pre[self.lone[:, ks].T] = self.b
-                    E[alive] = self.rest(pre[alive]).double()
-                out[a : a + step] = target.correlate(self._rsm_upper(E)).cpu().numpy()
+                    E_new = self.rest(pre[ci, ii]).double()  # (R, D)
+                    M = E_new @ self.E0.T  # changed rows against the unchanged embeddings
+                    G[ci, ii, :] = M
+                    G[ci, :, ii] = M
+                    S[ci, ii] = E_new.sum(dim=1)
+                    bounds = np.r_[0, np.cumsum(alive.sum(dim=1).cpu().numpy())]
+                    for c in range(C):  # changed-by-changed blocks
+                        lo, hi = bounds[c], bounds[c + 1]
+                        if hi > lo:
+                            rows = ii[lo:hi]
+                            G[c, rows[:, None], rows[None, :]] = E_new[lo:hi] @ E_new[lo:hi].T
+                Zu, lossy = self._gram_upper(G, S, D)
+                for c in torch.nonzero(lossy).flatten().tolist():
+                    E = self.E0.clone()
+                    sel = ci == c
+                    E[ii[sel]] = E_new[sel]
+                    Zu[c] = self._direct_upper(E)
+                out[a : a + step] = target.correlate(Zu).cpu().numpy()
         return base, out
 
     def sweep(self, order, target, ts):
+        """Pre-activations accumulate map by map in ranked order. An image whose next
+        map is all zero keeps its embedding, so only (step, image) pairs whose map is
+        alive go through the rest of the head (and only those a requested step reads),
+        and only the changed rows of the Gram matrix are recomputed."""
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         want = np.zeros(self.K + 1, dtype=bool)
         want[ts] = True
-        D1 = self.W.shape[0]
+        n, D1 = self.n, self.D1
         out = {}
-        acc = self.b[None].expand(self.n, D1).clone()
-        step = _chunk(self.K, self.n * max(D1, self.n * 4))
+        acc = self.b[None].expand(n, D1).clone()  # pre-activation with no map kept
+        image = torch.arange(n, device=self.device)
         with torch.inference_mode():
-            for a in range(0, int(ts.max()), step):
-                b = min(a + step, int(ts.max()))
+            E_cur = self.rest(acc[:1]).double().expand(n, -1).clone()  # embedding with no map kept
+            D = E_cur.shape[1]
+            G_cur, s_cur = E_cur @ E_cur.T, E_cur.sum(dim=1)
+            dirty = torch.zeros(n, dtype=torch.bool, device=self.device)  # rows of G_cur out of date
+            step = _chunk(self.K, n * max(D1, n * 4))
+            last = int(ts.max())
+            for a in range(0, last, step):
+                b = min(a + step, last)
+                C = b - a
                 ks = order[a:b]
-                cum = torch.cumsum(self._contrib(self.P, ks), 0)
-                cum += acc
-                acc = cum[-1].clone()
+                pre = self._contrib(ks)  # (C, n, D1)
+                pre[0] += acc
+                _prefix_sum_(pre)
+                acc = pre[-1].clone()
+                alive = self.alive[:, ks].T  # (C, n)
+                steps = torch.arange(C, device=self.device)[:, None].expand(C, n)
+                # Last step <= c at which image i changed in this chunk (-1: none yet).
+                last_change = torch.where(alive, steps, torch.full_like(steps, -1)).cummax(dim=0).values
                 sel = np.nonzero(want[a + 1 : b + 1])[0]
-                if len(sel):
-                    pre = cum[torch.as_tensor(sel, device=self.device)]
-                    E = self.rest(pre.reshape(-1, D1)).double().reshape(len(sel), self.n, -1)
-                    r = target.correlate(self._rsm_upper(E)).cpu().numpy()
-                    for c, val in zip(sel, r):
+                visits = np.r_[sel, C - 1] if (not len(sel) or sel[-1] != C - 1) else sel
+                code = last_change[torch.as_tensor(visits, device=self.device)] * n + image
+                needed = torch.unique(code[code >= 0])
+                E_new = self.rest(pre.reshape(C * n, D1)[needed]).double()
+                current = torch.full((n,), -1, dtype=torch.long, device=self.device)
+                grams, sums, direct = [], [], {}
+                for c in visits:
+                    src = last_change[c]
+                    changed = torch.nonzero(src > current).flatten()
+                    if len(changed):
+                        E_cur[changed] = E_new[torch.searchsorted(needed, src[changed] * n + changed)]
+                        current[changed] = src[changed]
+                        dirty[changed] = True
+                    if want[a + 1 + c]:
+                        rows = torch.nonzero(dirty).flatten()
+                        if len(rows):
+                            M = E_cur[rows] @ E_cur.T
+                            G_cur[rows, :] = M
+                            G_cur[:, rows] = M.T
+                            s_cur[rows] = E_cur[rows].sum(dim=1)
+                            dirty[:] = False
+                        grams.append(G_cur.clone())
+                        sums.append(s_cur.clone())
+                        if self.similarity == "pearson":
+                            v, raw = torch.diagonal(G_cur) - s_cur * s_cur / D, torch.diagonal(G_cur)
+                            if bool(((v > _REL_EPS * raw) & (v < 1e-4 * raw)).any()):  # nearly constant row
+                                direct[len(grams) - 1] = self._direct_upper(E_cur)
+                if grams:
+                    Zu, _ = self._gram_upper(torch.stack(grams), torch.stack(sums), D)
+                    for c, z in direct.items():
+                        Zu[c] = z
+                    for c, val in zip(sel, target.correlate(Zu).cpu().numpy()):
                         out[a + 1 + c] = val
         return np.array([out[int(t)] for t in ts])
 
@@ -468,7 +570,7 @@ class _MLPProblem(_Problem):
         center = self.similarity == "pearson"
         base = np.zeros(len(rows_list))
         ablated = np.zeros((len(rows_list), K))
-        D1 = self.W.shape[0]
+        D1 = self.D1
         block = _chunk(len(rows_list), K * n)  # rows of (K, n) candidate similarities held at once
         with torch.inference_mode():
             std0 = _standardize_rows(self.E0, center=center)
@@ -479,14 +581,14 @@ class _MLPProblem(_Problem):
                 R = len(rt)
                 Z = torch.zeros(R, K, n, dtype=torch.float64, device=self.device)
                 alive, lone = self.alive[rt], self.lone[rt]  # (R, K)
-                Pr, Ar = self.P[rt], self.A[rt]
+                Ar = self.A[rt]
                 step = _chunk(K, R * D1)
                 for a in range(0, K, step):
                     b = min(a + step, K)
                     al = alive[:, a:b].T  # (C, R)
                     if not bool(al.any()):
                         continue
-                    pre = Ar[None] - self._contrib(Pr, torch.arange(a, b, device=self.device))
+                    pre = Ar[None] - self._contrib(torch.arange(a, b, device=self.device), rows=rt)
                     pre[lone[:, a:b].T] = self.b
                     Et = _standardize_rows(self.rest(pre[al]).double(), center=center)
                     ci, ri = al.nonzero(as_tuple=True)
