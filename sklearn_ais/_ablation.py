@@ -40,6 +40,8 @@ from ._device import resolve_device
 from ._similarity import _REL_EPS, TargetVector, _standardize_rows, rsm_torch
 from .backbones._heads import MLPHead, PoolingHead
 
+# Cached leave-one-out similarities (float64 elements): 1 GiB at most.
+_STACK_BUDGET = 1 << 27
 # Upper bound on elements of the largest temporary of one chunk (float64:
 # 8 bytes each, argsort adds int64 indices): about 200 MB of working memory.
 _ELEMENT_BUDGET = 1 << 23
@@ -99,16 +101,86 @@ class _Problem:
         return TargetVector(values, comparison, device=self.device)
 
     # Implemented by subclasses -------------------------------------------
-    def subset(self, idx) -> "_Problem":
+    def _make_subset(self, idx) -> "_Problem":
         raise NotImplementedError
 
     def embeddings(self, keep=None) -> torch.Tensor:
         """(n, D) float64 embeddings with maps outside ``keep`` ablated."""
         raise NotImplementedError
 
+    def _base_upper(self) -> torch.Tensor:
+        """(1, n_pairs) upper triangle of the unablated RSM, by the same arithmetic as ``_loo_uppers``."""
+        raise NotImplementedError
+
+    def _loo_uppers(self, maps):
+        """Yield ``(start, Zu)``: upper triangles (C, n_pairs) with maps ``maps[start:start + C]`` ablated."""
+        raise NotImplementedError
+
+    # Leave-one-out, with a cache shared by subsets -------------------------
+    # The similarity of images i and j with map k ablated depends on those two images
+    # only, so one stack of all K ablated upper triangles serves every subset of the
+    # images (cross-validation folds) and every target (pair splits): their
+    # leave-one-out is then a gather and the correlations, not a pass through the head.
+    cache_loo = False  # set by callers that will reuse the leave-one-out
+    _parent = None  # (problem, idx) for a subset
+    _loo_stack = None
+
+    def subset(self, idx) -> "_Problem":
+        """The problem restricted to images ``idx``; it reads this problem's leave-one-out cache."""
+        sub = self._make_subset(idx)
+        sub._parent = (self, np.asarray(idx))
+        return sub
+
+    def loo_stack(self):
+        """(K, n_pairs) ablated upper triangles, computed once (None when over the memory budget)."""
+        if self._loo_stack is None and self.K * self.n * (self.n - 1) // 2 <= _STACK_BUDGET:
+            self._loo_stack = torch.cat([Zu for _, Zu in self._loo_uppers(np.arange(self.K))])
+        return self._loo_stack
+
+    def _pair_positions(self, idx):
+        """Positions in this problem's upper triangle of the pairs of images ``idx`` (in their own order)."""
+        a, b = np.triu_indices(len(idx), k=1)
+        i, j = np.minimum(idx[a], idx[b]), np.maximum(idx[a], idx[b])
+        return torch.as_tensor(i * self.n - i * (i + 1) // 2 + (j - i - 1), device=self.device)
+
+    def _cached_loo(self):
+        """(stack, base upper, pair positions or None) when a cache serves this problem."""
+        if self._loo_stack is not None:
+            return self._loo_stack, self._base_upper(), None
+        if self._parent is not None:
+            parent, idx = self._parent
+            if parent.cache_loo and len(np.unique(idx)) == len(idx):
+                stack = parent.loo_stack()
+                if stack is not None:
+                    return stack, parent._base_upper(), parent._pair_positions(idx)
+        return None
+
     def leave_one_out(self, target: TargetVector, maps=None) -> tuple[float, np.ndarray]:
         """(base score, score with each map in ``maps`` ablated in every image)."""
-        raise NotImplementedError
+        maps = np.arange(self.K) if maps is None else np.asarray(maps)
+        out = np.empty(len(maps))
+        cached = self._cached_loo()
+        if cached is not None:
+            stack, base_u, pairs = cached
+            if pairs is not None:
+                base_u = base_u[:, pairs]
+            base = float(target.correlate(base_u)[0])
+            step = _chunk(len(maps), 3 * base_u.shape[1])
+            for a in range(0, len(maps), step):
+                Zu = stack[torch.as_tensor(maps[a : a + step], device=self.device)]
+                out[a : a + step] = target.correlate(Zu if pairs is None else Zu[:, pairs]).cpu().numpy()
+            return base, out
+        # Base through the same arithmetic as the candidates, so a dead map gives exactly AIS = 0.
+        base = float(target.correlate(self._base_upper())[0])
+        keep = self.cache_loo and len(maps) == self.K and self.K * self.n * (self.n - 1) // 2 <= _STACK_BUDGET
+        chunks = []
+        for a, Zu in self._loo_uppers(maps):
+            out[a : a + len(Zu)] = target.correlate(Zu).cpu().numpy()
+            if keep:
+                chunks.append(Zu)
+        if keep and np.array_equal(maps, np.arange(self.K)):
+            self._loo_stack = torch.cat(chunks)
+        return base, out
 
     def sweep(self, order, target: TargetVector, ts) -> np.ndarray:
         """Score when only maps ``order[:t]`` are kept, for each t in ``ts``."""
@@ -184,7 +256,7 @@ class _PooledProblem(_Problem):
             self._G = self.D @ self.D.T if self.pearson else self.E @ self.E.T
         return self._G
 
-    def subset(self, idx):
+    def _make_subset(self, idx):
         return _PooledProblem(self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy(),
                               self.similarity, self.device)
 
@@ -269,16 +341,11 @@ class _PooledProblem(_Problem):
     def _base_upper(self):
         return self._upper_from_delta(torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device))
 
-    def leave_one_out(self, target, maps=None):
-        maps = np.arange(self.K) if maps is None else np.asarray(maps)
-        # Base through the same formula, so a dead map gives exactly AIS = 0.
-        base = float(target.correlate(self._base_upper())[0])
-        out = np.empty(len(maps))
+    def _loo_uppers(self, maps):
         step = _chunk(len(maps), 3 * self.n * self.n)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
-            out[a : a + step] = target.correlate(self._upper_from_delta(self.Et[ks], ks)).cpu().numpy()
-        return base, out
+            yield a, self._upper_from_delta(self.Et[ks], ks)
 
     def sweep(self, order, target, ts):
         """Sums over the kept maps accumulate from zero: no cancellation, and by
@@ -394,7 +461,7 @@ class _MLPProblem(_Problem):
         # must embed identically: their similarities tie).
         self.lone = self.alive & (self.alive.sum(1, keepdim=True) == 1)
 
-    def subset(self, idx):
+    def _make_subset(self, idx):
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
         return _MLPProblem(None, self.head, self.similarity, self.device, pooled=self.P[idx_t], layer=self._layer)
 
@@ -453,15 +520,19 @@ class _MLPProblem(_Problem):
             self._gram0 = (self.E0 @ self.E0.T, self.E0.sum(dim=1))
         return self._gram0
 
-    def leave_one_out(self, target, maps=None):
+    def _base_upper(self):
+        G0, s0 = self.gram0
+        Zu, lossy = self._gram_upper(G0.clone()[None], s0[None], self.E0.shape[1])
+        if bool(lossy[0]):
+            Zu[0] = self._direct_upper(self.E0)
+        return Zu
+
+    def _loo_uppers(self, maps):
         """Map k changes only the images where it is alive: their rows of the Gram
         matrix are recomputed (one GEMM against the unablated embeddings for the whole
         chunk, then the small changed-by-changed blocks); no (maps, n, D) tensor."""
-        maps = np.arange(self.K) if maps is None else np.asarray(maps)
         n, D1, D = self.n, self.D1, self.E0.shape[1]
-        base = float(target.correlate(self._rsm_upper(self.E0[None]))[0])
         G0, s0 = self.gram0
-        out = np.empty(len(maps))
         step = _chunk(len(maps), n * max(D1, n * 4))
         with torch.inference_mode():
             for a in range(0, len(maps), step):
@@ -491,8 +562,7 @@ class _MLPProblem(_Problem):
                     sel = ci == c
                     E[ii[sel]] = E_new[sel]
                     Zu[c] = self._direct_upper(E)
-                out[a : a + step] = target.correlate(Zu).cpu().numpy()
-        return base, out
+                yield a, Zu
 
     def sweep(self, order, target, ts):
         """Pre-activations accumulate map by map in ranked order. An image whose next
@@ -618,7 +688,7 @@ class _GenericProblem(_Problem):
             self.E0 = fm.head.embed(self.maps).double()
         _check_finite_embeddings(self.E0)
 
-    def subset(self, idx):
+    def _make_subset(self, idx):
         return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)
 
     def embeddings(self, keep=None):
@@ -640,17 +710,16 @@ class _GenericProblem(_Problem):
         i, j = self.iu
         return rsm_torch(E, self.similarity)[:, i, j]
 
-    def leave_one_out(self, target, maps=None):
-        maps = np.arange(self.K) if maps is None else np.asarray(maps)
-        base = float(target.correlate(self._upper(self.E0[None]))[0])
-        out = np.empty(len(maps))
+    def _base_upper(self):
+        return self._upper(self.E0[None])
+
+    def _loo_uppers(self, maps):
         step = _chunk(len(maps), self.maps.numel())
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             masks = torch.ones(len(ks), self.K, device=self.device)
             masks[torch.arange(len(ks)), ks] = 0
-            out[a : a + step] = target.correlate(self._upper(self._masked_batch(masks))).cpu().numpy()
-        return base, out
+            yield a, self._upper(self._masked_batch(masks))
 
     def sweep(self, order, target, ts):
         order = torch.as_tensor(np.asarray(order), device=self.device)

@@ -210,7 +210,13 @@ class AISSelector(SelectorMixin, BaseEstimator):
         self : AISSelector
         """
         problem, H = self._prepare(X, y, reset=True)
+        return self._fit_problem(problem, H)
+
+    def _fit_problem(self, problem, H):
+        """fit on prepared kernels (``cross_validate_alignment`` passes one fold's subset)."""
         K = problem.K
+        if self.cv is not None and not isinstance(self.n_features_to_select, Real):
+            problem.cache_loo = True  # the inner splits' leave-one-out reads it
         target, base, scores, order = self._rank(problem, H)
         ranking = np.empty(K, dtype=np.int64)
         ranking[order] = np.arange(1, K + 1)
@@ -270,9 +276,13 @@ class AISSelector(SelectorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        problem, H = self._prepare(X, y, reset=False)
-        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=self.support_)
-        _warn_if_constant_model(problem, H, r, keep=self.support_, what="X with the selected maps")
+        return self._score_problem(*self._prepare(X, y, reset=False), selected=True)
+
+    def _score_problem(self, problem, H, selected):
+        """2OI of the selected maps (or of all maps) on prepared kernels."""
+        keep = self.support_ if selected else None
+        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=keep)
+        _warn_if_constant_model(problem, H, r, keep=keep, what="X with the selected maps" if selected else "X with all maps")
         return r
 
     def path_score(self, X, y) -> np.ndarray:
@@ -282,7 +292,9 @@ class AISSelector(SelectorMixin, BaseEstimator):
         generalise.
         """
         check_is_fitted(self)
-        problem, H = self._prepare(X, y, reset=False)
+        return self._path_problem(*self._prepare(X, y, reset=False))
+
+    def _path_problem(self, problem, H):
         order = np.argsort(self.ranking_, kind="stable")
         target = problem.target(upper_triangle(H), self.comparison)
         return problem.sweep(order, target, np.arange(1, problem.K + 1))
@@ -290,10 +302,7 @@ class AISSelector(SelectorMixin, BaseEstimator):
     def score_all(self, X, y):
         """2OI of all maps on (X, y): the reference the selection must beat."""
         check_is_fitted(self)
-        problem, H = self._prepare(X, y, reset=False)
-        r = problem.score(problem.target(upper_triangle(H), self.comparison))
-        _warn_if_constant_model(problem, H, r, what="X with all maps")
-        return r
+        return self._score_problem(*self._prepare(X, y, reset=False), selected=False)
 
     def _get_support_mask(self):
         check_is_fitted(self)

@@ -281,7 +281,7 @@ class TargetVector:
                 qs = np.take_along_axis(qn, order, axis=1)
             gap = np.diff(qs, axis=1) > TIE_GAP  # (b, m - 1): a new tie run starts after p
             target = np.take(self._prepared_np, order)
-            r = np.einsum("ij,j->i", target, w)
+            r = (target * w).sum(axis=1)  # pairwise summation: identical rankings give 1.0 exactly
             tied = np.nonzero(~gap.all(axis=1))[0]
             if len(tied):
                 pos = np.broadcast_to(np.arange(m), (len(tied), m))
@@ -293,7 +293,7 @@ class TargetVector:
                 last = np.minimum.accumulate(np.where(ends, pos, m)[:, ::-1], axis=1)[:, ::-1]
                 centred = (first + last) / 2.0 - (m - 1) / 2.0  # average rank minus the mean rank
                 norm = np.sqrt((centred * centred).sum(axis=1))
-                dot = np.einsum("ij,ij->i", target[tied], centred)
+                dot = (target[tied] * centred).sum(axis=1)
                 r[tied] = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)  # all tied: constant -> 0
             out[a : a + step] = r
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)

@@ -304,7 +304,8 @@ def cross_validate_alignment(
     >>> bool(res.summary["test_score_selected"] > res.summary["test_score_full"])
     True
     """
-    from ._selector import validate_maps_input
+    from ._ablation import make_problem
+    from ._selector import AISSelector, validate_maps_input
 
     if cv is None:
         cv = RepeatedKFold(n_splits=5, n_repeats=8, random_state=0)
@@ -328,6 +329,14 @@ def cross_validate_alignment(
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
+    # AISSelector folds share one set of kernels: the network head runs once for all
+    # images, each fold reads the leave-one-out of its training images from one cached
+    # stack (see ``_ablation._Problem.leave_one_out``), and only the ranked sweep,
+    # which depends on the fold's ranking, is computed per fold.
+    shared = None
+    if isinstance(estimator, AISSelector) and type(estimator).fit is AISSelector.fit:
+        shared = make_problem(X, probe.similarity, probe.device)
+        shared.cache_loo = True
     rows, fitted, train_paths, test_paths = [], [], [], []
     iterator = splits
     if verbose:
@@ -341,21 +350,34 @@ def cross_validate_alignment(
         t0 = time.perf_counter()
         if by_pairs:
             H_train, H_test = mask_pairs(H, train), mask_pairs(H, test)
-            X_train = X_test = X
         else:
-            X_train, X_test = X[train], X[test]
             H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
-        est.fit(X_train, H_train)
-        fit_time = time.perf_counter() - t0
+        if shared is not None:
+            est._validate_params()
+            for attr in ("n_features_in_", "feature_names_in_"):
+                if hasattr(probe, attr):
+                    setattr(est, attr, getattr(probe, attr))
+            P_train, P_test = (shared, shared) if by_pairs else (shared.subset(train), shared.subset(test))
+            est._fit_problem(P_train, H_train)
+            fit_time = time.perf_counter() - t0
+            test_full = est._score_problem(P_test, H_test, selected=False)
+            test_selected = est._score_problem(P_test, H_test, selected=True)
+            test_path = est._path_problem(P_test, H_test) if return_paths else None
+        else:
+            X_train, X_test = (X, X) if by_pairs else (X[train], X[test])
+            est.fit(X_train, H_train)
+            fit_time = time.perf_counter() - t0
+            test_full, test_selected = est.score_all(X_test, H_test), est.score(X_test, H_test)
+            test_path = est.path_score(X_test, H_test) if return_paths else None
         rows.append(
             {
                 "fold": fold,
                 "split": "pairs" if by_pairs else "images",
                 "n_train": len(train),
                 "n_test": len(test),
-                "train_score_selected": _train_score(est, X_train, H_train),
-                "test_score_full": est.score_all(X_test, H_test),
-                "test_score_selected": est.score(X_test, H_test),
+                "train_score_selected": _train_score(est, *(() if shared is not None else (X_train, H_train))),
+                "test_score_full": test_full,
+                "test_score_selected": test_selected,
                 "n_selected": int(np.sum(est.get_support())),
                 "fit_time": fit_time,
             }
@@ -364,7 +386,7 @@ def cross_validate_alignment(
             fitted.append(est)
         if return_paths:
             train_paths.append(est.path_scores_)
-            test_paths.append(est.path_score(X_test, H_test))
+            test_paths.append(test_path)
     table = pd.DataFrame(rows)
     return AlignmentCVResult(
         table,
@@ -375,7 +397,7 @@ def cross_validate_alignment(
     )
 
 
-def _train_score(est, X_train, H_train) -> float:
+def _train_score(est, X_train=None, H_train=None) -> float:
     """Training 2OI of the selection: already on the fitted sweep for AISSelector (no second pass)."""
     path = getattr(est, "path_scores_", None)
     t = getattr(est, "n_features_to_select_", None)

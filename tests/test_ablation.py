@@ -131,3 +131,28 @@ def test_chunking_does_not_change_results(rng, monkeypatch):
     tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", 20)
     np.testing.assert_allclose(full[1], tiny[1], atol=1e-12)
     np.testing.assert_allclose(full[3], tiny[3], atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gap", "vgg"])
+def test_subsets_read_the_parents_leave_one_out_stack(rng, kind, monkeypatch):
+    """A subset's leave-one-out is a gather from the parent's cached stack, equal to the
+    naive leave-one-out on those images (any order of the indices), and the subset
+    never runs its own kernels."""
+    n, K = 14, 5
+    maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
+    maps[rng.random((n, K)) < 0.3] = 0
+    head = PoolingHead("avg") if kind == "gap" else _vgg_like(K=K)
+    H = _human(rng, n, nan_frac=0.2)
+    parent = make_problem(FeatureMaps(maps, head), "pearson", "cpu")
+    parent.cache_loo = True
+    idx = np.array([9, 2, 13, 4, 0, 7, 11, 5])  # unsorted: pairs map to (min, max) in the parent
+    sub = parent.subset(idx)
+    monkeypatch.setattr(sub, "_loo_uppers", lambda maps: pytest.fail("subset recomputed"))
+    Hs = H[np.ix_(idx, idx)]
+    base, loo = sub.leave_one_out(sub.target(Hs[np.triu_indices(len(idx), 1)], "spearman"))
+    assert parent._loo_stack is not None and parent._loo_stack.shape == (K, n * (n - 1) // 2)
+    want_base, want_ais = naive_ais(maps[idx], Hs, "pearson", "spearman", head=head)
+    assert base == pytest.approx(want_base, abs=1e-6)
+    np.testing.assert_allclose(base - loo, want_ais, atol=1e-6)
+    dead = ~(maps[idx] != 0).any(axis=(0, 2, 3))
+    assert np.all((base - loo)[dead] == 0)  # same arithmetic for the base and a dead map

@@ -215,3 +215,50 @@ def test_dataframe_y_reordered_columns(rng):
     b = AISSelector(device="cpu").fit(X, H)
     np.testing.assert_allclose(a.scores_, b.scores_)
     assert isinstance(y, pd.DataFrame)
+
+
+class _PlainFitSelector(AISSelector):
+    """Same estimator, own ``fit``: cross_validate_alignment then fits every fold from X[train]."""
+
+    def fit(self, X, y):
+        return super().fit(X, y)
+
+
+@pytest.mark.parametrize("head", ["gap", "vgg", "generic"])
+@pytest.mark.parametrize("splitter", ["images", "pairs"])
+def test_cross_validation_shared_kernels_equal_per_fold_fits(rng, head, splitter):
+    """Folds that read one cached leave-one-out stack give the per-fold fits' results."""
+    import torch
+    from sklearn.model_selection import RepeatedKFold
+
+    from sklearn_ais import FeatureMaps
+    from sklearn_ais.backbones import ModuleHead, PoolingHead
+    from sklearn_ais.model_selection import RepeatedPairKFold, cross_validate_alignment
+
+    from .test_ablation import _vgg_like
+
+    n, K = 24, 6
+    maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
+    maps[rng.random((n, K)) < 0.3] = 0  # dead (image, map) pairs: skipped by the kernels
+    if head == "gap":
+        X = FeatureMaps(maps, PoolingHead("avg"))
+    elif head == "vgg":
+        X = FeatureMaps(maps, _vgg_like(K=K))
+    else:
+        X = FeatureMaps(maps, ModuleHead(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(K * 16, 10))))
+    H = np.corrcoef(maps[:, :2].reshape(n, -1) + 0.1 * rng.random((n, 32))) + 0.1 * rng.normal(size=(n, n))
+    H = (H + H.T) / 2
+    cv = (RepeatedKFold(n_splits=3, n_repeats=2, random_state=0) if splitter == "images"
+          else RepeatedPairKFold(3, n_repeats=1, random_state=0))
+    fast = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, return_paths=True,
+                                    return_estimators=True)
+    plain = cross_validate_alignment(_PlainFitSelector(device="cpu"), X, H, cv=cv, return_paths=True,
+                                     return_estimators=True)
+    cols = ["train_score_selected", "test_score_full", "test_score_selected"]
+    tol = 1e-9 if head == "gap" else 1e-5  # float32 heads: GEMMs of other shapes round differently
+    np.testing.assert_allclose(fast.table[cols].to_numpy(), plain.table[cols].to_numpy(), atol=tol)
+    np.testing.assert_allclose(fast.train_paths, plain.train_paths, atol=tol)
+    np.testing.assert_allclose(fast.test_paths, plain.test_paths, atol=tol)
+    for a, b in zip(fast.estimators, plain.estimators):
+        np.testing.assert_allclose(a.scores_, b.scores_, atol=tol)
+        assert a.n_features_in_ == b.n_features_in_ == K
