@@ -282,7 +282,8 @@ class AISSelector(SelectorMixin, BaseEstimator):
         """2OI of the selected maps (or of all maps) on prepared kernels."""
         keep = self.support_ if selected else None
         r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=keep)
-        _warn_if_constant_model(problem, H, r, keep=keep, what="X with the selected maps" if selected else "X with all maps")
+        what = "X with the selected maps" if selected else "X with all maps"
+        _warn_if_constant_model(problem, H, r, keep=keep, what=what)
         return r
 
     def path_score(self, X, y) -> np.ndarray:

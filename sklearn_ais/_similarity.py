@@ -243,19 +243,24 @@ class TargetVector:
 
         Each row is sorted once as int64 keys ``grid index << bits | position``
         (numpy's SIMD sort of plain integers is ~2x its argsort, and the sorted
-        grid values come out of the keys without a gather). A row without ties
-        has the ranks 1..m in some order, so its correlation with the
-        standardized target ranks is ``sum_p w_p * target[order_p]`` (``w``:
-        the standardized positions): no rank scatter, no per-row
-        standardization. The sums run row by row, so identical rows give
-        identical bits whatever the batch. Rows with ties get average ranks
-        from the starts and ends of their tie runs. Rows go in blocks of about
-        2 MB, so that the dozen passes over them stay in cache.
+        grid values come out of the keys without a gather). With the ranks
+        1..m in sorted order, the correlation with the standardized target
+        ranks is ``sum_p w_p * target[order_p]`` (``w``: the standardized
+        positions): no rank scatter, no per-row standardization. Tie runs
+        then correct only their own elements: a run over sorted positions
+        f..l takes the average rank (f + l) / 2 and lowers the sum of squared
+        centred ranks by (L^3 - L) / 12 (L = l - f + 1), as
+        ``scipy.stats.rankdata`` + Pearson would. The sums run row by row, so
+        identical rows give identical bits whatever the batch. Rows go in
+        blocks of about 2 MB, so that the dozen passes over them stay in cache.
         """
         B, m = c.shape
         if self._prepared_np is None:
             self._prepared_np = self.prepared.cpu().numpy()
-        w = (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / math.sqrt(m * (m * m - 1) / 12.0)
+        if getattr(self, "_positions", (None,))[0] != m:
+            scale = math.sqrt(m * (m * m - 1) / 12.0)  # norm of the centred ranks 1..m
+            self._positions = (m, (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / scale, scale)
+        _, w, scale = self._positions
         bits = max(1, (m - 1).bit_length())
         lo, hi = torch.aminmax(c) if c.numel() else (torch.zeros(()), torch.zeros(()))
         use_keys = bits <= _KEY_POSITION_BITS and lo >= -1 and hi <= 1  # grid index < 2**43: fits in 44 bits
@@ -279,24 +284,35 @@ class TargetVector:
                 qn = tie_grid(cb).numpy()
                 order = np.argsort(qn, axis=1)
                 qs = np.take_along_axis(qn, order, axis=1)
-            gap = np.diff(qs, axis=1) > TIE_GAP  # (b, m - 1): a new tie run starts after p
             target = np.take(self._prepared_np, order)
             r = (target * w).sum(axis=1)  # pairwise summation: identical rankings give 1.0 exactly
-            tied = np.nonzero(~gap.all(axis=1))[0]
-            if len(tied):
-                pos = np.broadcast_to(np.arange(m), (len(tied), m))
-                starts = np.ones((len(tied), m), dtype=bool)
-                starts[:, 1:] = gap[tied]
-                ends = np.ones((len(tied), m), dtype=bool)
-                ends[:, :-1] = gap[tied]
-                first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
-                last = np.minimum.accumulate(np.where(ends, pos, m)[:, ::-1], axis=1)[:, ::-1]
-                centred = (first + last) / 2.0 - (m - 1) / 2.0  # average rank minus the mean rank
-                norm = np.sqrt((centred * centred).sum(axis=1))
-                dot = (target[tied] * centred).sum(axis=1)
-                r[tied] = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)  # all tied: constant -> 0
+            row, p = np.nonzero(np.diff(qs, axis=1) <= TIE_GAP)  # sorted elements p and p + 1 tie
+            if len(row):
+                r[np.unique(row)] = self._tie_corrected(r, row, p, target, m, scale)[np.unique(row)]
             out[a : a + step] = r
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
+
+    @staticmethod
+    def _tie_corrected(r, row, p, target, m, scale):
+        """Rows of ``r`` recomputed with average ranks over the tie runs given by (row, p) links."""
+        new = np.ones(len(p), dtype=bool)  # a link starts a new run unless it continues the previous one
+        new[1:] = (row[1:] != row[:-1]) | (p[1:] != p[:-1] + 1)
+        run = np.cumsum(new) - 1
+        first = p[new]  # run start (sorted position), per run
+        last = np.zeros(len(first), dtype=np.int64)
+        np.maximum.at(last, run, p + 1)
+        length = last - first + 1
+        run_row = row[new]
+        # Every element of a run: its sorted position and the run's average position.
+        elem_run = np.repeat(np.arange(len(first)), length)
+        elem_pos = first[elem_run] + (np.arange(len(elem_run)) - np.repeat(np.cumsum(length) - length, length))
+        shift = (first[elem_run] + last[elem_run]) / 2.0 - elem_pos
+        dot = r * scale
+        np.add.at(dot, run_row[elem_run], shift * target[run_row[elem_run], elem_pos])
+        sq = np.full(len(r), scale * scale)
+        np.add.at(sq, run_row, -(length.astype(np.float64) ** 3 - length) / 12.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sq > 1e-9 * scale * scale, dot / np.sqrt(np.maximum(sq, 0)), 0.0)  # one run: constant -> 0
 
 
 def _real_array(values, name: str) -> np.ndarray:
