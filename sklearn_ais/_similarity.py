@@ -193,12 +193,14 @@ class TargetVector:
     (Spearman) or standardized values (Pearson).
     """
 
-    def __init__(self, values, comparison: str, device="cpu", dtype=torch.float64):
+    def __init__(self, values, comparison: str, device="cpu", dtype=torch.float64, similarities=False):
         if comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
         values = np.asarray(values, dtype=np.float64)
         self.mask = ~np.isnan(values)
         self.comparison = comparison
+        # Candidates are known to lie in [-1, 1] up to round-off (model similarities): no range check.
+        self.similarities = similarities
         self.device = device
         self.dtype = dtype
         self.mask_t = torch.as_tensor(self.mask, device=device)
@@ -262,17 +264,20 @@ class TargetVector:
             self._positions = (m, (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / scale, scale)
         _, w, scale = self._positions
         bits = max(1, (m - 1).bit_length())
-        lo, hi = torch.aminmax(c) if c.numel() else (torch.zeros(()), torch.zeros(()))
-        use_keys = bits <= _KEY_POSITION_BITS and lo >= -1 and hi <= 1  # grid index < 2**43: fits in 44 bits
         positions = torch.arange(m, dtype=torch.int64)
         out = np.empty(B)
         step = max(1, (1 << 18) // m)
+        grid = torch.empty((min(step, B), m), dtype=torch.float64)  # reused: no page faults per block
+        offset = torch.tensor(TIE_GRID + 0.5, dtype=torch.float64)
+        keys_t = torch.empty((min(step, B), m), dtype=torch.int64)
         for a in range(0, B, step):
             cb = c[a : a + step]
-            if use_keys:
-                keys = cb * TIE_GRID
-                keys += TIE_GRID + 0.5  # as tie_grid (positive, so the int conversion truncates)
-                keys = keys.to(torch.int64)
+            b = len(cb)
+            in_range = self.similarities or bool(((lohi := torch.aminmax(cb))[0] >= -1) & (lohi[1] <= 1))
+            if bits <= _KEY_POSITION_BITS and in_range:  # grid index < 2**43: fits in 44 bits
+                g, keys = grid[:b], keys_t[:b]
+                torch.add(offset, cb, alpha=TIE_GRID, out=g)  # tie_grid before truncation (positive, so
+                keys.copy_(g)  # the int conversion truncates)
                 keys <<= bits
                 keys |= positions
                 keys = keys.numpy()
@@ -286,9 +291,11 @@ class TargetVector:
                 qs = np.take_along_axis(qn, order, axis=1)
             target = np.take(self._prepared_np, order)
             r = (target * w).sum(axis=1)  # pairwise summation: identical rankings give 1.0 exactly
-            row, p = np.nonzero(np.diff(qs, axis=1) <= TIE_GAP)  # sorted elements p and p + 1 tie
-            if len(row):
-                r[np.unique(row)] = self._tie_corrected(r, row, p, target, m, scale)[np.unique(row)]
+            links = np.diff(qs, axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
+            if links.any():
+                row, p = np.nonzero(links)
+                rows = np.unique(row)
+                r[rows] = self._tie_corrected(r, row, p, target, m, scale)[rows]
             out[a : a + step] = r
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
 
