@@ -254,7 +254,7 @@ class TargetVector:
         centred ranks by (L^3 - L) / 12 (L = l - f + 1), as
         ``scipy.stats.rankdata`` + Pearson would. The sums run row by row, so
         identical rows give identical bits whatever the batch. Rows go in
-        blocks of about 2 MB, so that the dozen passes over them stay in cache.
+        blocks of about 1 MB, so that the dozen passes over them stay in cache.
         """
         B, m = c.shape
         if self._prepared_np is None:
@@ -266,7 +266,7 @@ class TargetVector:
         bits = max(1, (m - 1).bit_length())
         positions = torch.arange(m, dtype=torch.int64)
         out = np.empty(B)
-        step = max(1, (1 << 18) // m)
+        step = max(1, (1 << 17) // m)
         grid = torch.empty((min(step, B), m), dtype=torch.float64)  # reused: no page faults per block
         offset = torch.tensor(TIE_GRID + 0.5, dtype=torch.float64)
         keys_t = torch.empty((min(step, B), m), dtype=torch.int64)
