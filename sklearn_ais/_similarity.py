@@ -53,6 +53,10 @@ TIE_GRID = 2.0**42
 TIE_GAP = 4
 # CPU sort keys pack (grid index: 44 bits) << bits | position into one int64.
 _KEY_POSITION_BITS = 19
+# Rows go in blocks of about this many elements (1 MB of float64); a row longer than
+# that goes through the element-wise passes in segments of _SEGMENT (256 KB of int64).
+_BLOCK_ELEMENTS = 1 << 17
+_SEGMENT = 1 << 15
 
 
 def tie_grid(c):
@@ -264,44 +268,70 @@ class TargetVector:
             self._positions = (m, (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / scale, scale)
         _, w, scale = self._positions
         bits = max(1, (m - 1).bit_length())
+        mask = (1 << bits) - 1
         positions = torch.arange(m, dtype=torch.int64)
+        prep = self._prepared_np
         out = np.empty(B)
-        step = max(1, (1 << 17) // m)
-        grid = torch.empty((min(step, B), m), dtype=torch.float64)  # reused: no page faults per block
+        step = max(1, _BLOCK_ELEMENTS // m)
+        seg = max(m, 1) if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
+        grid = torch.empty((min(step, B), min(seg, m)), dtype=torch.float64)  # reused: no page faults
         offset = torch.tensor(TIE_GRID + 0.5, dtype=torch.float64)
         keys_t = torch.empty((min(step, B), m), dtype=torch.int64)
         for a in range(0, B, step):
             cb = c[a : a + step]
             b = len(cb)
             in_range = self.similarities or bool(((lohi := torch.aminmax(cb))[0] >= -1) & (lohi[1] <= 1))
-            if bits <= _KEY_POSITION_BITS and in_range:  # grid index < 2**43: fits in 44 bits
-                g, keys = grid[:b], keys_t[:b]
-                torch.add(offset, cb, alpha=TIE_GRID, out=g)  # tie_grid before truncation (positive, so
-                keys.copy_(g)  # the int conversion truncates)
-                keys <<= bits
-                keys |= positions
+            keyed = bits <= _KEY_POSITION_BITS and in_range  # grid index < 2**43: fits in 44 bits
+            if keyed:
+                keys = keys_t[:b]
+                for s0 in range(0, m, seg):
+                    s1 = min(m, s0 + seg)
+                    g, k = grid[:b, : s1 - s0], keys[:, s0:s1]
+                    torch.add(offset, cb[:, s0:s1], alpha=TIE_GRID, out=g)  # tie_grid before truncation
+                    k.copy_(g)  # (positive, so the int conversion truncates)
+                    k <<= bits
+                    k |= positions[s0:s1]
                 keys = keys.numpy()
                 keys.sort(axis=1)
-                order = keys & ((1 << bits) - 1)
-                keys >>= bits
-                qs = keys
             else:
                 qn = tie_grid(cb).numpy()
-                order = np.argsort(qn, axis=1)
-                qs = np.take_along_axis(qn, order, axis=1)
-            target = np.take(self._prepared_np, order)
-            r = (target * w).sum(axis=1)  # pairwise summation: identical rankings give 1.0 exactly
-            links = np.diff(qs, axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
-            if links.any():
-                row, p = np.nonzero(links)
+                order_all = np.argsort(qn, axis=1)
+                sorted_qs = np.take_along_axis(qn, order_all, axis=1)
+            r = np.zeros(b)
+            rows_l, pos_l = [], []
+            for s0 in range(0, m, seg):
+                s1 = min(m, s0 + seg)
+                if keyed:
+                    order = keys[:, s0:s1] & mask
+                    lo = max(s0 - 1, 0)
+                    q = keys[:, lo:s1] >> bits
+                else:
+                    order = order_all[:, s0:s1]
+                    lo = max(s0 - 1, 0)
+                    q = sorted_qs[:, lo:s1]
+                r += (np.take(prep, order) * w[s0:s1]).sum(axis=1)  # pairwise: identical rankings give 1.0
+                links = np.diff(q, axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
+                if links.any():
+                    row, p = np.nonzero(links)
+                    rows_l.append(row)
+                    pos_l.append(p + lo)
+            if rows_l:
+                row, p = np.concatenate(rows_l), np.concatenate(pos_l)
+                by_row = np.lexsort((p, row))
+                row, p = row[by_row], p[by_row]
+
+                def target_at(rr, pp):
+                    return prep[keys[rr, pp] & mask] if keyed else prep[order_all[rr, pp]]
+
                 rows = np.unique(row)
-                r[rows] = self._tie_corrected(r, row, p, target, m, scale)[rows]
+                r[rows] = self._tie_corrected(r, row, p, target_at, scale)[rows]
             out[a : a + step] = r
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
 
     @staticmethod
-    def _tie_corrected(r, row, p, target, m, scale):
-        """Rows of ``r`` recomputed with average ranks over the tie runs given by (row, p) links."""
+    def _tie_corrected(r, row, p, target_at, scale):
+        """Rows of ``r`` recomputed with average ranks over the tie runs given by (row, p) links
+        (sorted by row, then p); ``target_at(rows, positions)``: standardized target ranks there."""
         new = np.ones(len(p), dtype=bool)  # a link starts a new run unless it continues the previous one
         new[1:] = (row[1:] != row[:-1]) | (p[1:] != p[:-1] + 1)
         run = np.cumsum(new) - 1
@@ -315,7 +345,7 @@ class TargetVector:
         elem_pos = first[elem_run] + (np.arange(len(elem_run)) - np.repeat(np.cumsum(length) - length, length))
         shift = (first[elem_run] + last[elem_run]) / 2.0 - elem_pos
         dot = r * scale
-        np.add.at(dot, run_row[elem_run], shift * target[run_row[elem_run], elem_pos])
+        np.add.at(dot, run_row[elem_run], shift * target_at(run_row[elem_run], elem_pos))
         sq = np.full(len(r), scale * scale)
         np.add.at(sq, run_row, -(length.astype(np.float64) ** 3 - length) / 12.0)
         with np.errstate(invalid="ignore", divide="ignore"):

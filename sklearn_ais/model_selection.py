@@ -291,6 +291,16 @@ def cross_validate_alignment(
         ``test_score_full``, ``test_score_selected``, ``n_selected``,
         ``fit_time``; ``summary`` is :func:`summarize_folds` of it.
 
+    Notes
+    -----
+    With an :class:`~sklearn_ais.AISSelector` the folds share one set of
+    kernels: the head runs once for all images, the leave-one-out
+    similarities of every map are computed once (the similarity of two
+    images with map k ablated does not depend on which other images are in
+    the fold) and each fold reads its training pairs from them, so a fold
+    costs one ranked sweep. A subclass that overrides ``fit``, or any other
+    estimator, is fitted fold by fold on ``X[train]``.
+
     Examples
     --------
     >>> import numpy as np

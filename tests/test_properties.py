@@ -188,6 +188,30 @@ def test_model_spearman_tie_rule_matches_reference(B, m, levels, jitter, scale, 
     np.testing.assert_array_equal(ranks, stats.rankdata(np.stack([tie_runs(row) for row in c]), axis=1))
 
 
+@pytest.mark.parametrize("similarities, scale", [(True, 1.0), (False, 1.0), (False, 30.0)])
+def test_spearman_long_rows_in_segments_equal_whole_rows(monkeypatch, similarities, scale):
+    """Rows longer than a block go through the element-wise passes in segments; ties that
+    straddle a segment boundary are corrected like any other."""
+    import sklearn_ais._similarity as sim
+
+    rng = np.random.default_rng(3)
+    m = 200
+    c = np.round(rng.uniform(-1, 1, size=(5, m)), 2)  # many ties, some across boundaries
+    c[1] = np.sort(c[1])  # long tie runs in sorted order
+    c[2] = 0.5  # one run: constant
+    c[3, 60:75] = c[3, 59] + 1e-14  # mathematically tied, by round-off
+    c *= scale  # 30: values outside [-1, 1] take the argsort route
+    h = rng.standard_normal(m)
+    want = np.array([ref_compare(row, h, "spearman") for row in c])
+    tv = sim.TargetVector(h, "spearman", similarities=similarities)
+    whole = tv.correlate(torch.as_tensor(c)).numpy()
+    monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(sim, "_SEGMENT", 16)
+    segmented = sim.TargetVector(h, "spearman", similarities=similarities).correlate(torch.as_tensor(c)).numpy()
+    np.testing.assert_allclose(whole, want, atol=1e-12)
+    np.testing.assert_allclose(segmented, want, atol=1e-12)
+
+
 def test_tie_rule_keeps_mathematical_ties_and_separates_real_gaps():
     from sklearn_ais._similarity import TargetVector
 
