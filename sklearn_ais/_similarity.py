@@ -51,8 +51,8 @@ _REL_EPS = 1e-12
 # or not, gets the same bits), and sorted neighbours <= TIE_GAP steps apart tie.
 TIE_GRID = 2.0**42
 TIE_GAP = 4
-# CPU sort keys pack (grid index: 44 bits) << bits | position into one int64.
-_KEY_POSITION_BITS = 19
+# CPU sort keys pack (grid index: 44 bits) << bits | 2 * target rank into one uint64.
+_GRID_BITS = 44  # grid indices 0 .. 2**43 (model similarities in [-1, 1])
 # Rows go in blocks of about this many elements (1 MB of float64); a row longer than
 # that goes through the element-wise passes in segments of _SEGMENT (256 KB of int64).
 _BLOCK_ELEMENTS = 1 << 17
@@ -210,10 +210,12 @@ class TargetVector:
         self.mask_t = torch.as_tensor(self.mask, device=device)
         self.n_observed = int(self.mask.sum())
         v = torch.as_tensor(values[self.mask], device=device, dtype=dtype)[None]
+        self._rank_stats = None
         if comparison == "spearman":
             v = rankdata_torch(v)
+            # Twice the average ranks: integers, for the exact integer Spearman on CPU.
+            self._ranks2 = np.rint(2 * v[0].cpu().numpy()).astype(np.int64)
         self.prepared = _standardize_rows(v)[0]
-        self._prepared_np = None
         self.is_constant = bool((self.prepared == 0).all())
 
     def correlate(self, candidates: torch.Tensor) -> torch.Tensor:
@@ -245,93 +247,102 @@ class TargetVector:
         return (c @ self.prepared).clamp(-1.0, 1.0)
 
     def _spearman_cpu(self, c: torch.Tensor) -> torch.Tensor:
-        """Spearman on CPU, same values as the general path (to round-off).
+        """Spearman on CPU in exact integer arithmetic (same values as the general path
+        to round-off, and exactly 1.0 for identical rankings).
 
-        Each row is sorted once as int64 keys ``grid index << bits | position``
-        (numpy's SIMD sort of plain integers is ~2x its argsort, and the sorted
-        grid values come out of the keys without a gather). With the ranks
-        1..m in sorted order, the correlation with the standardized target
-        ranks is ``sum_p w_p * target[order_p]`` (``w``: the standardized
-        positions): no rank scatter, no per-row standardization. Tie runs
-        then correct only their own elements: a run over sorted positions
-        f..l takes the average rank (f + l) / 2 and lowers the sum of squared
-        centred ranks by (L^3 - L) / 12 (L = l - f + 1), as
-        ``scipy.stats.rankdata`` + Pearson would. The sums run row by row, so
-        identical rows give identical bits whatever the batch. Rows go in
-        blocks of about 1 MB, so that the dozen passes over them stay in cache.
+        With ``a_p = 2 rank_p - (m + 1)`` (centred doubled model ranks) and ``b`` the
+        same for the target, rho = sum(a b) / sqrt(sum(a^2) sum(b^2)), all integers.
+        Each row is sorted once as uint64 keys ``grid index << bits | 2 * target rank``:
+        after the sort the keys' low bits are the target ranks in model order, so a row
+        without model ties needs no gather at all: ``sum_p (2p - (m - 1)) * b[order_p]``.
+        A model tie run over sorted positions f..l gives its elements the average rank
+        (a_p = f + l - (m - 1)) and lowers sum(a^2) by (L^3 - L) / 3 (L = l - f + 1), as
+        ``scipy.stats.rankdata`` + Pearson would. Rows go in blocks of about 1 MB (a row
+        longer than that in L2-sized segments), so that the passes over them stay in cache.
         """
         B, m = c.shape
-        if self._prepared_np is None:
-            self._prepared_np = self.prepared.cpu().numpy()
-        if getattr(self, "_positions", (None,))[0] != m:
-            scale = math.sqrt(m * (m * m - 1) / 12.0)  # norm of the centred ranks 1..m
-            self._positions = (m, (np.arange(m, dtype=np.float64) - (m - 1) / 2.0) / scale, scale)
-        _, w, scale = self._positions
-        bits = max(1, (m - 1).bit_length())
+        if self._rank_stats is None or self._rank_stats[0] != m:
+            b = self._ranks2 - (m + 1)
+            a = 2 * np.arange(m, dtype=np.int64) - (m - 1)
+            self._rank_stats = (m, a, int((b * b).sum()), (2 * m).bit_length())
+        _, a, sum_b2, bits = self._rank_stats
+        ranks2 = self._ranks2
         mask = (1 << bits) - 1
-        positions = torch.arange(m, dtype=torch.int64)
-        prep = self._prepared_np
+        full = m * m * m - m  # 3 sum(a^2) without ties
+        cn = c.numpy()
         out = np.empty(B)
         step = max(1, _BLOCK_ELEMENTS // m)
-        seg = max(m, 1) if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
-        grid = torch.empty((min(step, B), min(seg, m)), dtype=torch.float64)  # reused: no page faults
-        offset = torch.tensor(TIE_GRID + 0.5, dtype=torch.float64)
-        keys_t = torch.empty((min(step, B), m), dtype=torch.int64)
-        for a in range(0, B, step):
-            cb = c[a : a + step]
-            b = len(cb)
-            in_range = self.similarities or bool(((lohi := torch.aminmax(cb))[0] >= -1) & (lohi[1] <= 1))
-            keyed = bits <= _KEY_POSITION_BITS and in_range  # grid index < 2**43: fits in 44 bits
+        seg = m if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
+        keyed_ok = _GRID_BITS + bits <= 64
+        if keyed_ok:
+            grid = np.empty((min(step, B), min(seg, m)))  # buffers reused: no page faults per block
+            keys_buf = np.empty((min(step, B), m), dtype=np.uint64)
+            ranks2_u = ranks2.astype(np.uint64)
+        for a0 in range(0, B, step):
+            cb = cn[a0 : a0 + step]
+            nb = len(cb)
+            in_range = self.similarities or (cb.min() >= -1 and cb.max() <= 1)
+            keyed = keyed_ok and in_range  # grid index <= 2**43: fits in _GRID_BITS
             if keyed:
-                keys = keys_t[:b]
+                keys = keys_buf[:nb]
                 for s0 in range(0, m, seg):
                     s1 = min(m, s0 + seg)
-                    g, k = grid[:b, : s1 - s0], keys[:, s0:s1]
-                    torch.add(offset, cb[:, s0:s1], alpha=TIE_GRID, out=g)  # tie_grid before truncation
-                    k.copy_(g)  # (positive, so the int conversion truncates)
-                    k <<= bits
-                    k |= positions[s0:s1]
-                keys = keys.numpy()
+                    g = grid[:nb, : s1 - s0]
+                    np.multiply(cb[:, s0:s1], TIE_GRID, out=g)  # exact (a power of two)
+                    g += TIE_GRID + 0.5  # as tie_grid; positive, so the conversion truncates
+                    k = keys[:, s0:s1]
+                    np.copyto(k, g, casting="unsafe")
+                    k <<= np.uint64(bits)
+                    k |= ranks2_u[s0:s1]
                 keys.sort(axis=1)
+
+                def ranks_at(lo, hi):
+                    return (keys[:, lo:hi] & np.uint64(mask)).view(np.int64)
+
+                def rank_of(rows, pos):
+                    return (keys[rows, pos] & np.uint64(mask)).view(np.int64)
+
+                def grid_at(lo, hi):
+                    return (keys[:, lo:hi] >> np.uint64(bits)).view(np.int64)
             else:
-                qn = tie_grid(cb).numpy()
-                order_all = np.argsort(qn, axis=1)
-                sorted_qs = np.take_along_axis(qn, order_all, axis=1)
-            r = np.zeros(b)
-            rows_l, pos_l = [], []
+                qn = tie_grid(cb)
+                order = np.argsort(qn, axis=1)
+                qs = np.take_along_axis(qn, order, axis=1)
+
+                def ranks_at(lo, hi):
+                    return ranks2[order[:, lo:hi]]
+
+                def rank_of(rows, pos):
+                    return ranks2[order[rows, pos]]
+
+                def grid_at(lo, hi):
+                    return qs[:, lo:hi]
+
+            dot = np.zeros(nb, dtype=np.int64)
+            link_rows, link_pos = [], []
             for s0 in range(0, m, seg):
                 s1 = min(m, s0 + seg)
-                if keyed:
-                    order = keys[:, s0:s1] & mask
-                    lo = max(s0 - 1, 0)
-                    q = keys[:, lo:s1] >> bits
-                else:
-                    order = order_all[:, s0:s1]
-                    lo = max(s0 - 1, 0)
-                    q = sorted_qs[:, lo:s1]
-                r += (np.take(prep, order) * w[s0:s1]).sum(axis=1)  # pairwise: identical rankings give 1.0
-                links = np.diff(q, axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
+                dot += ranks_at(s0, s1) @ a[s0:s1]  # sum(a) = 0: b's offset drops out
+                lo = max(s0 - 1, 0)
+                links = np.diff(grid_at(lo, s1), axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
                 if links.any():
                     row, p = np.nonzero(links)
-                    rows_l.append(row)
-                    pos_l.append(p + lo)
-            if rows_l:
-                row, p = np.concatenate(rows_l), np.concatenate(pos_l)
+                    link_rows.append(row)
+                    link_pos.append(p + lo)
+            sum_a2_3 = np.full(nb, full, dtype=np.int64)
+            if link_rows:
+                row, p = np.concatenate(link_rows), np.concatenate(link_pos)
                 by_row = np.lexsort((p, row))
-                row, p = row[by_row], p[by_row]
-
-                def target_at(rr, pp):
-                    return prep[keys[rr, pp] & mask] if keyed else prep[order_all[rr, pp]]
-
-                rows = np.unique(row)
-                r[rows] = self._tie_corrected(r, row, p, target_at, scale)[rows]
-            out[a : a + step] = r
+                self._correct_ties(dot, sum_a2_3, row[by_row], p[by_row], rank_of, m)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                den = np.sqrt((sum_a2_3 // 3).astype(np.float64) * float(sum_b2))
+                out[a0 : a0 + step] = np.where(den > 0, dot / den, 0.0)  # one run: constant -> 0
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
 
     @staticmethod
-    def _tie_corrected(r, row, p, target_at, scale):
-        """Rows of ``r`` recomputed with average ranks over the tie runs given by (row, p) links
-        (sorted by row, then p); ``target_at(rows, positions)``: standardized target ranks there."""
+    def _correct_ties(dot, sum_a2_3, row, p, rank_of, m):
+        """Average ranks over the model tie runs given by (row, p) links (sorted by row, then p):
+        ``dot`` gains sum((f + l - 2p) b_p) per run, ``3 sum(a^2)`` loses L^3 - L."""
         new = np.ones(len(p), dtype=bool)  # a link starts a new run unless it continues the previous one
         new[1:] = (row[1:] != row[:-1]) | (p[1:] != p[:-1] + 1)
         run = np.cumsum(new) - 1
@@ -340,16 +351,12 @@ class TargetVector:
         np.maximum.at(last, run, p + 1)
         length = last - first + 1
         run_row = row[new]
-        # Every element of a run: its sorted position and the run's average position.
-        elem_run = np.repeat(np.arange(len(first)), length)
+        elem_run = np.repeat(np.arange(len(first)), length)  # every element of every run
         elem_pos = first[elem_run] + (np.arange(len(elem_run)) - np.repeat(np.cumsum(length) - length, length))
-        shift = (first[elem_run] + last[elem_run]) / 2.0 - elem_pos
-        dot = r * scale
-        np.add.at(dot, run_row[elem_run], shift * target_at(run_row[elem_run], elem_pos))
-        sq = np.full(len(r), scale * scale)
-        np.add.at(sq, run_row, -(length.astype(np.float64) ** 3 - length) / 12.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(sq > 1e-9 * scale * scale, dot / np.sqrt(np.maximum(sq, 0)), 0.0)  # one run: constant -> 0
+        elem_row = run_row[elem_run]
+        b = rank_of(elem_row, elem_pos) - (m + 1)
+        np.add.at(dot, elem_row, (first[elem_run] + last[elem_run] - 2 * elem_pos) * b)
+        np.add.at(sum_a2_3, run_row, -(length**3 - length))
 
 
 def _real_array(values, name: str) -> np.ndarray:
