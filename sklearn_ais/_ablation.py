@@ -523,7 +523,9 @@ class _MLPProblem(_Problem):
         pearson = self.similarity == "pearson"
         v = raw - s * s / D if pearson else raw
         alive = (v > _REL_EPS * raw) & (v > 0)
-        lossy = (alive & (v < 1e-4 * raw)).any(dim=1) if pearson else torch.zeros(B, dtype=torch.bool)
+        lossy = torch.zeros(B, dtype=torch.bool, device=G.device)
+        if pearson:
+            lossy = (alive & (v < 1e-4 * raw)).any(dim=1)
         r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
         G *= r[:, None, :]

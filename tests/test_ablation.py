@@ -156,3 +156,27 @@ def test_subsets_read_the_parents_leave_one_out_stack(rng, kind, monkeypatch):
     np.testing.assert_allclose(base - loo, want_ais, atol=1e-6)
     dead = ~(maps[idx] != 0).any(axis=(0, 2, 3))
     assert np.all((base - loo)[dead] == 0)  # same arithmetic for the base and a dead map
+
+
+def test_vgg_kernels_nearly_constant_embeddings_match_naive(rng):
+    """Embeddings with a large common offset (centred energy < 1e-4 of the raw one) are
+    centred explicitly instead of through G - s s^T / D: still equal to the naive algorithm."""
+    n, K = 12, 5
+    head = _vgg_like(K=K)
+    with torch.no_grad():
+        fc7 = head.rest[1]
+        fc7.weight.mul_(1e-3)
+        fc7.bias.fill_(50.0)  # every output ~50 +/- 0.05: Pearson needs the small spread
+    maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
+    maps[rng.random((n, K)) < 0.3] = 0
+    X = FeatureMaps(maps, head)
+    problem = make_problem(X, "pearson", "cpu")
+    E0 = problem.E0
+    v = ((E0 - E0.mean(1, keepdim=True)) ** 2).sum(1)
+    assert bool((v < 1e-4 * (E0 * E0).sum(1)).all())  # the case under test
+    H = _human(rng, n)
+    base, ais, order, path = _run(problem, H, "pearson", "spearman", K)
+    want_base, want_ais = naive_ais(maps, H, "pearson", "spearman", head=head)
+    assert base == pytest.approx(want_base, abs=1e-6)
+    np.testing.assert_allclose(ais, want_ais, atol=1e-6)
+    np.testing.assert_allclose(path, naive_path(maps, H, order, "pearson", "spearman", head=head), atol=1e-6)
