@@ -59,6 +59,9 @@ _POOLED_BUDGET = 1 << 21
 # map carried nearly all of it) has lost too many digits in the rank-one
 # downdate: its similarities are recomputed directly (rare; exact).
 _RECOMPUTE_REL = 0.1
+# VGG heads centre through G - s s^T / D; a row whose centred energy is below this
+# fraction of its raw energy would lose more than 4 digits that way: centred explicitly.
+_LOSSY_REL = 1e-4
 
 
 def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
@@ -116,6 +119,10 @@ class _Problem:
             return torch.from_numpy(np.take(Z.numpy(), self._flat_iu_np, axis=1))
         return torch.index_select(Z, 1, self.flat_iu)
 
+    def _rsm_uppers(self, E: torch.Tensor) -> torch.Tensor:
+        """Upper triangles of the RSMs of embeddings ``E`` (B, n, D), computed directly."""
+        return self._upper_of(rsm_torch(E, self.similarity))
+
     def target(self, values, comparison) -> TargetVector:
         return TargetVector(values, comparison, device=self.device, similarities=True)
 
@@ -150,10 +157,16 @@ class _Problem:
         sub._parent = (self, np.asarray(idx))
         return sub
 
+    @property
+    def _stack_fits(self) -> bool:
+        return self.K * self.n * (self.n - 1) // 2 <= _STACK_BUDGET
+
     def loo_stack(self):
-        """(K, n_pairs) ablated upper triangles, computed once (None when over the memory budget)."""
-        if self._loo_stack is None and self.K * self.n * (self.n - 1) // 2 <= _STACK_BUDGET:
-            self._loo_stack = torch.cat([Zu for _, Zu in self._loo_uppers(np.arange(self.K))])
+        """(K, n_pairs) ablated upper triangles and the (1, n_pairs) unablated one, computed
+        once (None when over the memory budget)."""
+        if self._loo_stack is None and self._stack_fits:
+            stack = torch.cat([Zu for _, Zu in self._loo_uppers(np.arange(self.K))])
+            self._loo_stack = (stack, self._base_upper())
         return self._loo_stack
 
     def _pair_positions(self, idx):
@@ -165,13 +178,11 @@ class _Problem:
     def _cached_loo(self):
         """(stack, base upper, pair positions or None) when a cache serves this problem."""
         if self._loo_stack is not None:
-            return self._loo_stack, self._base_upper(), None
+            return (*self._loo_stack, None)
         if self._parent is not None:
             parent, idx = self._parent
-            if parent.cache_loo and len(np.unique(idx)) == len(idx):
-                stack = parent.loo_stack()
-                if stack is not None:
-                    return stack, parent._base_upper(), parent._pair_positions(idx)
+            if parent.cache_loo and len(np.unique(idx)) == len(idx) and parent.loo_stack() is not None:
+                return (*parent.loo_stack(), parent._pair_positions(idx))
         return None
 
     def leave_one_out(self, target: TargetVector, maps=None) -> tuple[float, np.ndarray]:
@@ -190,15 +201,16 @@ class _Problem:
                 out[a : a + step] = target.correlate(Zu if pairs is None else Zu[:, pairs]).cpu().numpy()
             return base, out
         # Base through the same arithmetic as the candidates, so a dead map gives exactly AIS = 0.
-        base = float(target.correlate(self._base_upper())[0])
-        keep = self.cache_loo and len(maps) == self.K and self.K * self.n * (self.n - 1) // 2 <= _STACK_BUDGET
+        base_u = self._base_upper()
+        base = float(target.correlate(base_u)[0])
+        keep = self.cache_loo and self._stack_fits and np.array_equal(maps, np.arange(self.K))
         chunks = []
         for a, Zu in self._loo_uppers(maps):
             out[a : a + len(Zu)] = target.correlate(Zu).cpu().numpy()
             if keep:
                 chunks.append(Zu)
-        if keep and np.array_equal(maps, np.arange(self.K)):
-            self._loo_stack = torch.cat(chunks)
+        if keep:
+            self._loo_stack = (torch.cat(chunks), base_u)
         return base, out
 
     def sweep(self, order, target: TargetVector, ts) -> np.ndarray:
@@ -214,8 +226,7 @@ class _Problem:
         return rsm_torch(self.embeddings(keep)[None], self.similarity)[0].cpu().numpy()
 
     def score(self, target: TargetVector, keep=None) -> float:
-        Z = rsm_torch(self.embeddings(keep)[None], self.similarity)[0]
-        return float(target.correlate(Z[self.iu][None])[0])
+        return float(target.correlate(self._rsm_uppers(self.embeddings(keep)[None]))[0])
 
     def _row_targets(self, H, comparison, rows):
         rows = range(self.n) if rows is None else rows
@@ -497,17 +508,6 @@ class _MLPProblem(_Problem):
         P = self.Pk[ks] if rows is None else self.Pk[ks][:, rows]
         return torch.bmm(P, self.Wm[ks])
 
-    def _rsm_upper(self, E):
-        """Upper triangles of the RSMs of ``E`` (B, n, D) float64, as ``rsm_torch`` gives them."""
-        Zu, lossy = self._gram_upper(torch.bmm(E, E.transpose(1, 2)), E.sum(dim=-1), E.shape[-1])
-        for c in torch.nonzero(lossy).flatten().tolist():
-            Zu[c] = self._direct_upper(E[c])
-        return Zu
-
-    def _direct_upper(self, E):
-        """Upper triangle of the RSM of one (n, D) embedding, rows centred explicitly."""
-        return self._upper_of(rsm_torch(E[None], self.similarity))[0]
-
     def _gram_upper(self, G, s, D):
         """Upper triangles of the RSMs from raw Gram matrices ``G`` (B, n, n, float64,
         overwritten) and row sums ``s`` (B, n).
@@ -518,14 +518,11 @@ class _MLPProblem(_Problem):
         ``lossy`` (B,) for the caller to recompute with explicit centring. Same
         constant-row rule as ``rsm_torch``.
         """
-        B, n, _ = G.shape
         raw = torch.diagonal(G, dim1=1, dim2=2).clone()
         pearson = self.similarity == "pearson"
         v = raw - s * s / D if pearson else raw
         alive = (v > _REL_EPS * raw) & (v > 0)
-        lossy = torch.zeros(B, dtype=torch.bool, device=G.device)
-        if pearson:
-            lossy = (alive & (v < 1e-4 * raw)).any(dim=1)
+        lossy = self._lossy(raw, s, D).any(dim=1)
         r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
         G *= r[:, None, :]
@@ -533,6 +530,14 @@ class _MLPProblem(_Problem):
             u = r * s / math.sqrt(D)
             G.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
         return self._upper_of(G).clamp_(-1.0, 1.0), lossy
+
+    def _lossy(self, raw, s, D):
+        """Rows (given raw energy and row sum) that would lose more than 4 digits in
+        ``G - s s^T / D``: alive but with centred energy below ``_LOSSY_REL`` of the raw one."""
+        if self.similarity != "pearson":
+            return torch.zeros_like(raw, dtype=torch.bool)
+        v = raw - s * s / D
+        return (v > _REL_EPS * raw) & (v < _LOSSY_REL * raw)
 
     @property
     def gram0(self):
@@ -545,7 +550,7 @@ class _MLPProblem(_Problem):
         G0, s0 = self.gram0
         Zu, lossy = self._gram_upper(G0.clone()[None], s0[None], self.E0.shape[1])
         if bool(lossy[0]):
-            Zu[0] = self._direct_upper(self.E0)
+            Zu[0] = self._rsm_uppers(self.E0[None])[0]
         return Zu
 
     def _loo_uppers(self, maps):
@@ -582,7 +587,7 @@ class _MLPProblem(_Problem):
                     E = self.E0.clone()
                     sel = ci == c
                     E[ii[sel]] = E_new[sel]
-                    Zu[c] = self._direct_upper(E)
+                    Zu[c] = self._rsm_uppers(E[None])[0]
                 yield a, Zu
 
     def sweep(self, order, target, ts):
@@ -641,10 +646,8 @@ class _MLPProblem(_Problem):
                             dirty[:] = False
                         grams.append(G_cur.clone())
                         sums.append(s_cur.clone())
-                        if self.similarity == "pearson":
-                            v, raw = torch.diagonal(G_cur) - s_cur * s_cur / D, torch.diagonal(G_cur)
-                            if bool(((v > _REL_EPS * raw) & (v < 1e-4 * raw)).any()):  # nearly constant row
-                                direct[len(grams) - 1] = self._direct_upper(E_cur)
+                        if bool(self._lossy(torch.diagonal(G_cur), s_cur, D).any()):  # E_cur moves on
+                            direct[len(grams) - 1] = self._rsm_uppers(E_cur[None])[0]
                 if grams:
                     Zu, _ = self._gram_upper(torch.stack(grams), torch.stack(sums), D)
                     for c, z in direct.items():
@@ -727,12 +730,8 @@ class _GenericProblem(_Problem):
             E = self.fm.head.embed(x.reshape(C * self.n, *self.maps.shape[1:])).double()
         return E.reshape(C, self.n, -1)
 
-    def _upper(self, E):
-        i, j = self.iu
-        return rsm_torch(E, self.similarity)[:, i, j]
-
     def _base_upper(self):
-        return self._upper(self.E0[None])
+        return self._rsm_uppers(self.E0[None])
 
     def _loo_uppers(self, maps):
         step = _chunk(len(maps), self.maps.numel())
@@ -740,7 +739,7 @@ class _GenericProblem(_Problem):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             masks = torch.ones(len(ks), self.K, device=self.device)
             masks[torch.arange(len(ks)), ks] = 0
-            yield a, self._upper(self._masked_batch(masks))
+            yield a, self._rsm_uppers(self._masked_batch(masks))
 
     def sweep(self, order, target, ts):
         order = torch.as_tensor(np.asarray(order), device=self.device)
@@ -752,7 +751,7 @@ class _GenericProblem(_Problem):
             masks = torch.zeros(len(tt), self.K, device=self.device)
             for c, t in enumerate(tt):
                 masks[c, order[:t]] = 1
-            out[a : a + step] = target.correlate(self._upper(self._masked_batch(masks))).cpu().numpy()
+            out[a : a + step] = target.correlate(self._rsm_uppers(self._masked_batch(masks))).cpu().numpy()
         return out
 
     def per_image(self, H, comparison, rows=None):

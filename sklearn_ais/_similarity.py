@@ -261,14 +261,16 @@ class TargetVector:
         longer than that in L2-sized segments), so that the passes over them stay in cache.
         """
         B, m = c.shape
+        # Sums reach m^3: exact in int64 up to m = 2**20 (n ~ 1450 images), float64 beyond.
+        acc = np.int64 if m <= 1 << 20 else np.float64
         if self._rank_stats is None or self._rank_stats[0] != m:
             b = self._ranks2 - (m + 1)
-            a = 2 * np.arange(m, dtype=np.int64) - (m - 1)
-            self._rank_stats = (m, a, int((b * b).sum()), (2 * m).bit_length())
+            a = (2 * np.arange(m, dtype=np.int64) - (m - 1)).astype(acc)
+            self._rank_stats = (m, a, float((b.astype(acc) * b).sum()), (2 * m).bit_length())
         _, a, sum_b2, bits = self._rank_stats
         ranks2 = self._ranks2
         mask = (1 << bits) - 1
-        full = m * m * m - m  # 3 sum(a^2) without ties
+        full = acc(m * m * m - m)  # 3 sum(a^2) without ties
         cn = c.numpy()
         out = np.empty(B)
         step = max(1, _BLOCK_ELEMENTS // m)
@@ -318,7 +320,7 @@ class TargetVector:
                 def grid_at(lo, hi):
                     return qs[:, lo:hi]
 
-            dot = np.zeros(nb, dtype=np.int64)
+            dot = np.zeros(nb, dtype=acc)
             link_rows, link_pos = [], []
             for s0 in range(0, m, seg):
                 s1 = min(m, s0 + seg)
@@ -329,13 +331,14 @@ class TargetVector:
                     row, p = np.nonzero(links)
                     link_rows.append(row)
                     link_pos.append(p + lo)
-            sum_a2_3 = np.full(nb, full, dtype=np.int64)
+            sum_a2_3 = np.full(nb, full, dtype=acc)
             if link_rows:
                 row, p = np.concatenate(link_rows), np.concatenate(link_pos)
                 by_row = np.lexsort((p, row))
                 self._correct_ties(dot, sum_a2_3, row[by_row], p[by_row], rank_of, m)
             with np.errstate(invalid="ignore", divide="ignore"):
-                den = np.sqrt((sum_a2_3 // 3).astype(np.float64) * float(sum_b2))
+                sum_a2 = sum_a2_3 // 3 if acc is np.int64 else sum_a2_3 / 3  # // : exact, one rounding below
+                den = np.sqrt(sum_a2.astype(np.float64) * sum_b2)
                 out[a0 : a0 + step] = np.where(den > 0, dot / den, 0.0)  # one run: constant -> 0
         return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
 
@@ -356,6 +359,7 @@ class TargetVector:
         elem_row = run_row[elem_run]
         b = rank_of(elem_row, elem_pos) - (m + 1)
         np.add.at(dot, elem_row, (first[elem_run] + last[elem_run] - 2 * elem_pos) * b)
+        length = length.astype(sum_a2_3.dtype)  # float64 for the longest rows: L^3 overflows int64
         np.add.at(sum_a2_3, run_row, -(length**3 - length))
 
 

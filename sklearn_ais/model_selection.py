@@ -373,6 +373,7 @@ def cross_validate_alignment(
             P_train, P_test = (shared, shared) if by_pairs else (shared.subset(train), shared.subset(test))
             est._fit_problem(P_train, H_train)
             fit_time = time.perf_counter() - t0
+            train_score = _train_score(est)
             test_full = est._score_problem(P_test, H_test, selected=False)
             test_selected = est._score_problem(P_test, H_test, selected=True)
             test_path = est._path_problem(P_test, H_test) if return_paths else None
@@ -380,6 +381,7 @@ def cross_validate_alignment(
             X_train, X_test = (X, X) if by_pairs else (X[train], X[test])
             est.fit(X_train, H_train)
             fit_time = time.perf_counter() - t0
+            train_score = _train_score(est, X_train, H_train)
             test_full, test_selected = est.score_all(X_test, H_test), est.score(X_test, H_test)
             test_path = est.path_score(X_test, H_test) if return_paths else None
         rows.append(
@@ -388,7 +390,7 @@ def cross_validate_alignment(
                 "split": "pairs" if by_pairs else "images",
                 "n_train": len(train),
                 "n_test": len(test),
-                "train_score_selected": _train_score(est, *(() if shared is not None else (X_train, H_train))),
+                "train_score_selected": train_score,
                 "test_score_full": test_full,
                 "test_score_selected": test_selected,
                 "n_selected": int(np.sum(est.get_support())),

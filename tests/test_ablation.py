@@ -150,7 +150,7 @@ def test_subsets_read_the_parents_leave_one_out_stack(rng, kind, monkeypatch):
     monkeypatch.setattr(sub, "_loo_uppers", lambda maps: pytest.fail("subset recomputed"))
     Hs = H[np.ix_(idx, idx)]
     base, loo = sub.leave_one_out(sub.target(Hs[np.triu_indices(len(idx), 1)], "spearman"))
-    assert parent._loo_stack is not None and parent._loo_stack.shape == (K, n * (n - 1) // 2)
+    assert parent._loo_stack is not None and parent._loo_stack[0].shape == (K, n * (n - 1) // 2)
     want_base, want_ais = naive_ais(maps[idx], Hs, "pearson", "spearman", head=head)
     assert base == pytest.approx(want_base, abs=1e-6)
     np.testing.assert_allclose(base - loo, want_ais, atol=1e-6)

@@ -212,6 +212,18 @@ def test_spearman_long_rows_in_segments_equal_whole_rows(monkeypatch, similariti
     np.testing.assert_allclose(segmented, want, atol=1e-12)
 
 
+def test_spearman_beyond_int64_sums_matches_scipy():
+    """2.2 million pairs (n ~ 2100 images): sums of m^3 no longer fit in int64."""
+    from sklearn_ais._similarity import TargetVector
+
+    rng = np.random.default_rng(5)
+    m = 2_200_000
+    h = rng.standard_normal(m)
+    c = np.round(0.6 * h + rng.standard_normal(m), 3)[None] / 10  # in [-1, 1], heavy ties
+    got = float(TargetVector(h, "spearman", similarities=True).correlate(torch.as_tensor(c))[0])
+    assert got == pytest.approx(stats.spearmanr(tie_runs(c[0]), h).statistic, abs=1e-12)
+
+
 def test_tie_rule_keeps_mathematical_ties_and_separates_real_gaps():
     from sklearn_ais._similarity import TargetVector
 
