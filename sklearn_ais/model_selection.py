@@ -334,9 +334,7 @@ def cross_validate_alignment(
     probe = clone(estimator)
     X = validate_maps_input(probe, X, reset=True)
     n = X.shape[0]
-    H = check_similarity_target(y, n, y_kind)
-    if y_kind == "dissimilarity":
-        H = -H  # validated as similarity from here on
+    H = check_similarity_target(y, n, y_kind)  # dissimilarities come back negated: similarity from here on
     by_pairs = getattr(cv, "splits_pairs", False)
     splits = list(cv.split(X, H) if by_pairs else cv.split(np.arange(n)))
     if not splits:

@@ -140,3 +140,18 @@ def test_errors():
         compare_alignment([42], None, H)
     with pytest.raises(ValueError, match="subject_similarities"):
         compare_alignment([fm], None, H, methods=("none",), subject_similarities=np.ones((2, 10)))
+
+
+def test_dissimilarities_give_the_similarity_scores():
+    """compare_alignment negates y_kind="dissimilarity" once: same table as the similarities."""
+    rng = np.random.default_rng(1)
+    maps = rng.random((24, 6, 2, 2)).astype(np.float32)
+    E = maps.mean(axis=(2, 3))
+    H = np.corrcoef(E[:, :3])
+    kw = dict(methods={"none": "none", "ais": AISSelector(n_features_to_select=3)},
+              cv=KFold(3, shuffle=True, random_state=0))
+    want = compare_alignment({"toy": FeatureMaps(maps, PoolingHead())}, None, H, **kw).table
+    got = compare_alignment({"toy": FeatureMaps(maps, PoolingHead())}, None, 1 - H, y_kind="dissimilarity", **kw).table
+    assert (want["test_2oi"] > 0).all()
+    cols = [c for c in want.columns if c != "fit_time"]
+    pd.testing.assert_frame_equal(got[cols], want[cols])

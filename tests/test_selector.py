@@ -262,3 +262,20 @@ def test_cross_validation_shared_kernels_equal_per_fold_fits(rng, head, splitter
     for a, b in zip(fast.estimators, plain.estimators):
         np.testing.assert_allclose(a.scores_, b.scores_, atol=tol)
         assert a.n_features_in_ == b.n_features_in_ == K
+
+
+def test_cross_validation_of_dissimilarities_equals_the_similarities(rng):
+    """y_kind="dissimilarity" (on the function or on the estimator) is negated once, not twice."""
+    from sklearn.model_selection import KFold
+
+    from sklearn_ais.model_selection import cross_validate_alignment
+
+    X, H, _ = _planted(rng, n=30, K=8, k_true=3)
+    cv = KFold(3, shuffle=True, random_state=0)
+    cols = ["train_score_selected", "test_score_full", "test_score_selected", "n_selected"]
+    want = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv).table[cols]
+    assert (want["test_score_full"] > 0).all()
+    for est, kw in [(AISSelector(device="cpu"), {"y_kind": "dissimilarity"}),
+                    (AISSelector(device="cpu", y_kind="dissimilarity"), {})]:
+        got = cross_validate_alignment(est, X, 1 - H, cv=cv, **kw).table[cols]
+        pd.testing.assert_frame_equal(got, want)

@@ -337,9 +337,7 @@ def compare_alignment(
         seen.add(label)
         n = len(X)
         if H is None:
-            H = check_similarity_target(y, n, y_kind)
-            if y_kind == "dissimilarity":
-                H = -H  # validated as similarity from here on
+            H = check_similarity_target(y, n, y_kind)  # dissimilarities come back negated
             splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
             if subjects is not None:
                 if subjects.shape[1] != n:
