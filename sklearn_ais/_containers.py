@@ -138,7 +138,11 @@ class FeatureMaps:
         return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def check_feature_maps(X: FeatureMaps, min_images: int = 4) -> FeatureMaps:
+# Fewest images a similarity analysis accepts (a correlation of upper triangles needs 6 pairs).
+MIN_IMAGES = 4
+
+
+def check_feature_maps(X: FeatureMaps, min_images: int = MIN_IMAGES) -> FeatureMaps:
     """Checks every estimator that reads FeatureMaps makes: enough images, finite maps."""
     if len(X) < min_images:
         raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")

@@ -14,11 +14,10 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
-from ._containers import FeatureMaps, check_feature_maps
+from ._containers import MIN_IMAGES, FeatureMaps, check_feature_maps
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._targets import check_similarity_target
 
-MIN_IMAGES = 4
 
 
 def validate_maps_input(estimator, X, *, reset: bool):

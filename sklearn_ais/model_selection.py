@@ -231,7 +231,7 @@ class AlignmentCVResult:
 
 def _check_fold_sizes(splits, H, by_pairs):
     """Each fold must leave enough on both sides for a 2OI (clear error before any work)."""
-    from ._selector import MIN_IMAGES
+    from ._containers import MIN_IMAGES
 
     for fold, (train, test) in enumerate(splits):
         if by_pairs:

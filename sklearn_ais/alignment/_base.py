@@ -6,11 +6,9 @@ import numpy as np
 from sklearn.model_selection import KFold, check_cv
 from sklearn.utils.validation import validate_data
 
-from .._containers import FeatureMaps
+from .._containers import MIN_IMAGES, FeatureMaps, check_feature_maps
 from .._similarity import correlation, similarity_matrix, upper_triangle
-from .._targets import check_similarity_target
 
-MIN_IMAGES = 4
 
 
 def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -> np.ndarray:
@@ -22,11 +20,7 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
     fewest images accepted (a similarity analysis needs 4; a transform 1).
     """
     if isinstance(X, FeatureMaps):
-        n = len(X)
-        if n < min_samples:
-            raise ValueError(f"X has {n} images; at least {min_samples} are needed for a similarity analysis")
-        if not np.isfinite(X.maps).all():
-            raise ValueError("X (feature maps) contains NaN or inf")
+        check_feature_maps(X, min_samples)
         E = np.asarray(X.embed(), dtype=np.float64)
         if reset:
             estimator.n_features_in_ = E.shape[1]
@@ -39,11 +33,6 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
             )
         return E
     return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=min_samples)
-
-
-def as_target(y, n: int, y_kind: str = "similarity") -> np.ndarray:
-    """Validated (n, n) human similarity (NaN diagonal, NaN = missing); see ``check_similarity_target``."""
-    return check_similarity_target(y, n, y_kind)
 
 
 def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:

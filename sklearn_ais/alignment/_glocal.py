@@ -14,7 +14,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, SIMILARITIES, similarity_matrix
-from ._base import as_embeddings, as_target, compare_upper, torch_threads
+from .._targets import check_similarity_target
+from ._base import as_embeddings, compare_upper, torch_threads
 
 __all__ = ["GLocalAligner", "glocal_loss", "odd_one_out_accuracy", "triplets_from_similarity"]
 
@@ -78,7 +79,7 @@ def triplets_from_similarity(similarity, n_triplets=None, random_state=None, y_k
     >>> triplets_from_similarity(S)
     array([[0, 1, 2]])
     """
-    H = as_target(similarity, np.asarray(similarity).shape[0], y_kind)
+    H = check_similarity_target(similarity, np.asarray(similarity).shape[0], y_kind)
     n = H.shape[0]
     if n < 3:
         raise ValueError("at least 3 images are needed to form a triplet")
@@ -416,7 +417,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if triplets is not None:
             T = self._check_triplets(triplets, n)
         elif y is not None:
-            H = as_target(y, n, self.y_kind)
+            H = check_similarity_target(y, n, self.y_kind)
             T = triplets_from_similarity(H, self.n_triplets, self.random_state)
             if len(T) == 0:
                 raise ValueError("y implies no odd-one-out triplet (all triplets tied or missing)")
@@ -529,7 +530,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         Z = self.transform(X)
-        H = as_target(y, Z.shape[0], self.y_kind)
+        H = check_similarity_target(y, Z.shape[0], self.y_kind)
         return compare_upper(similarity_matrix(Z, self.similarity), H, self.comparison)
 
     @property
