@@ -64,7 +64,8 @@ _RECOMPUTE_REL = 0.1
 _LOSSY_REL = 1e-4
 
 
-def _chunk(total: int, per_item: int, budget: int = _ELEMENT_BUDGET) -> int:
+def _chunk(total: int, per_item: int, budget: int | None = None) -> int:
+    budget = _ELEMENT_BUDGET if budget is None else budget  # read at call time
     return int(max(1, min(total, budget // max(1, per_item))))
 
 

@@ -121,16 +121,26 @@ def test_per_image_scores_match_naive(rng, kind, similarity, comparison):
     np.testing.assert_allclose(base[:, None] - ablated, ref, atol=1e-6)
 
 
-def test_chunking_does_not_change_results(rng, monkeypatch):
+@pytest.mark.parametrize("kind", ["pooled", "vgg"])
+def test_chunking_does_not_change_results(rng, monkeypatch, kind):
     import sklearn_ais._ablation as ab
 
-    X = rng.normal(size=(12, 20))
+    K = 20
+    if kind == "pooled":
+        X = rng.normal(size=(12, K))
+    else:
+        X = FeatureMaps(np.maximum(rng.normal(size=(12, K, 4, 4)), 0).astype(np.float32), _vgg_like(K=K))
     H = _human(rng, 12)
-    full = _run(make_problem(X, "pearson"), H, "pearson", "spearman", 20)
+    full = _run(make_problem(X, "pearson"), H, "pearson", "spearman", K)
+    sizes = []
+    chunk = ab._chunk
+    monkeypatch.setattr(ab, "_chunk", lambda *a, **k: sizes.append(chunk(*a, **k)) or sizes[-1])
     monkeypatch.setattr(ab, "_ELEMENT_BUDGET", 200)  # forces many tiny chunks
-    tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", 20)
-    np.testing.assert_allclose(full[1], tiny[1], atol=1e-12)
-    np.testing.assert_allclose(full[3], tiny[3], atol=1e-12)
+    monkeypatch.setattr(ab, "_POOLED_BUDGET", 200)
+    tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", K)
+    assert sizes and max(sizes) < K  # the kernels did run in several chunks
+    np.testing.assert_allclose(full[1], tiny[1], atol=1e-12 if kind == "pooled" else 1e-6)
+    np.testing.assert_allclose(full[3], tiny[3], atol=1e-12 if kind == "pooled" else 1e-6)
 
 
 @pytest.mark.parametrize("kind", ["gap", "vgg"])

@@ -109,6 +109,7 @@ def test_no_test_image_reaches_fit():
     _Spy.seen = []
     cv = KFold(3, shuffle=True, random_state=1)
     compare_alignment([("toy", FeatureMaps(maps, PoolingHead()))], None, H, methods={"spy": _Spy()}, cv=cv)
+    assert len(_Spy.seen) == 3
     for seen, (train, test) in zip(_Spy.seen, cv.split(np.zeros((24, 1)))):
         np.testing.assert_array_equal(np.sort(seen), np.sort(train).astype(np.float32))
 

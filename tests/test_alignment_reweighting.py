@@ -102,10 +102,6 @@ def test_nan_pairs_are_skipped(rng):
     w, b, _, _ = _closed_form(X, Hn, 1.0)
     np.testing.assert_allclose(rw.coef_, w, rtol=1e-8)
     assert rw.n_pairs_ == n * (n - 1) // 2 - 4
-    # Changing the value of a missing pair changes nothing.
-    H2 = Hn.copy()
-    rw2 = FeatureReweighting(alpha=1.0, standardize=False).fit(X, np.where(np.isnan(Hn), np.nan, H2))
-    np.testing.assert_allclose(rw2.coef_, rw.coef_)
 
 
 def test_positive_matches_nnls(rng):

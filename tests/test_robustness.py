@@ -147,7 +147,7 @@ def test_selector_fit_refuses_bad_input(case):
 @pytest.mark.parametrize(
     "params, exc, match",
     [
-        (dict(device="cuda:0" if not torch.cuda.is_available() else "cuda:99"), ValueError, "CUDA|cuda"),
+        (dict(device="cuda:0"), ValueError, "CUDA is not available"),
         (dict(device="gpu"), ValueError, "device must be"),
         (dict(n_features_to_select=20), ValueError, "exceeds the number of maps"),
         (dict(n_features_to_select=0), ValueError, "n_features_to_select"),
@@ -159,7 +159,7 @@ def test_selector_fit_refuses_bad_input(case):
     ],
 )
 def test_selector_bad_parameters(params, exc, match):
-    if "cuda" in str(params.get("device", "")) and torch.cuda.is_available():
+    if params.get("device") == "cuda:0" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     raises(exc, match, AISSelector(**{"device": "cpu", **params}).fit, X0, H0)
 

@@ -176,6 +176,7 @@ def test_pipeline_cross_validate_never_fits_on_test_images(rng):
 
     cv = KFold(5, shuffle=True, random_state=0)
     out = cross_validate(Spy(device="cpu"), X, y, cv=cv, return_indices=True)
+    assert len(seen) == 5
     for fit_ids, test_idx in zip(seen, out["indices"]["test"]):
         assert not set(fit_ids) & set(ids[test_idx])
     # the test score is the 2OI on the test block only
