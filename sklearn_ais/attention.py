@@ -65,8 +65,7 @@ def _resolve(transformer) -> tuple[Backbone, torch.device]:
     if isinstance(transformer, Backbone):
         return transformer, transformer.device
     check_is_fitted(transformer, "backbone_")
-    backbone = transformer.backbone_
-    return backbone, torch.device(getattr(transformer, "device_", backbone.device))
+    return transformer.backbone_, transformer._transform_device()  # as transform: GPU-fitted, unpickled on CPU
 
 
 def _working_copy(model: nn.Module, device, guided: bool) -> nn.Module:

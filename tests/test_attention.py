@@ -232,6 +232,10 @@ def test_transformer_geometry_matches_feature_maps(tiny):
     ref = _reference(bb, images, "gradcam")
     for a, b in zip(maps, ref):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    if not torch.cuda.is_available():  # fitted on a GPU (device="auto"), used here: the CPU, as transform does
+        tr.device_ = torch.device("cuda")
+        for a, b in zip(attention_maps(tr, images, method="gradcam"), ref):
+            np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_gradcam_resnet18_matches_hand_written():

@@ -466,3 +466,19 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(TypeError):
         as_image_source(42)
 
+
+
+def test_reloading_weights_keeps_the_users_pooling_head_and_refreshes_vgg_fc7():
+    """get_backbone(backbone, weights=...) rebuilds only the head that copies weights (VGG's MLP)."""
+    torch.manual_seed(0)
+    bb = get_backbone("resnet50", weights=None, head=PoolingHead("max"), input_size=32)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in bb.model.state_dict().items()}
+    again = get_backbone(bb, weights=state)
+    assert isinstance(again.head, PoolingHead) and again.head.pool == "max"
+    vgg = get_backbone("vgg11", weights=None, input_size=32) if "vgg11" in list_backbones() else get_backbone(
+        "vgg16", weights=None, input_size=32)
+    new = {k: v + 1 for k, v in vgg.model.state_dict().items()}
+    reloaded = get_backbone(vgg, weights=new)
+    fc7 = reloaded.head.rest[1].weight
+    assert torch.equal(fc7, reloaded.model.classifier[3].weight)  # the head reads the new fc7
+    assert torch.equal(reloaded.head.weight, reloaded.model.classifier[0].weight)

@@ -8,7 +8,6 @@ any ``torch.nn.Module``.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib
 import os
@@ -175,12 +174,11 @@ def _densenet_head(model):
 
 def _vgg_head(model):
     fc = model.classifier
-    # fc7 is copied because MLPHead moves `rest` between devices; fc6 (400 MB) is
-    # shared read-only with the model.
+    # MLPHead keeps its own copy of `rest` (fc7); fc6 (400 MB) is shared read-only with the model.
     return MLPHead(
         weight=fc[0].weight,
         bias=fc[0].bias,
-        rest=nn.Sequential(nn.ReLU(), copy.deepcopy(fc[3]), nn.ReLU()),
+        rest=nn.Sequential(nn.ReLU(), fc[3], nn.ReLU()),
         maxpool=2,
         output_size=(7, 7),
     )
@@ -590,8 +588,9 @@ def get_backbone(
         if weights is not None and not (isinstance(weights, str) and weights.lower() in _DEFAULT_ALIASES):
             load_weights(model, weights)
             desc = "state dict" if isinstance(weights, Mapping) else f"file:{Path(weights).resolve()}"
-            if default_head is not None and name in _DEFAULT_HEADS:
-                # The architecture's own head holds copies of weights that just changed.
+            if isinstance(default_head, MLPHead) and name in _DEFAULT_HEADS:
+                # The architecture's own MLP head holds copies of weights that just changed
+                # (a pooling head holds none: the user's choice of pooling is kept).
                 default_head = _DEFAULT_HEADS[name](model)
         if layer is None and default_layer is None:
             convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
