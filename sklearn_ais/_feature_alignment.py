@@ -28,15 +28,12 @@ def _as_maps(maps, name, ndim):
 
 
 def _resize(maps, size):
-    """Bilinear resize of (n, h, w) maps to ``size`` (antialiased when shrinking)."""
-    if maps.shape[1:] == tuple(size):
-        return maps
+    """Bilinear resize of (n, h, w) float maps to ``size``, as heatmaps are (``_geometry._resize``)."""
     import torch
-    from torch.nn import functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(maps))[:, None]
-    shrink = size[0] < maps.shape[1] or size[1] < maps.shape[2]
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)[:, 0].numpy()
+    from ._geometry import _resize as resize_maps  # torch is imported only when maps are compared
+
+    return resize_maps(torch.from_numpy(np.ascontiguousarray(maps)), size).numpy()
 
 
 def _rowwise_spearman(A, B):

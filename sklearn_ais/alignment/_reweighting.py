@@ -71,26 +71,16 @@ def _observed_pairs(H, images=None, *, involving=None):
     return i[ok], j[ok]
 
 
-def _gram(X, rows, cols):
-    """``Z^T Z``, ``Z^T 1`` of the pair design, accumulated in bounded chunks."""
+def _moments(X, rows, cols, t):
+    """``Z^T Z``, ``Z^T 1`` and ``Z^T t`` of the pair design, one pass over bounded chunks of ``Z``."""
     D = X.shape[1]
-    G = np.zeros((D, D))
-    s = np.zeros(D)
+    G, s, c = np.zeros((D, D)), np.zeros(D), np.zeros(D)
     step = max(1, _CHUNK_ELEMENTS // max(D, 1))
     for a in range(0, len(rows), step):
         Z = X[rows[a : a + step]] * X[cols[a : a + step]]
         G += Z.T @ Z
         s += Z.sum(axis=0)
-    return G, s
-
-
-def _moments(X, rows, cols, t):
-    """Sufficient statistics of the (optionally centred) least-squares problem."""
-    G, s = _gram(X, rows, cols)
-    step = max(1, _CHUNK_ELEMENTS // max(X.shape[1], 1))
-    c = np.zeros(X.shape[1])
-    for a in range(0, len(rows), step):
-        c += (X[rows[a : a + step]] * X[cols[a : a + step]]).T @ t[a : a + step]
+        c += Z.T @ t[a : a + step]
     return G, s, c
 
 
