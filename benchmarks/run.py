@@ -273,13 +273,14 @@ def pick_ts(K, q, extra=()):
     return ts[(ts >= 1) & (ts <= K)].astype(np.int64)
 
 
-def gemm_throughput(rows, D=4096, device="cpu", repeats=3):
-    """float32 GFLOP/s of a (rows x D) @ (D x D) matmul (median of ``repeats``)."""
+def gemm_throughput(rows, D=4096, D_out=None, device="cpu", repeats=3):
+    """float32 GFLOP/s of a (rows x D) @ (D x D_out) matmul (median of ``repeats``)."""
+    D_out = D if D_out is None else D_out
     a = torch.relu(torch.randn(rows, D, device=device))
-    b = torch.randn(D, D, device=device) / math.sqrt(D)
+    b = torch.randn(D, D_out, device=device) / math.sqrt(D)
     a @ b
     t, _, _ = timed(lambda: a @ b, repeats, device)
-    return 2.0 * rows * D * D / t / 1e9
+    return 2.0 * rows * D * D_out / t / 1e9
 
 
 # ---------------------------------------------------------------------------
@@ -305,12 +306,9 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
         from sklearn_ais import _ablation
 
         D1 = first_layer_width(head)
-        try:
-            chunk = _ablation._chunk(K, n * max(D1, n * 4))
-        except Exception:
-            chunk = max(1, (1 << 23) // (n * max(D1, n * 4)))
-        gemm_rows = n * chunk
-        gemm.append(gemm_throughput(gemm_rows, D1, device))
+        fc7 = [m for m in head.rest.modules() if isinstance(m, nn.Linear)][-1]  # the GEMM of the floor
+        gemm_rows = n * _ablation._chunk(K, n * max(D1, n * 4))  # rows per fc7 call, as the kernels chunk
+        gemm.append(gemm_throughput(gemm_rows, fc7.in_features, fc7.out_features, device=device))
 
     sel_holder = {}
 
@@ -322,7 +320,7 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
         t, _, _ = timed(ours, 1, device)
         times.append(t)
         if floor:
-            gemm.append(gemm_throughput(gemm_rows, D1, device))
+            gemm.append(gemm_throughput(gemm_rows, fc7.in_features, fc7.out_features, device=device))
     sel = sel_holder["sel"]
     log(f"{name}: ours {times}")
     res["ours_s"] = float(np.median(times))
@@ -338,12 +336,7 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
         with torch.inference_mode():
             pooled = head.pooled(torch.as_tensor(maps))
         alive = int((pooled.abs().amax(-1) > 0).sum())
-        flop_row = 2.0 * D1 * D1  # fc7 is D1 x D1 (4096 x 4096 for VGG16)
-        D2 = None
-        for m in head.rest.modules():
-            if isinstance(m, nn.Linear):
-                flop_row = 2.0 * m.in_features * m.out_features
-                D2 = m.out_features
+        flop_row = 2.0 * fc7.in_features * fc7.out_features  # 4096 x 4096 for VGG16
         # Rows that must go through fc7: the leave-one-out changes image i only when map k
         # is alive in it; the sweep changes image i at step t only when map order[t] is
         # alive in it (plus the one embedding with no map kept). A (map, image) pair whose
@@ -353,7 +346,7 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
         floor_s = (rows_loo + rows_sweep) * flop_row / (gflops * 1e9)
         dense_floor_s = (rows_loo + n * K) * flop_row / (gflops * 1e9)  # every sweep row, as counted before
         res.update(
-            gemm_rows=gemm_rows, gemm_gflops=gflops, gemm_gflops_samples=gemm, fc7_shape=[D1, D2],
+            gemm_rows=gemm_rows, gemm_gflops=gflops, gemm_gflops_samples=gemm, fc7_shape=[fc7.in_features, fc7.out_features],
             fc7_rows_loo=rows_loo, fc7_rows_sweep=rows_sweep, alive_fraction=alive / (n * K),
             floor_s=floor_s, ours_over_floor=res["ours_s"] / floor_s,
             dense_sweep_floor_s=dense_floor_s, ours_over_dense_sweep_floor=res["ours_s"] / dense_floor_s,
