@@ -56,9 +56,23 @@ class Head:
         with torch.inference_mode():
             return self.embed(t)
 
-    def to(self, device=None, dtype=None):
-        """Return a head whose parameters live on ``device`` (self for parameter-free heads)."""
-        return self
+    def _module_on(self, module: nn.Module, device, dtype) -> nn.Module:
+        """``module`` on ``device``/``dtype``: itself when its parameters already are, else a
+        cached copy, so the head (and any model it shares layers with) never moves and
+        pickles stay portable."""
+        p = next(module.parameters(), None)
+        if p is None or (p.device == torch.device(device) and p.dtype == dtype):
+            return module
+        key = (str(device), dtype)
+        cache = self.__dict__.setdefault("_device_copies", {})
+        if key not in cache:
+            cache[key] = copy.deepcopy(module).to(device=device, dtype=dtype)
+        return cache[key]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_device_copies", None)  # device copies are rebuilt on demand
+        return state
 
 
 class PoolingHead(Head):
@@ -142,21 +156,8 @@ class MLPHead(Head):
         return pooled.flatten(1) @ w.T + b
 
     def rest_on(self, device, dtype) -> nn.Module:
-        """``rest`` on ``device``/``dtype``: a cached copy, so the head itself
-        (and any model it shares layers with) never moves, and pickles stay
-        portable."""
-        key = (str(device), dtype)
-        if str(device) == "cpu" and dtype == torch.float32:
-            return self.rest
-        cache = self.__dict__.setdefault("_device_copies", {})
-        if key not in cache:
-            cache[key] = copy.deepcopy(self.rest).to(device=device, dtype=dtype)
-        return cache[key]
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_device_copies", None)
-        return state
+        """``rest`` on ``device``/``dtype`` (see ``Head._module_on``)."""
+        return self._module_on(self.rest, device, dtype)
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
         pooled = self.pooled(maps)
@@ -197,23 +198,11 @@ class ModuleHead(Head):
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
         module = self.module
         if isinstance(module, nn.Module):
-            p = next(module.parameters(), None)
-            if p is not None and (p.device != maps.device or p.dtype != maps.dtype):
-                # A cached copy on the maps' device; the user's module never moves.
-                key = (str(maps.device), maps.dtype)
-                cache = self.__dict__.setdefault("_device_copies", {})
-                if key not in cache:
-                    cache[key] = copy.deepcopy(module).to(device=maps.device, dtype=maps.dtype)
-                module = cache[key]
+            module = self._module_on(module, maps.device, maps.dtype)
         out = module(maps)
         if out.ndim != 2:
             out = out.flatten(1)
         return out
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_device_copies", None)
-        return state
 
     def __repr__(self):
         return f"ModuleHead({self.module!r})"
