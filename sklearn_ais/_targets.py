@@ -59,6 +59,23 @@ _SLICED_HINT = (
 )
 
 
+def check_symmetric(M: np.ndarray, name: str, tol: float = 1e-8) -> None:
+    """Off-diagonal symmetry of a float matrix (NaN = missing), up to ``tol`` of its largest magnitude."""
+    off = ~np.eye(len(M), dtype=bool)
+    nan = np.isnan(M) & off
+    if (nan != nan.T).any():
+        raise ValueError(f"{name} is asymmetric in its missing pairs: {name}[i, j] is NaN where {name}[j, i] is not")
+    ok = off & ~nan
+    scale = np.abs(M[ok]).max() if ok.any() else 0.0
+    diff = np.abs(M - M.T)[ok].max() if ok.any() else 0.0
+    if diff > tol * max(scale, 1.0):
+        raise ValueError(
+            f"{name} is not symmetric (max |{name} - {name}.T| = {diff:.3g}). Similarity judgments are compared "
+            f"on the upper triangle; if the asymmetry is real noise between two presentations, pass "
+            f"({name} + {name}.T) / 2."
+        )
+
+
 def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, tol: float = 1e-8) -> np.ndarray:
     """Return ``y`` as a validated (n, n) float64 *similarity* matrix (NaN = missing).
 
@@ -96,16 +113,7 @@ def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, to
     if np.isinf(H).any():
         raise ValueError("y contains +/-inf; use NaN to mark a missing pair")
     np.fill_diagonal(H, np.nan)  # self-similarity never enters a comparison
-    nan = np.isnan(H)
-    if (nan != nan.T).any():
-        raise ValueError("y is asymmetric in its missing pairs: y[i, j] is NaN where y[j, i] is not")
-    scale = np.nanmax(np.abs(H)) if (~nan).any() else 0.0
-    diff = np.nanmax(np.abs(H - H.T)) if (~nan).any() else 0.0
-    if diff > tol * max(scale, 1.0):
-        raise ValueError(
-            f"y is not symmetric (max |y - y.T| = {diff:.3g}). Similarity judgments are compared on the upper "
-            "triangle; if the asymmetry is real noise between two presentations, pass (y + y.T) / 2."
-        )
+    check_symmetric(H, "y", tol)
     if y_kind == "dissimilarity":
         H = -H
     elif y_kind != "similarity":

@@ -13,6 +13,7 @@ from . import _map_metrics
 from ._feature_alignment import feature_alignment_score
 from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
 from ._similarity import COMPARISONS, correlation, similarity_matrix, upper_triangle
+from ._targets import check_symmetric
 
 __all__ = [
     "alignment_score",
@@ -35,12 +36,7 @@ def _check_square(M, name):
         raise ValueError(f"{name} must be a square matrix, got shape {M.shape}")
     if M.shape[0] < 3:
         raise ValueError(f"{name} must be at least 3 x 3 to hold a correlation of pairs")
-    off = ~np.eye(len(M), dtype=bool)
-    A, B = M[off], M.T[off]
-    both = ~(np.isnan(A) | np.isnan(B))
-    if (np.isnan(A) != np.isnan(B)).any() or not np.allclose(A[both], B[both], rtol=1e-8, atol=1e-12):
-        raise ValueError(f"{name} is not symmetric; similarity matrices are compared on their upper triangle, "
-                         "so pass (M + M.T) / 2 if the asymmetry is noise")
+    check_symmetric(M, name)
     return M
 
 

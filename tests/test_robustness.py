@@ -821,3 +821,24 @@ def test_vgg_head_ablating_an_images_only_map(seed):
     ok = np.isfinite(hm.image_scores_).all(axis=1)
     np.testing.assert_allclose(hm.image_scores_[ok], naive_image_scores(maps, H, "pearson", "spearman", head)[ok],
                                atol=1e-6)
+
+
+def test_one_symmetry_rule_for_targets_and_metrics():
+    """check_similarity_target and the metrics accept and refuse the same matrices."""
+    from sklearn_ais._targets import check_similarity_target
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(8, 8)) * 1e-3
+    S = (A + A.T) / 2
+    nearly = S.copy()
+    nearly[0, 1] += 1e-9  # below 1e-8 of max(scale, 1): symmetric up to round-off
+    skewed = S.copy()
+    skewed[0, 1] += 1e-3
+    for M, ok in [(nearly, True), (skewed, False)]:
+        calls = [lambda M=M: check_similarity_target(M, 8), lambda M=M: metrics.second_order_isomorphism(S, M)]
+        for call in calls:
+            if ok:
+                call()
+            else:
+                with pytest.raises(ValueError, match="not symmetric"):
+                    call()
