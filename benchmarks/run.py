@@ -619,7 +619,7 @@ def _status(ok):
     return "MET" if ok else "MISSED"
 
 
-def evaluate_targets(results, quick):
+def evaluate_targets(results):
     """Attach pass/fail against the issue's targets (meaningful for the full sizes only)."""
     out = {}
     r = results.get("1")
@@ -747,13 +747,13 @@ def main(argv=None):
         for path in args.report:
             with open(path) as f:
                 results.update(json.load(f)["results"])
-        print(print_table(results, evaluate_targets(results, args.quick), args.quick))
+        print(print_table(results, evaluate_targets(results), args.quick))
         return 0
     set_threads(args.threads)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device available")
-    sizes = {k: (dict(v) if not isinstance(v, list) else v) for k, v in (QUICK if args.quick else FULL).items()}
+    sizes = QUICK if args.quick else FULL
 
     if args.worker:
         if args.worker == "scale":
@@ -786,7 +786,7 @@ def main(argv=None):
     total = time.perf_counter() - t0
     busy1, own1 = cpu_busy_s(), own_cpu_s()
     other_load = None if busy0 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / total
-    targets = evaluate_targets(results, args.quick)
+    targets = evaluate_targets(results)
     table = print_table(results, targets, args.quick)
     print()
     print(table)

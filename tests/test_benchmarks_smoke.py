@@ -30,6 +30,9 @@ def test_benchmark_case_agrees_with_naive(bench, case):
     assert res["ranking_identical"], res
     assert res["agreement_ok"]
     assert res["ours_s"] > 0 and res["naive_s"] > 0
+    # The table and the target check read every field a case writes.
+    table = bench.print_table({case: res}, bench.evaluate_targets({case: res}), False)
+    assert table.splitlines()[2].startswith(f"{case}:") and "Targets:" in table
 
 
 def test_ranking_agreement_ignores_ties_only(bench):

@@ -454,7 +454,6 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             g, loc = _data_terms(Z, Tt, teacher, tau)
             return (1 - alpha) * g + alpha * loc + lmbda * (A * A).sum()
 
-        n_iter = 0
         # Small problems: one thread beats several competing ones (and is reproducible).
         with torch_threads(1 if n * D <= (1 << 21) else None):
             n_iter = self._optimize(objective, params)
@@ -488,7 +487,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     return loss
 
                 opt.step(closure)
-                n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+                n_iter = int(opt.state[params[0]].get("n_iter", 0))
             else:
                 opt = torch.optim.Adam(params, lr=self.lr)
                 for n_iter in range(1, self.max_iter + 1):
