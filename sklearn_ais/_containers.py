@@ -35,7 +35,12 @@ class FeatureMaps:
     input_size : tuple of int, optional
         ``(H, W)`` of the network input.
     ids : array-like of shape (n_images,), optional
-        Image identifiers (file names, dataset indices).
+        Unique image identifiers (file names, dataset ids). When set, a
+        labelled ``y`` (a DataFrame, see
+        :func:`~sklearn_ais.model_selection.similarity_frame`) is aligned to
+        the images by these labels, and :class:`~sklearn_ais.AISHeatmapper`
+        recognises its training images by them. None: the images have no
+        identity beyond their position in this container.
     backbone, layer : str, optional
         Provenance, for reports.
 
@@ -67,11 +72,25 @@ class FeatureMaps:
         if self.geometry is not None and self.geometry.shape != (maps.shape[0], 6):
             raise ValueError(f"geometry must have shape ({maps.shape[0]}, 6), got {self.geometry.shape}")
         self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
-        self.ids = None if ids is None else np.asarray(ids)
-        if self.ids is not None and len(self.ids) != maps.shape[0]:
-            raise ValueError(f"ids must have {maps.shape[0]} entries, got {len(self.ids)}")
+        self.ids = ids
         self.backbone = backbone
         self.layer = layer
+
+    @property
+    def ids(self):
+        """Unique image identifiers (ndarray of shape (n_images,)) or None."""
+        return self._ids
+
+    @ids.setter
+    def ids(self, ids):
+        if ids is not None:
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or len(ids) != len(self.maps):
+                raise ValueError(f"ids must be a 1-D array of {len(self.maps)} entries, got shape {ids.shape}")
+            values, counts = np.unique(ids, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(f"ids must be unique; {values[counts > 1][:3].tolist()} appear more than once")
+        self._ids = ids
 
     # -- array-like protocol used by scikit-learn's slicing -------------------
     @property
@@ -98,7 +117,19 @@ class FeatureMaps:
                 raise IndexError("FeatureMaps supports row (image) indexing only")
         if isinstance(key, numbers.Integral):
             key = [key]
-        idx = np.arange(len(self))[key]
+        try:
+            idx = np.arange(len(self))[key]
+        except IndexError as exc:
+            raise IndexError(
+                f"{exc} (FeatureMaps of {len(self)} images). If scikit-learn's cross_validate or GridSearchCV was "
+                "given a splitter over matrix entries (PairKFold, RepeatedPairKFold, PairShuffleSplit), those index "
+                "pairs, not images: use sklearn_ais.model_selection.cross_validate_alignment instead"
+            ) from None
+        if self.ids is not None and len(np.unique(idx)) != len(idx):
+            raise ValueError(
+                "this index repeats images, but image ids must stay unique (a labelled y is aligned by them): "
+                "to resample with repetition, drop the ids first (X.ids = None) and index y by position"
+            )
         return FeatureMaps(
             self.maps[idx],
             self.head,
@@ -136,16 +167,3 @@ class FeatureMaps:
                 x = x * keep_t[None, :, None, None]
             out.append(self.head(x).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-# Fewest images a similarity analysis accepts (a correlation of upper triangles needs 6 pairs).
-MIN_IMAGES = 4
-
-
-def check_feature_maps(X: FeatureMaps, min_images: int = MIN_IMAGES) -> FeatureMaps:
-    """Checks every estimator that reads FeatureMaps makes: enough images, finite maps."""
-    if len(X) < min_images:
-        raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")
-    if not np.isfinite(X.maps).all():
-        raise ValueError("X (feature maps) contains NaN or inf")
-    return X

@@ -279,7 +279,8 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         maps : FeatureMaps
             ``maps.maps`` is float32 of shape ``(n_images, n_maps_, h, w)``;
             ``maps.ids`` are the file paths when X is a list of paths, else
-            ``arange(n_images)``.
+            None (in-memory images carry no identity; set ``maps.ids`` to
+            label them).
         """
         check_is_fitted(self)
         source = as_image_source(X)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import numpy as np
@@ -11,18 +10,29 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
-from ._containers import FeatureMaps, check_feature_maps
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
-from ._targets import check_similarity_target
+from ._targets import Y_KINDS, check_similarity_target, sample_ids
+from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
+
+__all__ = ["AISHeatmapper"]
+
+# Two images are the same image when their map signatures agree to this fraction of
+# their scale: the network's own float noise (batch size, threads, devices) is ~1e-6.
+_SAME_IMAGE_REL = 1e-4
 
 
-def _fingerprint(maps: np.ndarray) -> list[str]:
-    """One digest per image, to recognise the training images in transform."""
-    return [hashlib.sha1(np.ascontiguousarray(m).tobytes()).hexdigest() for m in maps]
+def _signatures(maps) -> np.ndarray:
+    """Per image, the mean and root mean square of every map: (n, 2K) float64.
+
+    A compact description of an image's maps that two different images practically
+    never share, and that the network's float noise changes by ~1e-6 only.
+    """
+    m = maps.reshape(maps.shape[0], maps.shape[1], -1).astype(np.float64)
+    return np.concatenate([m.mean(axis=2), np.sqrt((m * m).mean(axis=2))], axis=1)
 
 
-def _require_maps(X, min_images=4, what="AISHeatmapper"):
-    if not isinstance(X, FeatureMaps):
+def _require_maps(X, min_images=MIN_IMAGES, what="AISHeatmapper"):
+    if not is_feature_maps(X):
         raise TypeError(
             f"{what} needs FeatureMaps (the output of DNNFeatureMapTransformer), got {type(X).__name__}: "
             "a heatmap is a weighted sum of spatial maps"
@@ -44,19 +54,29 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     For image t and map k, ``AIS_{t,k} = r_t(all maps) - r_t(map k set to 0
     in image t only)``, where ``r_t`` is the correlation between row t of
     the model's similarity matrix (the n - 1 other images) and row t of the
-    human one. The heatmap of image t is ``sum_k w_k A_k`` with ``w =
-    max(AIS_t, 0) / sum(max(AIS_t, 0))``, upsampled and mapped back onto
-    the original image (the transformer's resize and crop undone), then
-    min-max scaled to [0, 1].
+    human one. The heatmap of image t is ``sum_k w_k A_k``, upsampled and
+    mapped back onto the original image (the transformer's resize and crop
+    undone), then min-max scaled to [0, 1] within the image.
 
     Parameters
     ----------
     similarity : {"pearson", "cosine"}, default="pearson"
     comparison : {"spearman", "pearson"}, default="spearman"
-    keep : array-like of bool of shape (n_maps,), default=None
-        Only these maps may carry weight (e.g. a fitted selector's
-        ``support_``). In a ``Pipeline`` after an :class:`AISSelector`, the
-        unselected maps arrive as zeros and get zero weight anyway.
+        Row correlation of the per-image scores.
+    keep : array-like of bool of shape (n_maps,), array of int, or None, default=None
+        Only these maps may carry weight (a boolean mask, e.g. a fitted
+        selector's ``support_``, or map indices). In a ``Pipeline`` after an
+        :class:`AISSelector`, the unselected maps arrive as zeros and get
+        zero weight anyway.
+    weighting : {"positive", "signed"}, default="positive"
+        How per-image AIS become map weights. ``"positive"``: ``w =
+        max(AIS_t, 0) / sum(max(AIS_t, 0))``, a convex combination of the
+        maps that help image t's alignment. ``"signed"`` (the original
+        protocol of Truong et al., 2024): ``w = AIS_t / sum(|AIS_t|)``, maps
+        that hurt alignment subtract; the raw map can be negative and is
+        min-max scaled like the other (dividing by ``sum(|AIS_t|)`` rather
+        than ``sum(AIS_t)`` never flips a map whose scores sum below 0; any
+        positive normaliser gives the same scaled heatmap).
     output : {"original", "input", "maps"}, default="original"
         Geometry of the returned heatmaps: the original images' (a stacked
         array when they share a size, else a list), the network input's
@@ -75,14 +95,22 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     scores_ : ndarray of shape (n_maps,)
         Global AIS, used to weight images that have no human row (images
         not seen in ``fit``).
+    train_ids_ : ndarray of shape (n_images,) or None
+        Ids of the training images (``FeatureMaps.ids``), if they had any.
     n_features_in_ : int
         Number of maps.
 
     Notes
     -----
+    :meth:`transform` draws a training image with its own per-image AIS and
+    any other image with the global AIS. Training images are recognised by
+    their ids when both the training and the new FeatureMaps carry ids, else
+    by the content of their maps, up to the network's own float noise (maps
+    of one image computed in another batch differ by ~1e-6); among identical
+    training images the one at the same position wins. :meth:`fit_transform`
+    draws every training image with its own scores, duplicates included.
     When every weight of an image is <= 0 (no map helps its row), its
-    heatmap is all zeros and a warning names the images. Images are
-    recognised in :meth:`transform` by the content of their maps.
+    heatmap is all zeros and a warning names the images.
 
     Examples
     --------
@@ -105,18 +133,27 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         "similarity": [StrOptions(set(SIMILARITIES))],
         "comparison": [StrOptions(set(COMPARISONS))],
         "keep": ["array-like", None],
+        "weighting": [StrOptions({"positive", "signed"})],
         "output": [StrOptions({"original", "input", "maps"})],
-        "y_kind": [StrOptions({"similarity", "dissimilarity"})],
+        "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
     }
 
     def __init__(
-        self, similarity="pearson", comparison="spearman", keep=None, output="original", y_kind="similarity",
+        self,
+        similarity="pearson",
+        *,
+        comparison="spearman",
+        keep=None,
+        weighting="positive",
+        output="original",
+        y_kind="similarity",
         device="auto",
     ):
         self.similarity = similarity
         self.comparison = comparison
         self.keep = keep
+        self.weighting = weighting
         self.output = output
         self.y_kind = y_kind
         self.device = device
@@ -130,10 +167,7 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     def _keep_mask(self, K):
         if self.keep is None:
             return np.ones(K, dtype=bool)
-        keep = np.asarray(self.keep, dtype=bool)
-        if keep.shape != (K,):
-            raise ValueError(f"keep must be a boolean mask of shape ({K},), got {keep.shape}")
-        return keep
+        return as_feature_mask(self.keep, K, "keep")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -145,19 +179,22 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
             A 2-D array (identity head) gives ``image_scores_`` of units;
             only feature maps can be drawn by :meth:`transform`.
         y : array-like of shape (n_images, n_images)
-            Human similarity matrix (NaN = missing pair).
+            Human similarity matrix (NaN = missing pair), or a labelled
+            DataFrame (aligned to ``X.ids`` by label).
 
         Returns
         -------
         self : AISHeatmapper
         """
-        if isinstance(X, FeatureMaps):
+        ids = sample_ids(X)
+        if is_feature_maps(X):
             X = _require_maps(X)
             K = X.n_maps
         else:  # units of a 2-D embedding: per-image scores only, nothing to draw
-            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=4)
+            refuse_masked(X)
+            X = validate_data(self, X, dtype=np.float64, ensure_min_samples=MIN_IMAGES)
             K = X.shape[1]
-        H = check_similarity_target(y, len(X), self.y_kind)
+        H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
         self._keep_mask(K)
         problem = make_problem(X, self.similarity, self.device)
         base, ablated = problem.per_image(H, self.comparison)
@@ -182,34 +219,79 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         gbase, gablated = problem.leave_one_out(target)
         self.scores_ = gbase - gablated
         self.n_features_in_ = K
-        self._train_digests = {d: i for i, d in enumerate(_fingerprint(X.maps))} if isinstance(X, FeatureMaps) else {}
+        self.train_ids_ = ids if is_feature_maps(X) else None
+        self._train_signatures = _signatures(X.maps) if is_feature_maps(X) else None
         return self
+
+    def _training_match(self, X) -> np.ndarray:
+        """Index of the training image each image of ``X`` is (-1: not a training image)."""
+        if X.n_maps != self.n_features_in_:
+            raise ValueError(f"X has {X.n_maps} maps, but the heatmapper was fitted with {self.n_features_in_}")
+        n = len(X)
+        match = np.full(n, -1, dtype=np.int64)
+        if self._train_signatures is None:
+            return match
+        if X.ids is not None and self.train_ids_ is not None:
+            position = {v: i for i, v in enumerate(self.train_ids_.tolist())}
+            for i, v in enumerate(X.ids.tolist()):
+                match[i] = position.get(v, -1)
+            return match
+        T, S = self._train_signatures, _signatures(X.maps)
+        # Candidates by a scalar key (a fixed +-1 projection of the signature): two signatures
+        # within a relative tol of each other have keys within tol * scale * 2K. Then verified.
+        r = np.random.default_rng(0).choice([-1.0, 1.0], size=T.shape[1])
+        kt, ks = T @ r, S @ r
+        order = np.argsort(kt)
+        kt_sorted = kt[order]
+        for i in range(n):
+            tol = _SAME_IMAGE_REL * max(float(np.abs(S[i]).max()), np.finfo(float).tiny)
+            lo = np.searchsorted(kt_sorted, ks[i] - tol * len(r), side="left")
+            hi = np.searchsorted(kt_sorted, ks[i] + tol * len(r), side="right")
+            cand = order[lo:hi]
+            same = cand[np.abs(T[cand] - S[i]).max(axis=1) <= tol]
+            if len(same):
+                match[i] = i if i in same else int(np.min(same))  # identical training images: same position wins
+        return match
 
     def image_weights(self, X) -> np.ndarray:
         """Map weights (n_images, n_maps) used for each image's heatmap.
 
         Training images use their own per-image AIS; other images, and
         training images whose per-image AIS is undefined, the global AIS.
-        Negative scores get weight 0; each row sums to 1 (or is all 0).
+        ``weighting="positive"``: negative scores get weight 0 and each row
+        sums to 1 (or is all 0); ``"signed"``: each row's absolute values sum
+        to 1 (or it is all 0).
+
+        Parameters
+        ----------
+        X : FeatureMaps
+
+        Returns
+        -------
+        weights : ndarray of shape (n_images, n_maps)
         """
         check_is_fitted(self)
         X = _require_maps(X, min_images=1)  # new images can be drawn one at a time
+        return self._weights(X, self._training_match(X))
+
+    def _weights(self, X, match):
         if X.n_maps != self.n_features_in_:
             raise ValueError(f"X has {X.n_maps} maps, but the heatmapper was fitted with {self.n_features_in_}")
         raw = np.empty((len(X), X.n_maps))
-        for i, d in enumerate(_fingerprint(X.maps)):
-            j = self._train_digests.get(d)
-            own = j is not None and not np.isnan(self.image_scores_[j]).any()
+        for i, j in enumerate(match):
+            own = j >= 0 and not np.isnan(self.image_scores_[j]).any()
             raw[i] = self.image_scores_[j] if own else self.scores_
-        w = np.maximum(raw, 0.0) * self._keep_mask(X.n_maps)
-        total = w.sum(axis=1, keepdims=True)
+        raw = np.nan_to_num(raw, nan=0.0) * self._keep_mask(X.n_maps)
+        w = np.maximum(raw, 0.0) if self.weighting == "positive" else raw
+        total = np.abs(w).sum(axis=1, keepdims=True)
         empty = np.flatnonzero(total[:, 0] == 0)
         if len(empty):
+            what = "positive" if self.weighting == "positive" else "non-zero"
             warnings.warn(
-                f"{len(empty)} image(s) have no map with positive alignment importance (indices "
+                f"{len(empty)} image(s) have no map with {what} alignment importance (indices "
                 f"{empty[:10].tolist()}{'...' if len(empty) > 10 else ''}); their heatmaps are all zero",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
@@ -225,9 +307,31 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         heatmaps : ndarray of shape (n_images, H, W), or a list of 2-D arrays
             when ``output="original"`` and the originals differ in size.
         """
+        check_is_fitted(self)
+        X = _require_maps(X, min_images=1)
+        return self._draw(X, self._weights(X, self._training_match(X)))
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then draw every training image with its own per-image AIS (duplicates included).
+
+        Parameters
+        ----------
+        X : FeatureMaps
+        y : array-like of shape (n_images, n_images)
+        **fit_params : dict
+            Passed to ``fit``.
+
+        Returns
+        -------
+        heatmaps : ndarray of shape (n_images, H, W) or list of ndarray
+        """
+        self.fit(X, y, **fit_params)
+        X = _require_maps(X)
+        return self._draw(X, self._weights(X, np.arange(len(X))))
+
+    def _draw(self, X, w):
         from ._geometry import minmax, to_original
 
-        w = self.image_weights(X)
         raw = np.einsum("nk,nkhw->nhw", w, X.maps.astype(np.float64))
         if self.output == "maps":
             return minmax(raw)

@@ -9,47 +9,98 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.feature_selection import SelectorMixin
-from sklearn.model_selection import check_cv
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._ablation import make_problem
-from ._containers import MIN_IMAGES, FeatureMaps, check_feature_maps
+from ._pairs import mask_pairs
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
-from ._targets import check_similarity_target
+from ._targets import Y_KINDS, check_similarity_target, sample_ids
+from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
+
+__all__ = ["AISSelector"]
 
 
-
-def validate_maps_input(estimator, X, *, reset: bool):
-    """Validate X: FeatureMaps (checked here) or a 2-D array (scikit-learn's checks)."""
-    if isinstance(X, FeatureMaps):
-        check_feature_maps(X, MIN_IMAGES)
-        K = X.n_maps
-        if reset:
-            estimator.n_features_in_ = K
-        elif K != getattr(estimator, "n_features_in_", K):
-            raise ValueError(f"X has {K} feature maps, but {type(estimator).__name__} was fitted with "
-                             f"{estimator.n_features_in_}")
-        return X
-    # scikit-learn's own checks: 2-D, finite, numeric, enough samples.
-    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=MIN_IMAGES)
-
-
-def _warn_if_constant_model(problem, H, score, keep=None, what="the model"):
-    """A 2OI of exactly 0 may mean 'undefined': say so when the model RSM is constant."""
-    if score != 0.0:
-        return
+def _model_is_constant(problem, H, keep=None) -> bool:
+    """Whether the model RSM (maps outside ``keep`` ablated) is one tie run over the observed pairs."""
     Zu = upper_triangle(problem.model_rsm(keep))[~np.isnan(upper_triangle(H))]
-    if Zu.size and is_constant_model(Zu):
-        warnings.warn(
-            f"the similarity matrix of {what} is constant over the observed pairs (e.g. a single unit with "
-            "similarity='pearson', or all-zero embeddings): the 2OI is undefined and reported as 0",
-            UserWarning,
-            stacklevel=3,
-        )
+    return bool(Zu.size) and is_constant_model(Zu)
 
 
-class AISSelector(SelectorMixin, BaseEstimator):
+def _undefined(problem, H, scores, keeps):
+    """Mark as NaN the scores whose model side is constant (the correlation is undefined).
+
+    The kernels report such a correlation as exactly 0, so only exact zeros are re-examined.
+    ``keeps(i)`` gives the keep-mask behind ``scores[i]``.
+    """
+    scores = np.array(scores, dtype=np.float64)
+    for i in np.flatnonzero(scores == 0.0):
+        if _model_is_constant(problem, H, keeps(i)):
+            scores[i] = np.nan
+    return scores
+
+
+def _warn_undefined(what, stacklevel=3):
+    warnings.warn(
+        f"the similarity matrix of {what} is constant over the observed pairs (e.g. a single unit with "
+        "similarity='pearson', or all-zero embeddings): the 2OI is undefined (NaN)",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+class _MapsAwareTransform:
+    """``transform``/``fit_transform`` that return FeatureMaps for FeatureMaps input.
+
+    scikit-learn wraps the ``transform`` a class defines in its output container
+    (``set_config(transform_output="pandas")``); a FeatureMaps (4-D maps and a head)
+    cannot become a DataFrame, so these two are defined outside the wrapped class and
+    call the wrapped 2-D path explicitly.
+    """
+
+    def transform(self, X):
+        """Keep the selected maps or units.
+
+        For :class:`~sklearn_ais.FeatureMaps` the unselected maps are set to 0
+        (the head still applies) and a FeatureMaps is returned, whatever the
+        output configuration; for a 2-D array the unselected columns are
+        dropped, as every scikit-learn selector does, and the output follows
+        ``set_output`` (e.g. a DataFrame with ``transform_output="pandas"``).
+
+        Parameters
+        ----------
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+
+        Returns
+        -------
+        X_selected : FeatureMaps, ndarray or DataFrame
+        """
+        if is_feature_maps(X):
+            check_is_fitted(self)
+            X = validate_maps_input(self, X, reset=False, min_images=1)
+            out = X[np.arange(len(X))]
+            out.maps = X.maps * self.support_[None, :, None, None].astype(X.maps.dtype)
+            return out
+        return SelectorMixin.transform(self, X)
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit to ``(X, y)`` and return ``transform(X)``.
+
+        Parameters
+        ----------
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+        y : array-like of shape (n_images, n_images)
+        **fit_params : dict
+            Passed to ``fit``.
+
+        Returns
+        -------
+        X_selected : FeatureMaps, ndarray or DataFrame
+        """
+        return self.fit(X, y, **fit_params).transform(X)
+
+
+class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
     """Select the feature maps whose information aligns with human similarity.
 
     For every map (or unit) ``k``, the alignment importance score is
@@ -72,23 +123,35 @@ class AISSelector(SelectorMixin, BaseEstimator):
     n_features_to_select : "auto", int or float, default="auto"
         ``"auto"``: the t with the best 2OI along the ranked sweep (training
         data, or mean validation score when ``cv`` is set); the smallest t
-        wins ties. An int keeps that many maps; a float in (0, 1] that
-        fraction (rounded up).
+        wins ties, and a t whose 2OI is undefined (NaN in
+        ``path_scores_``) is never chosen. An int keeps that many maps; a
+        float in (0, 1] that fraction (rounded up).
     cv : int, cross-validation generator, iterable or None, default=None
-        Inner image-wise cross-validation used to choose t when
-        ``n_features_to_select="auto"``: for each split, maps are ranked on
-        the training images and the sweep is scored on the validation
-        images. ``None`` chooses t on the training data itself.
+        Inner cross-validation used to choose t when
+        ``n_features_to_select="auto"``. Over images (an int ``k`` means
+        ``KFold(k, shuffle=True, random_state=random_state)``; scikit-learn's
+        image splitters): for each split, maps are ranked on the training
+        images and the sweep is scored on the validation images. Over matrix
+        entries (:class:`~sklearn_ais.model_selection.PairKFold`,
+        :class:`~sklearn_ais.model_selection.RepeatedPairKFold`,
+        :class:`~sklearn_ais.model_selection.PairShuffleSplit`): maps are
+        ranked on the training pairs and the sweep is scored on the
+        validation pairs, all images taking part in both. ``None`` chooses t
+        on the training data itself.
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
-        What ``y`` holds. Dissimilarities are negated.
+        What ``y`` holds. Dissimilarities are negated. A diagonal that
+        contradicts it (an RDM's zero diagonal with ``"similarity"``) is an
+        error.
     device : str, default="auto"
         Torch device for the kernels; ``"auto"`` is CUDA when available.
+    random_state : int, RandomState instance or None, default=0
+        Shuffles the folds when ``cv`` is an int.
 
     Attributes
     ----------
     scores_ : ndarray of shape (n_maps,)
         Global AIS of each map on the training data. A map that is zero in
-        every image scores exactly 0.
+        every image scores exactly 0. NaN when the baseline 2OI is undefined.
     ranking_ : ndarray of shape (n_maps,)
         Rank of each map by AIS (1 = most important). Ties are broken by
         the lower map index.
@@ -96,9 +159,12 @@ class AISSelector(SelectorMixin, BaseEstimator):
         Selected maps (``ranking_ <= n_features_to_select_``).
     n_features_to_select_ : int
     baseline_score_ : float
-        Training 2OI with all maps.
+        Training 2OI with all maps (NaN when undefined: the model similarity
+        matrix is constant over the observed pairs).
     path_scores_ : ndarray of shape (n_maps,)
-        Training 2OI when only the top-t maps are kept, ``t = 1 .. n_maps``.
+        Training 2OI when only the top-t maps are kept, ``t = 1 .. n_maps``;
+        NaN where it is undefined (e.g. t = 1 with ``similarity="pearson"``
+        on pooled maps: every model similarity is equal).
     cv_path_scores_ : ndarray of shape (n_splits, n_maps)
         Validation 2OI along each inner split's ranked sweep (only with ``cv``).
     n_features_in_ : int
@@ -119,6 +185,10 @@ class AISSelector(SelectorMixin, BaseEstimator):
     :meth:`transform` on :class:`FeatureMaps` returns maps with unselected
     maps set to 0 (so the head still applies); on a 2-D array it drops the
     unselected columns, as every scikit-learn selector does.
+
+    A labelled ``y`` (a DataFrame) is aligned to ``X`` by image id when
+    ``X`` carries ids (``FeatureMaps.ids``, a DataFrame's index); see
+    :func:`~sklearn_ais.model_selection.similarity_frame`.
 
     References
     ----------
@@ -148,18 +218,21 @@ class AISSelector(SelectorMixin, BaseEstimator):
             Interval(RealNotInt, 0, 1, closed="right"),
         ],
         "cv": ["cv_object", None],
-        "y_kind": [StrOptions({"similarity", "dissimilarity"})],
+        "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
+        "random_state": ["random_state"],
     }
 
     def __init__(
         self,
         similarity="pearson",
+        *,
         comparison="spearman",
         n_features_to_select="auto",
         cv=None,
         y_kind="similarity",
         device="auto",
+        random_state=0,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -167,6 +240,7 @@ class AISSelector(SelectorMixin, BaseEstimator):
         self.cv = cv
         self.y_kind = y_kind
         self.device = device
+        self.random_state = random_state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -176,9 +250,9 @@ class AISSelector(SelectorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------
     def _prepare(self, X, y, reset):
+        ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
-        n = X.shape[0]
-        H = check_similarity_target(y, n, self.y_kind)
+        H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
         problem = make_problem(X, self.similarity, self.device)
         return problem, H
 
@@ -217,17 +291,29 @@ class AISSelector(SelectorMixin, BaseEstimator):
         if self.cv is not None and not isinstance(self.n_features_to_select, Real):
             problem.cache_loo = True  # the inner splits' leave-one-out reads it
         target, base, scores, order = self._rank(problem, H)
+        if base == 0.0 and _model_is_constant(problem, H):
+            _warn_undefined("X with all maps")
+            base, scores = np.nan, np.full(K, np.nan)
         ranking = np.empty(K, dtype=np.int64)
         ranking[order] = np.arange(1, K + 1)
-        ts = np.arange(1, K + 1)
-        _warn_if_constant_model(problem, H, base, what="X with all maps")
-        self.path_scores_ = problem.sweep(order, target, ts)
+        self.path_scores_ = self._path(problem, H, order, target)
         self.scores_ = scores
         self.ranking_ = ranking
-        self.baseline_score_ = base
+        self.baseline_score_ = float(base)
         self.n_features_to_select_ = self._choose_t(problem, H, K)
         self.support_ = ranking <= self.n_features_to_select_
         return self
+
+    def _path(self, problem, H, order, target):
+        """The ranked sweep's 2OI for t = 1 .. K, NaN where undefined."""
+        path = problem.sweep(order, target, np.arange(1, problem.K + 1))
+
+        def keep(i):
+            mask = np.zeros(problem.K, dtype=bool)
+            mask[order[: i + 1]] = True
+            return mask
+
+        return _undefined(problem, H, path, keep)
 
     def _choose_t(self, problem, H, K) -> int:
         nfs = self.n_features_to_select
@@ -238,32 +324,114 @@ class AISSelector(SelectorMixin, BaseEstimator):
         if isinstance(nfs, Real):
             return max(1, math.ceil(nfs * K))
         if self.cv is None:
-            return int(np.argmax(self.path_scores_)) + 1  # argmax returns the first (smallest t) maximum
-        cv = check_cv(self.cv)
+            curve = self.path_scores_
+        else:
+            self.cv_path_scores_ = self._inner_paths(problem, H)
+            curve = self.cv_path_scores_.mean(axis=0)  # NaN if any split is undefined there
+        if np.isnan(curve).all():
+            warnings.warn(
+                "the 2OI is undefined for every number of kept maps (the model similarity matrix is constant "
+                "at every step of the sweep); all maps are kept",
+                UserWarning,
+                stacklevel=3,
+            )
+            return K
+        return int(np.nanargmax(curve)) + 1  # the first (smallest t) maximum
+
+    def _inner_paths(self, problem, H) -> np.ndarray:
+        """Validation paths (n_splits, K) of the inner cross-validation, over images or pairs."""
+        cv = check_image_cv(self.cv, self.random_state)
+        n, ts = problem.n, np.arange(1, problem.K + 1)
+        by_pairs = getattr(cv, "splits_pairs", False)
         paths = []
-        idx = np.arange(problem.n)
-        for train, val in cv.split(idx):
-            if len(val) < 3 or len(train) < MIN_IMAGES:
-                raise ValueError(
-                    f"inner cv split has {len(train)} training and {len(val)} validation images; "
-                    f"need at least {MIN_IMAGES} and 3. Use fewer splits."
-                )
-            sub, Hs = problem.subset(train), H[np.ix_(train, train)]
-            _, _, _, order = self._rank(sub, Hs)
-            val_problem, Hv = problem.subset(val), H[np.ix_(val, val)]
-            Hv_u = upper_triangle(Hv)
+        splits = cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1)))
+        for train, val in splits:
+            if by_pairs:
+                if len(train) < 3 or len(val) < 3:
+                    raise ValueError(
+                        f"inner cv split has {len(train)} training and {len(val)} validation pairs; need at "
+                        "least 3 each. Use fewer splits."
+                    )
+                fit_on, fit_H, val_on, val_H = problem, mask_pairs(H, train), problem, mask_pairs(H, val)
+            else:
+                if len(val) < 3 or len(train) < MIN_IMAGES:
+                    raise ValueError(
+                        f"inner cv split has {len(train)} training and {len(val)} validation images; "
+                        f"need at least {MIN_IMAGES} and 3. Use fewer splits."
+                    )
+                fit_on, fit_H = problem.subset(train), H[np.ix_(train, train)]
+                val_on, val_H = problem.subset(val), H[np.ix_(val, val)]
+            Hv_u = upper_triangle(val_H)
             if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
                 warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
                 continue
-            paths.append(val_problem.sweep(order, val_problem.target(Hv_u, self.comparison), np.arange(1, K + 1)))
+            _, _, _, order = self._rank(fit_on, fit_H)
+            path = val_on.sweep(order, val_on.target(Hv_u, self.comparison), ts)
+            keeps = lambda i, order=order: np.isin(np.arange(problem.K), order[: i + 1])  # noqa: E731
+            paths.append(_undefined(val_on, val_H, path, keeps))
         if not paths:
             raise ValueError("no inner validation split had usable human pairs")
-        self.cv_path_scores_ = np.asarray(paths)
-        return int(np.argmax(self.cv_path_scores_.mean(axis=0))) + 1
+        return np.asarray(paths)
 
     # ------------------------------------------------------------------
-    def score(self, X, y):
+    def score(self, X, y, sample_weight=None):
         """2OI of the selected maps on (X, y); unselected maps are ablated.
+
+        Parameters
+        ----------
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+        y : array-like of shape (n_images, n_images)
+            Human similarity matrix (or a labelled DataFrame).
+        sample_weight : None
+            Accepted for scikit-learn's scoring and metadata routing; the
+            samples of a similarity analysis are pairs, so weights are not
+            supported (anything but None is an error).
+
+        Returns
+        -------
+        score : float
+            NaN, with a warning, when the 2OI is undefined (the model
+            similarity matrix of the selected maps is constant).
+        """
+        _refuse_sample_weight(sample_weight)
+        check_is_fitted(self)
+        return self._score_problem(*self._prepare(X, y, reset=False), selected=True)
+
+    def _score_problem(self, problem, H, selected):
+        """2OI of the selected maps (or of all maps) on prepared kernels (NaN when undefined)."""
+        keep = self.support_ if selected else None
+        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=keep)
+        if r == 0.0 and _model_is_constant(problem, H, keep):
+            _warn_undefined("X with the selected maps" if selected else "X with all maps", stacklevel=4)
+            return np.nan
+        return r
+
+    def path_score(self, X, y) -> np.ndarray:
+        """2OI on (X, y) along this selector's ranked sweep: one value per t = 1 .. n_maps.
+
+        On held-out data this is the validation curve that shows how many maps
+        generalise.
+
+        Parameters
+        ----------
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+        y : array-like of shape (n_images, n_images)
+
+        Returns
+        -------
+        path : ndarray of shape (n_maps,)
+            NaN where the 2OI is undefined.
+        """
+        check_is_fitted(self)
+        return self._path_problem(*self._prepare(X, y, reset=False))
+
+    def _path_problem(self, problem, H):
+        order = np.argsort(self.ranking_, kind="stable")
+        target = problem.target(upper_triangle(H), self.comparison)
+        return self._path(problem, H, order, target)
+
+    def score_all(self, X, y):
+        """2OI of all maps on (X, y): the reference the selection must beat.
 
         Parameters
         ----------
@@ -275,50 +443,16 @@ class AISSelector(SelectorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        return self._score_problem(*self._prepare(X, y, reset=False), selected=True)
-
-    def _score_problem(self, problem, H, selected):
-        """2OI of the selected maps (or of all maps) on prepared kernels."""
-        keep = self.support_ if selected else None
-        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=keep)
-        what = "X with the selected maps" if selected else "X with all maps"
-        _warn_if_constant_model(problem, H, r, keep=keep, what=what)
-        return r
-
-    def path_score(self, X, y) -> np.ndarray:
-        """2OI on (X, y) along this selector's ranked sweep: one value per t = 1 .. n_maps.
-
-        On held-out data this is the validation curve that shows how many maps
-        generalise.
-        """
-        check_is_fitted(self)
-        return self._path_problem(*self._prepare(X, y, reset=False))
-
-    def _path_problem(self, problem, H):
-        order = np.argsort(self.ranking_, kind="stable")
-        target = problem.target(upper_triangle(H), self.comparison)
-        return problem.sweep(order, target, np.arange(1, problem.K + 1))
-
-    def score_all(self, X, y):
-        """2OI of all maps on (X, y): the reference the selection must beat."""
-        check_is_fitted(self)
         return self._score_problem(*self._prepare(X, y, reset=False), selected=False)
 
     def _get_support_mask(self):
         check_is_fitted(self)
         return self.support_
 
-    def transform(self, X):
-        """Keep the selected maps.
 
-        For :class:`FeatureMaps`, unselected maps are set to 0 (the head still
-        applies); for a 2-D array the unselected columns are dropped.
-        """
-        if isinstance(X, FeatureMaps):
-            check_is_fitted(self)
-            X = validate_maps_input(self, X, reset=False)
-            maps = X.maps * self.support_[None, :, None, None].astype(X.maps.dtype)
-            out = X[np.arange(len(X))]
-            out.maps = maps
-            return out
-        return super().transform(X)
+def _refuse_sample_weight(sample_weight):
+    if sample_weight is not None:
+        raise ValueError(
+            "sample_weight is not supported: the samples of a similarity analysis are pairs of images; "
+            "mark pairs to ignore with NaN in y"
+        )

@@ -1,11 +1,28 @@
 """Validation of human similarity targets (the ``y`` of every estimator).
 
 ``y`` is an n x n matrix of human similarities between the n images of
-``X`` (NaN = pair not judged). scikit-learn's splitters slice ``y`` by rows
-only, so inside ``cross_validate`` an estimator receives an (n_train, n)
-block. A *labelled* ``y`` (a DataFrame with the same image ids on both axes,
-see :func:`similarity_frame`) carries what is needed to realign the columns;
-an unlabelled non-square ``y`` gets an error that says so.
+``X`` (NaN = pair not judged). This module is the one place where a ``y``
+is read, and it honours or refuses everything that carries meaning:
+
+* **labels.** A :class:`pandas.DataFrame` carries image ids on both axes. When
+  ``X`` carries ids too (:attr:`FeatureMaps.ids <sklearn_ais.FeatureMaps>`,
+  or the index of a DataFrame ``X``), ``y`` is aligned to ``X`` by label:
+  ``y.loc[ids, ids]``, an error naming any id that ``y`` lacks or repeats.
+  Never by position. Without ids on ``X`` the rows of ``y`` give the image
+  order and its columns are realigned to them (scikit-learn's splitters
+  slice the rows of ``y`` only; see :func:`similarity_frame`).
+* **the diagonal convention.** A matrix whose diagonal holds the minimum of
+  every row is a dissimilarity matrix (an RDM: self-distance 0); one whose
+  diagonal holds the maximum of every row is a similarity matrix. When the
+  diagonal contradicts ``y_kind`` the call fails with a message naming
+  ``y_kind="dissimilarity"`` (or ``"similarity"``). A NaN diagonal (or one
+  that is neither) carries no convention and is accepted as ``y_kind`` says.
+* **missing pairs.** NaN, the mask of a NumPy masked array, and ``pd.NA`` of
+  pandas' nullable dtypes all mean "pair not judged".
+* **what is refused.** Sparse matrices (an implicit zero could mean
+  similarity 0 or "not judged"), complex or non-numeric values, infinities,
+  asymmetric values or missing pairs (the tolerance is relative to the
+  matrix's own scale), fewer than 3 observed pairs, a constant matrix.
 """
 
 from __future__ import annotations
@@ -15,23 +32,35 @@ import warnings
 import numpy as np
 import pandas as pd
 
+# Relative tolerance of the symmetry check: |y - y.T| <= _SYMMETRY_TOL * max|y|.
+_SYMMETRY_TOL = 1e-8
+# The diagonal is "at" a row's extreme when within this fraction of the matrix's scale.
+_DIAGONAL_TOL = 1e-12
+
+Y_KINDS = ("similarity", "dissimilarity")
+
 
 def similarity_frame(similarity, ids=None) -> pd.DataFrame:
     """Label a square similarity matrix with image ids on both axes.
 
     scikit-learn's cross-validation slices ``y`` by rows only; the labels let
     the estimators pick the matching columns again, so a similarity matrix
-    can flow through ``cross_validate`` and ``GridSearchCV`` unchanged.
+    can flow through ``cross_validate`` and ``GridSearchCV`` unchanged. When
+    ``X`` carries image ids (e.g. :class:`~sklearn_ais.FeatureMaps` of files),
+    label ``y`` with the same ids: ``y`` is then aligned to ``X`` by label.
 
     Parameters
     ----------
     similarity : array-like of shape (n_images, n_images)
+        The matrix (similarities or dissimilarities).
     ids : array-like of shape (n_images,), optional
-        Unique image identifiers; default ``0 .. n_images - 1``.
+        Unique image identifiers, in the order of the matrix's rows; default
+        ``0 .. n_images - 1``.
 
     Returns
     -------
     frame : pandas.DataFrame
+        ``similarity`` with ``ids`` as index and columns.
 
     Examples
     --------
@@ -41,64 +70,219 @@ def similarity_frame(similarity, ids=None) -> pd.DataFrame:
     >>> y.iloc[[0, 2]].shape  # what a splitter hands to fit
     (2, 4)
     """
-    S = np.asarray(similarity, dtype=np.float64)
+    S = as_float_matrix(similarity, "similarity")
     if S.ndim != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
     ids = np.arange(S.shape[0]) if ids is None else np.asarray(ids)
-    if len(ids) != S.shape[0]:
-        raise ValueError(f"ids must have {S.shape[0]} entries, got {len(ids)}")
-    if len(set(ids.tolist())) != len(ids):
-        raise ValueError("ids must be unique")
+    if ids.ndim != 1 or len(ids) != S.shape[0]:
+        raise ValueError(f"ids must be a 1-D array of {S.shape[0]} entries, got shape {ids.shape}")
+    _check_unique(pd.Index(ids), "ids")
     return pd.DataFrame(S, index=ids, columns=ids)
 
 
-_SLICED_HINT = (
-    "y has shape {shape} but X has {n} images: y must be the square n x n similarity matrix of the images in X. "
-    "If this happened inside cross_validate/GridSearchCV, scikit-learn sliced the rows of y only; pass "
-    "y=sklearn_ais.model_selection.similarity_frame(y) so the columns can be realigned by image id."
-)
+def as_float_matrix(M, name: str) -> np.ndarray:
+    """A float64 copy of a numeric array-like in which every missing value is NaN.
+
+    Honoured: NumPy masked arrays (masked = NaN), pandas' nullable dtypes
+    (``pd.NA`` = NaN), booleans and integers. Refused with a ``TypeError``
+    naming ``name``: sparse matrices, complex and non-numeric values.
+    """
+    from scipy import sparse
+
+    if sparse.issparse(M):
+        raise TypeError(
+            f"{name} is a sparse matrix: an implicit zero could mean similarity 0 or 'not judged'. Convert it "
+            f"with {name}.toarray() and mark pairs nobody judged with NaN"
+        )
+    if isinstance(M, (pd.DataFrame, pd.Series)):
+        dtypes = M.dtypes.items() if isinstance(M, pd.DataFrame) else [(M.name, M.dtype)]
+        bad = [(c, t) for c, t in dtypes if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))]
+        if bad:
+            raise TypeError(
+                f"{name} must be numeric; {len(bad)} column(s) are not, e.g. {bad[0][0]!r} of dtype {bad[0][1]}"
+            )
+        return np.array(M.to_numpy(dtype=np.float64, na_value=np.nan), copy=True)  # writable (copy-on-write)
+    if np.ma.isMaskedArray(M):
+        data = np.ma.getdata(M)
+        _check_numeric_dtype(np.asarray(data).dtype, name)
+        return np.ma.filled(np.ma.asarray(M, dtype=np.float64), np.nan)
+    arr = np.asarray(M)
+    _check_numeric_dtype(arr.dtype, name)
+    return arr.astype(np.float64, copy=True)
 
 
-def check_symmetric(M: np.ndarray, name: str, tol: float = 1e-8) -> None:
-    """Off-diagonal symmetry of a float matrix (NaN = missing), up to ``tol`` of its largest magnitude."""
+def _check_numeric_dtype(dtype, name):
+    if dtype.kind == "c":
+        raise TypeError(f"{name} must be real-valued, got complex dtype {dtype}")
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got dtype {dtype}")
+
+
+def check_symmetric(M: np.ndarray, name: str, tol: float = _SYMMETRY_TOL) -> None:
+    """Off-diagonal symmetry of a float matrix (NaN = missing), relative to the matrix's own scale.
+
+    Parameters
+    ----------
+    M : ndarray of shape (n, n)
+        Float matrix; NaN marks a missing entry.
+    name : str
+        Name used in the error message.
+    tol : float, default=1e-8
+        Largest accepted ``|M - M.T|`` as a fraction of ``max |M|`` over the
+        observed off-diagonal entries (so a matrix in units of 1e-6 is held
+        to the same standard as one in units of 1).
+
+    Raises
+    ------
+    ValueError
+        Missing entries that are not mirrored, or values that differ by more
+        than the tolerance.
+    """
     off = ~np.eye(len(M), dtype=bool)
     nan = np.isnan(M) & off
     if (nan != nan.T).any():
-        raise ValueError(f"{name} is asymmetric in its missing pairs: {name}[i, j] is NaN where {name}[j, i] is not")
-    ok = off & ~nan
-    scale = np.abs(M[ok]).max() if ok.any() else 0.0
-    diff = np.abs(M - M.T)[ok].max() if ok.any() else 0.0
-    if diff > tol * max(scale, 1.0):
+        i, j = np.argwhere(nan != nan.T)[0]
         raise ValueError(
-            f"{name} is not symmetric (max |{name} - {name}.T| = {diff:.3g}). Similarity judgments are compared "
-            f"on the upper triangle; if the asymmetry is real noise between two presentations, pass "
-            f"({name} + {name}.T) / 2."
+            f"{name} is asymmetric in its missing pairs: {name}[{i}, {j}] is "
+            f"{'NaN' if nan[i, j] else 'observed'} but {name}[{j}, {i}] is {'NaN' if nan[j, i] else 'observed'}"
+        )
+    ok = off & ~nan
+    if not ok.any():
+        return
+    scale = float(np.abs(M[ok]).max())
+    diff = np.abs(M - M.T)[ok]
+    if diff.max() > tol * scale:
+        i, j = np.argwhere(ok)[int(np.argmax(diff))]
+        raise ValueError(
+            f"{name} is not symmetric: {name}[{i}, {j}] = {M[i, j]:.6g} but {name}[{j}, {i}] = {M[j, i]:.6g} "
+            f"(max |{name} - {name}.T| = {diff.max():.3g}, {diff.max() / scale:.2g} of its largest value). "
+            f"Similarity judgments are compared on the upper triangle; if the asymmetry is real noise between "
+            f"two presentations, pass ({name} + {name}.T) / 2."
         )
 
 
-def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, tol: float = 1e-8) -> np.ndarray:
-    """Return ``y`` as a validated (n, n) float64 *similarity* matrix (NaN = missing).
+def diagonal_convention(M: np.ndarray) -> str | None:
+    """What the diagonal of a square matrix says it holds.
 
-    Accepts a square array, a labelled DataFrame (possibly row-sliced), or a
-    1-D array of class labels (same label = similarity 1, else 0).
-    Dissimilarities (``y_kind="dissimilarity"``) are negated: every
-    comparison used downstream is invariant to that sign flip and shift.
+    Parameters
+    ----------
+    M : ndarray of shape (n, n)
+        Float matrix (NaN = missing).
+
+    Returns
+    -------
+    kind : {"similarity", "dissimilarity"} or None
+        ``"dissimilarity"`` when the diagonal holds the minimum of every row
+        (self-distance), ``"similarity"`` when it holds the maximum of every
+        row (self-similarity), ``None`` when it says neither: a NaN diagonal,
+        a diagonal inside the rows' ranges, or rows whose observed values are
+        all equal to it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.model_selection import diagonal_convention
+    >>> D = np.array([[0., 2., 3.], [2., 0., 1.], [3., 1., 0.]])
+    >>> inside = D + np.diag([1.5, 1.5, 1.5])
+    >>> diagonal_convention(D), diagonal_convention(-D), diagonal_convention(inside)
+    ('dissimilarity', 'similarity', None)
     """
+    M = np.asarray(M, dtype=np.float64)
+    n = len(M)
+    if n < 2:
+        return None
+    diag = np.diag(M).copy()
+    off = M.copy()
+    np.fill_diagonal(off, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        lo, hi = np.nanmin(off, axis=1), np.nanmax(off, axis=1)
+    rows = np.isfinite(diag) & np.isfinite(lo)
+    if not rows.any():
+        return None
+    finite = np.abs(M[np.isfinite(M)])
+    tol = _DIAGONAL_TOL * (finite.max() if finite.size else 0.0)
+    at_min = diag[rows] <= lo[rows] + tol
+    at_max = diag[rows] >= hi[rows] - tol
+    informative = ~(at_min & at_max)  # a row equal to the diagonal everywhere says nothing
+    if not informative.any():
+        return None
+    if at_min[informative].all():
+        return "dissimilarity"
+    if at_max[informative].all():
+        return "similarity"
+    return None
+
+
+def _kind_mismatch_message(detected: str, y_kind: str) -> str:
+    if detected == "dissimilarity":
+        return (
+            "y looks like a dissimilarity matrix (an RDM): its diagonal holds the smallest value of every row, "
+            'as self-distances do, but y_kind="similarity". Pass y_kind="dissimilarity" (command line: --kind '
+            "dissimilarity). If it really holds similarities, set its diagonal to NaN (self-pairs are never "
+            "compared)."
+        )
+    return (
+        "y looks like a similarity matrix: its diagonal holds the largest value of every row, as "
+        'self-similarities do, but y_kind="dissimilarity". Pass y_kind="similarity" (command line: --kind '
+        "similarity). If it really holds dissimilarities, set its diagonal to NaN (self-pairs are never compared)."
+    )
+
+
+def sample_ids(X):
+    """Image ids carried by ``X``: ``FeatureMaps.ids``, the index of a DataFrame, else None."""
+    if isinstance(X, pd.DataFrame):
+        return X.index.to_numpy()
+    ids = getattr(X, "ids", None)
+    if ids is not None and hasattr(X, "head") and hasattr(X, "maps"):  # FeatureMaps (no import cycle)
+        return np.asarray(ids)
+    return None
+
+
+def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: float = _SYMMETRY_TOL) -> np.ndarray:
+    """Return ``y`` as a validated (n, n) float64 *similarity* matrix (NaN = missing, NaN diagonal).
+
+    Parameters
+    ----------
+    y : array-like, DataFrame or 1-D labels
+        A square matrix; a labelled DataFrame (possibly row-sliced by a
+        scikit-learn splitter); a masked array; or 1-D class labels (same
+        label = similarity 1, else 0).
+    X : int, FeatureMaps or array-like
+        The images ``y`` describes: their number, or ``X`` itself, whose ids
+        (see :func:`sample_ids`) are used to align a labelled ``y``.
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
+        What ``y`` holds. Dissimilarities are negated: every comparison used
+        downstream is invariant to that sign flip and shift. A diagonal that
+        contradicts ``y_kind`` is an error (see :func:`diagonal_convention`).
+    ids : array-like, optional
+        Image ids of ``X``, overriding those ``X`` carries.
+    tol : float, default=1e-8
+        Relative tolerance of the symmetry check.
+
+    Returns
+    -------
+    H : ndarray of shape (n, n)
+        Similarities, NaN where a pair was not judged and on the diagonal.
+    """
+    if y_kind not in Y_KINDS:
+        raise ValueError(f"y_kind must be 'similarity' or 'dissimilarity', got {y_kind!r}")
+    if isinstance(X, (int, np.integer)):
+        n_samples = int(X)
+    else:
+        n_samples = len(X)
+        if ids is None:
+            ids = sample_ids(X)
     if y is None:
         raise ValueError(
             "this estimator requires y to be passed, but the target y is None: pass the n x n human "
             "similarity matrix of the images in X"
         )
     if isinstance(y, pd.DataFrame):
-        y = _realign_frame(y, n_samples)
-    else:
-        y = np.asarray(y)
-    if y.dtype.kind == "c":
-        raise TypeError(f"y must be real-valued similarities, got complex dtype {y.dtype}")
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        if y.ndim == 1:
-            return _labels_to_similarity(y, n_samples)
-        raise TypeError(f"y must be numeric, got dtype {y.dtype}")
+        y = _frame_values(y, n_samples, ids)
+    elif isinstance(y, pd.Series):
+        y = _series_values(y, n_samples, ids)
+    y = as_float_matrix(y, "y") if not _is_label_vector(y) else np.asarray(y)
     if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and y.shape[0] != 1):
         return _labels_to_similarity(y.ravel(), n_samples)
     if y.ndim != 2:
@@ -106,18 +290,66 @@ def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, to
     if y.shape[0] != y.shape[1]:
         if y.shape[0] == n_samples and y.shape[1] > n_samples:
             raise ValueError(_SLICED_HINT.format(shape=y.shape, n=n_samples))
+        if y.shape[0] == 1 and y.shape[1] > 3 and _is_condensed(y.shape[1]):
+            raise ValueError(_CONDENSED_HINT.format(m=y.shape[1]))
         raise ValueError(f"y must be square (n x n similarity matrix), got shape {y.shape}")
     if y.shape[0] != n_samples:
         raise ValueError(f"y is {y.shape[0]} x {y.shape[1]} but X has {n_samples} images; they must match")
-    H = y.astype(np.float64, copy=True)
+    H = y
     if np.isinf(H).any():
         raise ValueError("y contains +/-inf; use NaN to mark a missing pair")
+    _check_triangle_only(H)
+    detected = diagonal_convention(H)
+    if detected is not None and detected != y_kind:
+        raise ValueError(_kind_mismatch_message(detected, y_kind))
     np.fill_diagonal(H, np.nan)  # self-similarity never enters a comparison
     check_symmetric(H, "y", tol)
     if y_kind == "dissimilarity":
         H = -H
-    elif y_kind != "similarity":
-        raise ValueError(f"y_kind must be 'similarity' or 'dissimilarity', got {y_kind!r}")
+    _check_observed(H, n_samples)
+    return H
+
+
+_SLICED_HINT = (
+    "y has shape {shape} but X has {n} images: y must be the square n x n similarity matrix of the images in X. "
+    "If this happened inside cross_validate/GridSearchCV, scikit-learn sliced the rows of y only; pass "
+    "y=sklearn_ais.model_selection.similarity_frame(y) so the columns can be realigned by image id."
+)
+_CONDENSED_HINT = (
+    "y has shape (1, {m}): it looks like a condensed distance vector (scipy's pdist); pass the square "
+    "matrix, scipy.spatial.distance.squareform(y.ravel()), with y_kind='dissimilarity'"
+)
+
+
+def _is_condensed(m: int) -> bool:
+    n = int(round((1 + np.sqrt(1 + 8 * m)) / 2))
+    return n * (n - 1) // 2 == m
+
+
+def _is_label_vector(y) -> bool:
+    """1-D (or (n, 1)) non-numeric arrays are class labels, not a matrix."""
+    arr = np.asarray(y) if not np.ma.isMaskedArray(y) else y
+    return getattr(arr, "ndim", 0) in (1, 2) and (arr.ndim == 1 or arr.shape[1] == 1) and arr.dtype.kind in "OUS"
+
+
+def _check_triangle_only(H):
+    """Refuse a matrix that holds one triangle only (the other all NaN, or all 0) with a message that says so."""
+    n = len(H)
+    if n < 3:
+        return
+    iu = np.triu_indices(n, 1)
+    upper, lower = H[iu], H.T[iu]  # the lower triangle, mirrored into upper order
+    for filled, empty in (("NaN", np.isnan), ("0", lambda v: v == 0)):
+        upper_empty, lower_empty = bool(empty(upper).all()), bool(empty(lower).all())
+        if upper_empty != lower_empty:
+            side = "lower" if upper_empty else "upper"
+            raise ValueError(
+                f"y holds only its {side} triangle (the other triangle is all {filled}): pass the full symmetric "
+                "matrix, e.g. np.where(np.isnan(y), y.T, y) for a NaN-filled triangle or y + y.T for a zero-filled one"
+            )
+
+
+def _check_observed(H, n_samples):
     iu = np.triu_indices(n_samples, 1)
     obs = H[iu][~np.isnan(H[iu])]
     if obs.size < 3:
@@ -132,21 +364,54 @@ def check_similarity_target(y, n_samples: int, y_kind: str = "similarity", *, to
             UserWarning,
             stacklevel=3,
         )
-    return H
 
 
-def _realign_frame(y: pd.DataFrame, n_samples: int) -> np.ndarray:
+def _check_unique(index: pd.Index, what: str):
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique()[:3].tolist()
+        raise ValueError(f"{what} has duplicate labels (e.g. {dup}); every image needs one id")
+
+
+def _frame_values(y: pd.DataFrame, n_samples: int, ids) -> np.ndarray:
+    """The values of a labelled ``y``, aligned to ``ids`` by label (or to its own rows without ids)."""
+    _check_unique(y.index, "y's index (image ids)")
+    _check_unique(y.columns, "y's columns (image ids)")
+    if ids is not None:
+        ids = pd.Index(np.asarray(ids))
+        _check_unique(ids, "X's image ids")
+        if len(ids) != n_samples:
+            raise ValueError(f"X has {n_samples} images but {len(ids)} ids")
+        for axis, labels in (("index (rows)", y.index), ("columns", y.columns)):
+            missing = ids.difference(labels, sort=False)
+            if len(missing):
+                raise ValueError(
+                    f"y is labelled but {len(missing)} of X's {n_samples} image ids are not in y's {axis}, e.g. "
+                    f"{missing[:3].tolist()} (y's labels look like {labels[:3].tolist()}). y is aligned to X by "
+                    "label: label it with X's ids (similarity_frame(y, ids=X.ids)), or pass y.to_numpy() to "
+                    "align by position."
+                )
+        return y.loc[ids, ids]
     if y.shape[0] != n_samples:
         raise ValueError(f"y has {y.shape[0]} rows but X has {n_samples} images")
-    if y.index.has_duplicates:
-        raise ValueError("y's index (image ids) has duplicates")
-    missing = y.index.difference(y.columns)
+    missing = y.index.difference(y.columns, sort=False)
     if len(missing):
         raise ValueError(
             f"y's rows and columns must carry the same image ids; {len(missing)} row id(s) such as "
             f"{list(missing[:3])} are not among the columns"
         )
-    return y.loc[:, y.index].to_numpy()
+    return y.loc[:, y.index]
+
+
+def _series_values(y: pd.Series, n_samples: int, ids):
+    """1-D class labels in a Series: aligned to X's ids by label when both carry them."""
+    if ids is None:
+        return y.to_numpy()
+    _check_unique(y.index, "y's index (image ids)")
+    ids = pd.Index(np.asarray(ids))
+    missing = ids.difference(y.index, sort=False)
+    if len(missing):
+        raise ValueError(f"{len(missing)} of X's image ids are not in y's index, e.g. {missing[:3].tolist()}")
+    return y.loc[ids].to_numpy()
 
 
 def _labels_to_similarity(labels, n_samples: int) -> np.ndarray:

@@ -20,17 +20,21 @@ the selected maps, plus a paired test.
 from __future__ import annotations
 
 import numbers
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.base import clone
-from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit, check_cv
+from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
-from ._targets import check_similarity_target, similarity_frame
+from ._pairs import mask_pairs, observed_pairs, pair_indices
+from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
+from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
 
 __all__ = [
     "KFold",
@@ -41,6 +45,7 @@ __all__ = [
     "ShuffleSplit",
     "AlignmentCVResult",
     "cross_validate_alignment",
+    "diagonal_convention",
     "mask_pairs",
     "pair_indices",
     "similarity_frame",
@@ -48,54 +53,29 @@ __all__ = [
 ]
 
 
-def pair_indices(n_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of every upper-triangle pair, in the order splitters index them."""
-    return np.triu_indices(n_images, k=1)
-
-
-def mask_pairs(similarity, pairs) -> np.ndarray:
-    """A copy of ``similarity`` in which only ``pairs`` (upper-triangle indices) are observed.
-
-    Every other off-diagonal entry becomes NaN, on both sides of the diagonal.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_ais.model_selection import mask_pairs
-    >>> mask_pairs(np.ones((3, 3)), [0])  # keep pair (0, 1)
-    array([[ 1.,  1., nan],
-           [ 1.,  1., nan],
-           [nan, nan,  1.]])
-    """
-    S = np.asarray(similarity, dtype=np.float64)
-    if S.ndim != 2 or S.shape[0] != S.shape[1]:
-        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
-    n = S.shape[0]
-    i, j = pair_indices(n)
-    pairs = np.asarray(pairs)
-    if pairs.size and (pairs.dtype.kind not in "iu" or pairs.min() < 0 or pairs.max() >= len(i)):
-        raise ValueError(
-            f"pairs must be integer indices of upper-triangle pairs in [0, {len(i)}) (see pair_indices({n}))"
-        )
-    keep = np.zeros(len(i), dtype=bool)
-    keep[pairs.astype(np.int64)] = True
-    out = np.full_like(S, np.nan)
-    out[i[keep], j[keep]] = S[i[keep], j[keep]]
-    out[j[keep], i[keep]] = S[j[keep], i[keep]]
-    np.fill_diagonal(out, np.diag(S))
-    return out
-
-
 def _observed_pairs(X, y):
     if y is None:
         return np.arange(len(pair_indices(len(X))[0]))
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim != 2 or y.shape[0] != y.shape[1]:
-        raise ValueError(f"y must be the square n x n similarity matrix of the images in X, got shape {y.shape}")
-    if X is not None and len(X) != y.shape[0]:
-        raise ValueError(f"X has {len(X)} images but y is {y.shape[0]} x {y.shape[1]}; they must match")
-    i, j = pair_indices(y.shape[0])
-    return np.nonzero(~np.isnan(y[i, j]))[0]
+    pairs = observed_pairs(y)
+    if X is not None and len(X) != np.shape(y)[0]:
+        raise ValueError(f"X has {len(X)} images but y is {np.shape(y)[0]} x {np.shape(y)[0]}; they must match")
+    return pairs
+
+
+def _refuse_scikit_learn_caller(splitter):
+    """scikit-learn's cross_validate/GridSearchCV slice X and y by the indices a splitter yields,
+    so pair indices would silently select images: fail with the way to do it instead."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("sklearn_ais"):
+        frame = frame.f_back
+    caller = "" if frame is None else frame.f_globals.get("__name__", "")
+    if caller.startswith("sklearn.model_selection"):
+        raise TypeError(
+            f"{type(splitter).__name__} splits matrix entries (pairs of images), but scikit-learn's "
+            "cross_validate/GridSearchCV/cross_val_score can only slice images (rows of X and y). Use "
+            "sklearn_ais.model_selection.cross_validate_alignment(estimator, X, y, cv=...) for entry-wise "
+            "held-out scores, or AISSelector(cv=PairKFold(...)) to choose the number of maps on held-out entries"
+        )
 
 
 class _PairSplitMixin:
@@ -109,9 +89,24 @@ class _PairSplitMixin:
     splits_pairs = True
 
     def split(self, X, y=None, groups=None):
+        """Generate (train, test) indices of upper-triangle pairs (see :func:`pair_indices`).
+
+        Parameters
+        ----------
+        X : array-like of length n_images
+            Only its length is used.
+        y : array-like of shape (n_images, n_images), optional
+            The similarity matrix: only its observed (non-NaN) pairs are split.
+        groups : None
+            Ignored.
+
+        Yields
+        ------
+        train, test : ndarray of int
+        """
+        _refuse_scikit_learn_caller(self)
         observed = _observed_pairs(X, y)
-        for train, test in super().split(observed):
-            yield observed[train], observed[test]
+        return ((observed[train], observed[test]) for train, test in super().split(observed))
 
 
 class PairKFold(_PairSplitMixin, KFold):
@@ -162,12 +157,30 @@ class RepeatedPairKFold:
         return self.n_splits * self.n_repeats
 
     def split(self, X, y=None, groups=None):
+        """Generate (train, test) pair indices, ``n_repeats`` shuffles of :class:`PairKFold`.
+
+        Parameters
+        ----------
+        X : array-like of length n_images
+        y : array-like of shape (n_images, n_images), optional
+        groups : None
+            Ignored.
+
+        Yields
+        ------
+        train, test : ndarray of int
+        """
+        _refuse_scikit_learn_caller(self)
         if not isinstance(self.n_repeats, numbers.Integral) or self.n_repeats < 1:
             raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
         rng = check_random_state(self.random_state)
-        for _ in range(self.n_repeats):
-            cv = PairKFold(self.n_splits, random_state=rng.randint(np.iinfo(np.int32).max))
-            yield from cv.split(X, y)
+        observed = _observed_pairs(X, y)
+        seeds = [rng.randint(np.iinfo(np.int32).max) for _ in range(self.n_repeats)]
+        return (
+            (observed[train], observed[test])
+            for seed in seeds
+            for train, test in KFold(self.n_splits, shuffle=True, random_state=seed).split(observed)
+        )
 
     def __repr__(self):
         return f"RepeatedPairKFold(n_splits={self.n_splits}, n_repeats={self.n_repeats}, random_state={self.random_state})"
@@ -188,21 +201,30 @@ def summarize_folds(table: pd.DataFrame) -> pd.Series:
     """
     if len(table) == 0:
         raise ValueError("table has no folds to summarize")
-    full = table["test_score_full"].to_numpy()
-    sel = table["test_score_selected"].to_numpy()
+    defined = table[["test_score_full", "test_score_selected"]].notna().all(axis=1).to_numpy()
+    if not defined.all():
+        warnings.warn(
+            f"{int((~defined).sum())} of {len(table)} folds have an undefined held-out 2OI (NaN: a constant model "
+            "similarity matrix on the test data); they are left out of the means and the paired test",
+            UserWarning,
+            stacklevel=2,
+        )
+    used = table[defined]
+    full = used["test_score_full"].to_numpy()
+    sel = used["test_score_selected"].to_numpy()
     z_full = np.arctanh(np.clip(full, -0.999999, 0.999999))
     z_sel = np.arctanh(np.clip(sel, -0.999999, 0.999999))
-    t, p = stats.ttest_rel(z_sel, z_full) if len(table) > 1 else (np.nan, np.nan)
-    n = len(table)
+    n = len(used)
+    t, p = stats.ttest_rel(z_sel, z_full) if n > 1 else (np.nan, np.nan)
     return pd.Series(
         {
             "n_folds": n,
-            "test_score_full": _fisher_mean(full),
+            "test_score_full": _fisher_mean(full) if n else np.nan,
             "test_score_full_sem": float(np.std(full, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
-            "test_score_selected": _fisher_mean(sel),
+            "test_score_selected": _fisher_mean(sel) if n else np.nan,
             "test_score_selected_sem": float(np.std(sel, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
-            "train_score_selected": _fisher_mean(table["train_score_selected"]),
-            "n_selected_mean": float(table["n_selected"].mean()),
+            "train_score_selected": _fisher_mean(used["train_score_selected"].dropna()) if n else np.nan,
+            "n_selected_mean": float(used["n_selected"].mean()) if n else np.nan,
             "t_statistic": float(t),
             "p_value": float(p),
         }
@@ -231,8 +253,6 @@ class AlignmentCVResult:
 
 def _check_fold_sizes(splits, H, by_pairs):
     """Each fold must leave enough on both sides for a 2OI (clear error before any work)."""
-    from ._containers import MIN_IMAGES
-
     for fold, (train, test) in enumerate(splits):
         if by_pairs:
             for side, idx in (("training", train), ("test", test)):
@@ -257,7 +277,8 @@ def _check_fold_sizes(splits, H, by_pairs):
 
 
 def cross_validate_alignment(
-    estimator, X, y, cv=None, *, y_kind=None, return_estimators=False, return_paths=False, verbose=0
+    estimator, X, y, cv=None, *, y_kind=None, random_state=0, return_estimators=False, return_paths=False,
+    verbose=0,
 ) -> AlignmentCVResult:
     """Held-out 2OI of all maps vs the selected maps, fold by fold.
 
@@ -268,13 +289,16 @@ def cross_validate_alignment(
     X : FeatureMaps or array-like of shape (n_images, n_units)
     y : array-like of shape (n_images, n_images)
         Human similarity matrix (NaN = missing pair).
-    cv : splitter, default=None
-        Over images (``KFold``, ``RepeatedKFold``, ...) or over pairs
-        (:class:`PairKFold`, :class:`RepeatedPairKFold`,
+    cv : int, splitter or iterable, default=None
+        Over images (an int ``k`` means ``KFold(k, shuffle=True,
+        random_state=random_state)``; ``KFold``, ``RepeatedKFold``, ...) or
+        over pairs (:class:`PairKFold`, :class:`RepeatedPairKFold`,
         :class:`PairShuffleSplit`). Default: ``RepeatedKFold(n_splits=5,
-        n_repeats=8, random_state=0)``, the paper's protocol.
+        n_repeats=8, random_state=random_state)``, the paper's protocol.
     y_kind : {"similarity", "dissimilarity"}, optional
         Defaults to the estimator's ``y_kind``.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the folds of an int ``cv`` and of the default protocol.
     return_estimators : bool, default=False
     return_paths : bool, default=False
         Also record, per fold, the training and held-out 2OI along the
@@ -318,12 +342,10 @@ def cross_validate_alignment(
     True
     """
     from ._ablation import make_problem
-    from ._selector import AISSelector, validate_maps_input
+    from ._selector import AISSelector
+    from ._validation import validate_maps_input
 
-    if cv is None:
-        cv = RepeatedKFold(n_splits=5, n_repeats=8, random_state=0)
-    elif not getattr(cv, "splits_pairs", False):
-        cv = check_cv(cv)  # an int (KFold) or an iterable of (train, test) image indices
+    cv = check_image_cv(cv, random_state, default=default_repeated_cv(random_state))
     for method in ("fit", "score", "score_all"):
         if not callable(getattr(estimator, method, None)):
             raise TypeError(
@@ -332,9 +354,10 @@ def cross_validate_alignment(
             )
     y_kind = y_kind or getattr(estimator, "y_kind", "similarity")
     probe = clone(estimator)
+    ids = sample_ids(X)
     X = validate_maps_input(probe, X, reset=True)
     n = X.shape[0]
-    H = check_similarity_target(y, n, y_kind)  # dissimilarities come back negated: similarity from here on
+    H = check_similarity_target(y, n, y_kind, ids=ids)  # dissimilarities come back negated: similarity from here on
     by_pairs = getattr(cv, "splits_pairs", False)
     splits = list(cv.split(X, H) if by_pairs else cv.split(np.arange(n)))
     if not splits:

@@ -128,3 +128,89 @@ def test_ground_truth_heatmaps_find_the_object():
     assert np.median(rr) > np.median(rr_mean), (np.median(rr), np.median(rr_mean))
     # deterministic
     np.testing.assert_array_equal(AISHeatmapper(device="cpu").fit(fm, task.similarity).image_scores_, hm.image_scores_)
+
+
+# ---------------------------------------------------------------------------
+# Trust: training images are recognised whatever the batch, duplicates keep their own scores
+# ---------------------------------------------------------------------------
+def _heat_problem(rng, n=12, K=6):
+    maps = rng.random((n, K, 4, 4)).astype(np.float32)
+    E = maps.mean(axis=(2, 3))
+    A = rng.normal(size=(n, n))
+    H = np.corrcoef(E[:, :2]) + 0.3 * (A + A.T)
+    return maps, H
+
+
+def _by_hand(hm, maps, i, weights):
+    from sklearn_ais._geometry import minmax
+
+    raw = np.einsum("k,khw->hw", weights, maps[i].astype(np.float64))
+    return minmax(raw)
+
+
+def test_training_image_recognised_despite_float_noise(rng):
+    """The network's maps of one image differ by ~1e-6 between batch sizes: still that training image."""
+    maps, H = _heat_problem(rng)
+    hm = AISHeatmapper(device="cpu", output="maps").fit(FeatureMaps(maps, PoolingHead()), H)
+    noisy = maps[[4]] * (1 + 1e-6 * rng.standard_normal(maps[[4]].shape)).astype(np.float32)
+    got = hm.transform(FeatureMaps(noisy, PoolingHead()))[0]
+    w = np.maximum(hm.image_scores_[4], 0) / np.maximum(hm.image_scores_[4], 0).sum()
+    np.testing.assert_allclose(got, _by_hand(hm, noisy, 0, w), atol=1e-12)
+    assert not np.allclose(hm.image_scores_[4], hm.scores_)  # own scores differ from the global ones
+    other = rng.random(maps[[0]].shape).astype(np.float32)  # a new image: global AIS
+    wg = np.maximum(hm.scores_, 0) / np.maximum(hm.scores_, 0).sum()
+    np.testing.assert_allclose(hm.image_weights(FeatureMaps(other, PoolingHead()))[0], wg)
+
+
+def test_training_image_recognised_by_id(rng):
+    maps, H = _heat_problem(rng)
+    ids = np.array([f"im{i}" for i in range(12)])
+    hm = AISHeatmapper(device="cpu", output="maps").fit(FeatureMaps(maps, PoolingHead(), ids=ids), H)
+    recomputed = maps[[7]] + 0.01  # e.g. another device: content differs, the id does not
+    w = hm.image_weights(FeatureMaps(recomputed, PoolingHead(), ids=ids[[7]]))[0]
+    np.testing.assert_allclose(w, np.maximum(hm.image_scores_[7], 0) / np.maximum(hm.image_scores_[7], 0).sum())
+
+
+def test_identical_training_images_keep_their_own_scores(rng):
+    maps, H = _heat_problem(rng)
+    maps[5] = maps[2]  # two identical images, judged differently by people
+    fm = FeatureMaps(maps, PoolingHead())
+    hm = AISHeatmapper(device="cpu", output="maps")
+    heat = hm.fit_transform(fm, H)
+    assert not np.allclose(hm.image_scores_[2], hm.image_scores_[5])
+    for i in (2, 5):
+        w = np.maximum(hm.image_scores_[i], 0) / np.maximum(hm.image_scores_[i], 0).sum()
+        np.testing.assert_allclose(heat[i], _by_hand(hm, maps, i, w), atol=1e-12)
+    np.testing.assert_allclose(hm.transform(fm), heat)  # same positions: same choice in transform
+
+
+def test_heatmap_of_one_image_equals_the_full_batch_through_a_network(rng):
+    """pipe.transform(images[[0]]) with a real network: the one-image batch's maps differ in the last bits."""
+    from sklearn_ais.backbones import get_backbone
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3),
+                              torch.nn.ReLU())
+    bb = get_backbone(net, layer="3", input_size=24, resize_size=24)
+    images = rng.integers(0, 256, size=(10, 24, 24, 3), dtype=np.uint8)
+    t = DNNFeatureMapTransformer(bb, device="cpu", batch_size=10).fit(None)
+    fm = t.transform(images)
+    E = fm.embed()
+    A = rng.normal(size=(10, 10))
+    H = np.corrcoef(E[:, :3]) + 0.2 * (A + A.T)
+    pipe = Pipeline([("maps", t), ("heat", AISHeatmapper(device="cpu", output="input"))]).fit(images, H)
+    full = pipe.transform(images)
+    for i in (0, 6):
+        np.testing.assert_allclose(pipe.transform(images[[i]])[0], full[i], atol=1e-5)
+
+
+def test_signed_weighting_matches_the_definition(rng):
+    maps, H = _heat_problem(rng)
+    fm = FeatureMaps(maps, PoolingHead())
+    hm = AISHeatmapper(device="cpu", output="maps", weighting="signed").fit(fm, H)
+    heat = hm.transform(fm)
+    for i in range(len(maps)):
+        s = hm.image_scores_[i]
+        np.testing.assert_allclose(heat[i], _by_hand(hm, maps, i, s / np.abs(s).sum()), atol=1e-12)
+        assert (hm.image_weights(fm)[i] < 0).any() == (s < 0).any()

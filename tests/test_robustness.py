@@ -181,7 +181,9 @@ def test_heatmapper_methods_validate_input():
     raises(TypeError, "needs FeatureMaps", hm.transform, X0)
     raises(ValueError, "fitted with 6", hm.transform, fmaps(K=4))
     raises(ValueError, "NaN or inf", hm.transform, FeatureMaps(np.full((2, 6, 3, 3), np.inf), PoolingHead()))
-    raises(ValueError, "keep must be a boolean mask of shape \\(6,\\)", AISHeatmapper(keep=[1, 0]).fit, fm, H0)
+    raises(ValueError, "keep as a boolean mask must have shape \\(6,\\)", AISHeatmapper(keep=[True, False]).fit, fm, H0)
+    raises(TypeError, "ambiguous", AISHeatmapper(keep=np.ones(6)).fit, fm, H0)  # 0/1 floats: neither mask nor indices
+    raises(ValueError, "indices must lie in", AISHeatmapper(keep=[7]).fit, fm, H0)
     no_geometry = FeatureMaps(fm.maps, PoolingHead())
     raises(ValueError, "no input_size", AISHeatmapper(device="cpu").fit(no_geometry, H0).transform, no_geometry)
     raises(NotFittedError, "not fitted", AISHeatmapper().transform, fm)
@@ -193,7 +195,7 @@ def test_constant_model_similarity_is_reported_not_silent():
     """One unit with Pearson similarity: every model similarity is 0, the 2OI undefined."""
     with pytest.warns(UserWarning, match="constant over the observed pairs"):
         sel = AISSelector(device="cpu").fit(X0[:, :1], H0)
-    assert sel.baseline_score_ == 0.0 and sel.scores_[0] == 0.0
+    assert np.isnan(sel.baseline_score_) and np.isnan(sel.scores_[0]) and np.isnan(sel.path_scores_[0])
 
 
 # ---------------------------------------------------------------------------
@@ -534,8 +536,9 @@ def test_cross_validate_alignment_inputs():
            cv=KFold(3))
     raises(ValueError, "not symmetric", cross_validate_alignment, AISSelector(device="cpu"), X0, A0, cv=KFold(3))
     # an int and an explicit list of (train, test) image splits are accepted, as in scikit-learn
-    a = cross_validate_alignment(AISSelector(device="cpu"), X0, H0, cv=3)
-    b = cross_validate_alignment(AISSelector(device="cpu"), X0, H0, cv=list(KFold(3).split(X0)))
+    a = cross_validate_alignment(AISSelector(device="cpu"), X0, H0, cv=3)  # an int: shuffled folds, seeded
+    b = cross_validate_alignment(AISSelector(device="cpu"), X0, H0,
+                                 cv=list(KFold(3, shuffle=True, random_state=0).split(X0)))
     pd.testing.assert_frame_equal(a.table.drop(columns="fit_time"), b.table.drop(columns="fit_time"))
 
 
@@ -602,7 +605,7 @@ def _no_tensors(obj, path="estimator"):
         values = value.values() if isinstance(value, dict) else [value]
         for v in values:
             assert not isinstance(v, torch.Tensor), f"{path}.{name} is a torch tensor"
-            if name.endswith("_") and not isinstance(v, (FeatureMaps,)):
+            if name.endswith("_") and v is not None and not isinstance(v, (FeatureMaps,)):
                 assert isinstance(v, (np.ndarray, np.generic, int, float, bool, str)), (name, type(v))
 
 
@@ -831,10 +834,12 @@ def test_one_symmetry_rule_for_targets_and_metrics():
     A = rng.normal(size=(8, 8)) * 1e-3
     S = (A + A.T) / 2
     nearly = S.copy()
-    nearly[0, 1] += 1e-9  # below 1e-8 of max(scale, 1): symmetric up to round-off
+    nearly[0, 1] += 1e-12  # 1e-9 of the matrix's own scale: symmetric up to round-off
     skewed = S.copy()
-    skewed[0, 1] += 1e-3
-    for M, ok in [(nearly, True), (skewed, False)]:
+    skewed[0, 1] += 1e-9  # 1e-6 of its scale: a real asymmetry (was accepted when the tolerance was absolute)
+    tiny = S * 1e-12  # a matrix in units of 1e-12 is held to the same relative standard
+    tiny[0, 1] += 1e-16
+    for M, ok in [(nearly, True), (skewed, False), (tiny, False)]:
         calls = [lambda M=M: check_similarity_target(M, 8), lambda M=M: metrics.second_order_isomorphism(S, M)]
         for call in calls:
             if ok:

@@ -10,7 +10,8 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_ais import AISSelector, FeatureMaps
+from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+from sklearn_ais.backbones import PoolingHead
 from sklearn_ais.model_selection import similarity_frame
 
 from ._reference import naive_2oi, naive_ais, naive_path
@@ -280,3 +281,116 @@ def test_cross_validation_of_dissimilarities_equals_the_similarities(rng):
                     (AISSelector(device="cpu", y_kind="dissimilarity"), {})]:
         got = cross_validate_alignment(est, X, 1 - H, cv=cv, **kw).table[cols]
         pd.testing.assert_frame_equal(got, want)
+
+
+# ---------------------------------------------------------------------------
+# Trust: an int cv shuffles, an undefined t is never chosen, scikit-learn's configuration is honoured
+# ---------------------------------------------------------------------------
+def _category_ordered(rng, n=30, K=12):
+    """Images ordered by category (as the 92 photos are): unshuffled folds would be category blocks."""
+    labels = np.repeat(np.arange(3), n // 3)
+    X = rng.normal(size=(n, K)) + 2.0 * np.eye(3)[labels] @ rng.normal(size=(3, K))
+    return X, np.corrcoef(X[:, :4] + rng.normal(size=(n, 4)))
+
+
+def test_int_cv_means_shuffled_seeded_folds(rng):
+    from sklearn.model_selection import KFold
+
+    X, H = _category_ordered(rng)
+    a = AISSelector(cv=5, device="cpu").fit(X, H)
+    b = AISSelector(cv=KFold(5, shuffle=True, random_state=0), device="cpu").fit(X, H)
+    np.testing.assert_array_equal(a.cv_path_scores_, b.cv_path_scores_)
+    c = AISSelector(cv=KFold(5), device="cpu").fit(X, H)  # category blocks
+    assert not np.array_equal(a.cv_path_scores_, c.cv_path_scores_)
+    d = AISSelector(cv=5, random_state=1, device="cpu").fit(X, H)
+    assert not np.array_equal(a.cv_path_scores_, d.cv_path_scores_)
+
+
+def test_cross_validate_alignment_int_cv_is_shuffled(rng):
+    from sklearn.model_selection import KFold
+
+    from sklearn_ais.model_selection import cross_validate_alignment
+
+    X, H = _category_ordered(rng)
+    a = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, return_estimators=True)
+    b = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=KFold(5, shuffle=True, random_state=0))
+    pd.testing.assert_frame_equal(a.table.drop(columns="fit_time"), b.table.drop(columns="fit_time"))
+    c = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, random_state=3)
+    assert not c.table["test_score_full"].equals(a.table["test_score_full"])
+
+
+def test_undefined_t_is_never_chosen(rng):
+    """Anti-aligned data: every defined 2OI is negative, t = 1 (one pooled map, Pearson RSM) is undefined.
+    It was reported as 0 and chosen."""
+    X = rng.random((20, 6)) + 0.1
+    H = -np.corrcoef(X)  # humans judge the opposite
+    np.fill_diagonal(H, 1.0)
+    sel = AISSelector(device="cpu").fit(X, H)
+    assert np.isnan(sel.path_scores_[0])
+    assert np.isfinite(sel.path_scores_[1:]).all() and (sel.path_scores_[1:] < 0).all()
+    assert sel.n_features_to_select_ == int(np.nanargmax(sel.path_scores_)) + 1 > 1
+    with pytest.warns(UserWarning, match="undefined for every number of kept maps"):
+        one = AISSelector(device="cpu").fit(X[:, :1], H)
+    assert one.n_features_to_select_ == 1 and np.isnan(one.path_scores_).all()
+
+
+def test_metadata_routing_and_pandas_output(rng):
+    import sklearn
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sklearn_ais.model_selection import similarity_frame
+
+    X = rng.normal(size=(30, 8))
+    H = np.corrcoef(X[:, :3])
+    with sklearn.config_context(enable_metadata_routing=True):
+        grid = GridSearchCV(Pipeline([("scale", StandardScaler()), ("ais", AISSelector(device="cpu"))]),
+                            {"ais__similarity": ["pearson", "cosine"]}, cv=KFold(3, shuffle=True, random_state=0))
+        grid.fit(X, similarity_frame(H))
+    assert np.isfinite(grid.cv_results_["mean_test_score"]).all()
+    with pytest.raises(ValueError, match="sample_weight is not supported"):
+        AISSelector(device="cpu").fit(X, H).score(X, H, sample_weight=np.ones(30))
+    with sklearn.config_context(transform_output="pandas"):
+        sel = AISSelector(device="cpu", n_features_to_select=3).fit(X, H)
+        out = sel.transform(X)
+        assert isinstance(out, pd.DataFrame) and list(out.columns) == list(sel.get_feature_names_out())
+        fm = FeatureMaps(rng.random((30, 8, 2, 2)).astype(np.float32), PoolingHead())
+        pipe = Pipeline([("ais", AISSelector(device="cpu", n_features_to_select=3)),
+                         ("heat", AISHeatmapper(device="cpu", output="maps"))])
+        heat = pipe.fit(fm, H).transform(fm)  # FeatureMaps stay FeatureMaps through the selector
+        assert heat.shape == (30, 2, 2)
+        assert isinstance(pipe[0].fit_transform(fm, H), FeatureMaps)
+
+
+def test_inner_cv_over_pairs(rng):
+    from sklearn_ais.model_selection import PairKFold, RepeatedPairKFold, mask_pairs, pair_indices
+
+    X = rng.normal(size=(16, 10))
+    H = np.corrcoef(X[:, :3] + 0.5 * rng.normal(size=(16, 3)))
+    cv = PairKFold(3, shuffle=True, random_state=0)
+    sel = AISSelector(cv=cv, device="cpu").fit(X, H)
+    assert sel.cv_path_scores_.shape == (3, 10)
+    # reference: rank on the training pairs, sweep the validation pairs, all images in both
+    Hn = H.copy()
+    np.fill_diagonal(Hn, np.nan)
+    for row, (train, val) in zip(sel.cv_path_scores_, cv.split(X, Hn)):
+        Ht, Hv = mask_pairs(Hn, train), mask_pairs(Hn, val)
+        _, ais = naive_ais(X, Ht, "pearson", "spearman")
+        order = np.argsort(-ais, kind="stable")
+        ref = naive_path(X, Hv, order, "pearson", "spearman")
+        np.testing.assert_allclose(row[1:], ref[1:], atol=1e-9)
+    assert AISSelector(cv=RepeatedPairKFold(3, n_repeats=2, random_state=0), device="cpu").fit(
+        X, H).cv_path_scores_.shape == (6, 10)
+    assert len(pair_indices(16)[0]) == 120
+
+
+def test_scikit_learn_cross_validate_refuses_pair_splitters(rng):
+    from sklearn.model_selection import cross_validate
+
+    from sklearn_ais.model_selection import PairKFold, similarity_frame
+
+    X = rng.normal(size=(16, 6))
+    H = np.corrcoef(X)
+    with pytest.raises(TypeError, match="cross_validate_alignment"):
+        cross_validate(AISSelector(device="cpu"), X, similarity_frame(H), cv=PairKFold(3))

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import KFold, check_cv
-from sklearn.utils.validation import validate_data
-
-from .._containers import MIN_IMAGES, FeatureMaps, check_feature_maps
 from .._similarity import correlation, similarity_matrix, upper_triangle
+from .._validation import MIN_IMAGES, check_feature_maps, check_image_cv, is_feature_maps, validate_maps_input
 
 
 
@@ -19,7 +16,7 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
     number of maps for pooling heads); otherwise checks it. ``min_samples``:
     fewest images accepted (a similarity analysis needs 4; a transform 1).
     """
-    if isinstance(X, FeatureMaps):
+    if is_feature_maps(X):
         check_feature_maps(X, min_samples)
         E = np.asarray(X.embed(), dtype=np.float64)
         if reset:
@@ -32,7 +29,7 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
                 f"{estimator.n_features_in_}"
             )
         return E
-    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=min_samples)
+    return validate_maps_input(estimator, X, reset=reset, min_images=min_samples)
 
 
 def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:
@@ -50,11 +47,13 @@ def image_cv(cv, random_state=None):
 
     Shuffling matters: image sets are often ordered by category.
     """
-    if cv is None:
-        cv = 5
-    if isinstance(cv, (int, np.integer)) and not isinstance(cv, bool):
-        return KFold(int(cv), shuffle=True, random_state=random_state)
-    return check_cv(cv)
+    cv = check_image_cv(cv, random_state)
+    if getattr(cv, "splits_pairs", False):
+        raise ValueError(
+            f"{type(cv).__name__} splits matrix entries; this estimator's inner cross-validation holds out images "
+            "(an int or an image splitter such as KFold)"
+        )
+    return cv
 
 
 def split_images(cv, n: int):

@@ -12,7 +12,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold
 
 from .._containers import FeatureMaps
-from .._targets import check_similarity_target, similarity_frame
+from .._targets import check_similarity_target, sample_ids, similarity_frame
 from ._base import embedding_2oi
 
 __all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "make_method", "plot_comparison", "summarize_comparison"]
@@ -230,9 +230,10 @@ def compare_alignment(
     images,
     y,
     methods=METHODS,
-    cv=KFold(5, shuffle=True, random_state=0),
+    cv=5,
     subject_similarities=None,
     *,
+    random_state=0,
     y_kind="similarity",
     similarity="pearson",
     comparison="spearman",
@@ -267,7 +268,10 @@ def compare_alignment(
         to estimators (e.g. a ``GridSearchCV`` with an image-wise inner
         ``cv``; it receives ``y`` as a
         :func:`~sklearn_ais.model_selection.similarity_frame`).
-    cv : splitter over images, default=KFold(5, shuffle=True, random_state=0)
+    cv : int, splitter over images or iterable, default=5
+        An int ``k`` means ``KFold(k, shuffle=True, random_state=random_state)``
+        (stimulus sets are often ordered by category: unshuffled folds would
+        be category blocks).
     subject_similarities : array-like of shape (n_subjects, n, n), optional
         Per-subject matrices (similarities or dissimilarities, consistently)
         for the noise ceiling on each fold's test images
@@ -279,6 +283,8 @@ def compare_alignment(
         Correlation of ``"none"`` (the estimators use their own parameter).
     verbose : int, default=0
         Progress bar over backbones and folds when > 0.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the folds of an int ``cv``.
 
     Returns
     -------
@@ -304,6 +310,14 @@ def compare_alignment(
     >>> list(res.summary["method"])
     ['none', 'ais']
     """
+    from .._validation import check_image_cv
+
+    cv = check_image_cv(cv, random_state)
+    if getattr(cv, "splits_pairs", False):
+        raise ValueError(
+            f"compare_alignment holds out images; {type(cv).__name__} splits matrix entries. Use an image splitter "
+            "(an int, KFold, RepeatedKFold) or cross_validate_alignment for entry-wise held-out scores"
+        )
     methods = _methods(methods)
     if not methods:
         raise ValueError("methods is empty")
@@ -322,7 +336,7 @@ def compare_alignment(
         if subjects.ndim != 3 or subjects.shape[1] != subjects.shape[2]:
             raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {subjects.shape}")
 
-    rows, ceilings, splits, H, seen = [], [], None, None, set()
+    rows, ceilings, splits, H, seen, first_ids = [], [], None, None, set(), None
     progress = None
     if verbose:
         from tqdm import tqdm
@@ -337,7 +351,7 @@ def compare_alignment(
         seen.add(label)
         n = len(X)
         if H is None:
-            H = check_similarity_target(y, n, y_kind)  # dissimilarities come back negated
+            H = check_similarity_target(y, n, y_kind, ids=sample_ids(X))  # dissimilarities come back negated
             splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
             if subjects is not None:
                 if subjects.shape[1] != n:
@@ -347,8 +361,15 @@ def compare_alignment(
                 for fold, (_, test) in enumerate(splits):
                     lo, hi = noise_ceiling(subjects[:, test][:, :, test], comparison)
                     ceilings.append({"fold": fold, "lower": lo, "upper": hi})
+            first_ids = sample_ids(X)
         elif n != H.shape[0]:
             raise ValueError(f"backbone {label!r} gave {n} images, others {H.shape[0]}")
+        elif first_ids is not None and sample_ids(X) is not None and not np.array_equal(sample_ids(X), first_ids):
+            raise ValueError(
+                f"backbone {label!r} carries its images in another order (or other images) than the first "
+                "backbone (their ids differ): folds are paired by position, so give every backbone the same images "
+                "in the same order"
+            )
         n_maps = X.shape[1]
         for fold, (train, test) in enumerate(splits):
             X_tr, X_te = X[train], X[test]
@@ -361,7 +382,7 @@ def compare_alignment(
                     train_score = embedding_2oi(_embed(X_tr), H_tr, similarity, comparison)
                 else:
                     est = _as_similarity_estimator(template)
-                    est.fit(X_tr, similarity_frame(H_tr))
+                    est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
                     fit_time = time.perf_counter() - t0
                     test_score = float(est.score(X_te, H_te))
                     train_score = float(est.score(X_tr, H_tr))
@@ -414,6 +435,8 @@ def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
     """
     import matplotlib.pyplot as plt
 
+    from ..plotting import plain_text
+
     if isinstance(result, AlignmentComparison):
         table = result.table
         if noise_ceiling is None:
@@ -438,13 +461,13 @@ def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
             x = b - 0.4 + width * (m + 0.5)
             sem = np.std(vals, ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
             ax.bar(x, vals.mean(), width * 0.9, yerr=sem, color=colour, capsize=3,
-                   label=method if b == 0 else None, alpha=0.9)
+                   label=plain_text(method) if b == 0 else None, alpha=0.9)
             ax.scatter(x + rng.uniform(-width / 5, width / 5, len(vals)), vals, s=9, color="k", zorder=3)
     if noise_ceiling is not None:
         lo, hi = noise_ceiling
         ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise ceiling")
     ax.set_xticks(range(len(backbones)))
-    ax.set_xticklabels(backbones)
+    ax.set_xticklabels([plain_text(b) for b in backbones])
     ax.set_ylabel("held-out 2OI (Spearman)")
     ax.axhline(0, color="k", lw=0.8)
     top = max(float(table["test_2oi"].max()), noise_ceiling[1] if noise_ceiling is not None else -np.inf)

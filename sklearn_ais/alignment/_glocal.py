@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, SIMILARITIES, similarity_matrix
-from .._targets import check_similarity_target
+from .._targets import check_similarity_target, sample_ids
 from ._base import as_embeddings, compare_upper, torch_threads
 
 __all__ = ["GLocalAligner", "glocal_loss", "odd_one_out_accuracy", "triplets_from_similarity"]
@@ -412,12 +412,13 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         self : GLocalAligner
         """
+        ids = sample_ids(X)
         E = as_embeddings(self, X, reset=True)
         n, D = E.shape
         if triplets is not None:
             T = self._check_triplets(triplets, n)
         elif y is not None:
-            H = check_similarity_target(y, n, self.y_kind)
+            H = check_similarity_target(y, n, self.y_kind, ids=ids)
             T = triplets_from_similarity(H, self.n_triplets, self.random_state)
             if len(T) == 0:
                 raise ValueError("y implies no odd-one-out triplet (all triplets tied or missing)")
@@ -529,7 +530,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         Z = self.transform(X)
-        H = check_similarity_target(y, Z.shape[0], self.y_kind)
+        H = check_similarity_target(y, Z.shape[0], self.y_kind, ids=sample_ids(X))
         return compare_upper(similarity_matrix(Z, self.similarity), H, self.comparison)
 
     @property

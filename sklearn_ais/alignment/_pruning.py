@@ -329,10 +329,13 @@ def occlusion_heatmaps(
 
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    from ..backbones._preprocess import as_image_source
+
     bb = _resolve_backbone(transformer)
+    source = as_image_source(images)
+    H = check_similarity_target(y_similarity, len(source), y_kind, ids=source.ids)  # before any forward pass
     pixels, geometry = bb.preprocess(images)
     n, _, Hin, Win = pixels.shape
-    H = check_similarity_target(y_similarity, n, y_kind)
     window = _pair(window if window is not None else max(1, min(Hin, Win) // 4), "window")
     window = (min(window[0], Hin), min(window[1], Win))
     stride = _pair(stride if stride is not None else max(1, min(window) // 2), "stride")

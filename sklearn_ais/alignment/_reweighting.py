@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, batched_correlation
-from .._targets import check_similarity_target
+from .._targets import check_similarity_target, sample_ids
 from ._base import as_embeddings, compare_upper, image_cv, split_images
 
 __all__ = ["FeatureReweighting", "pair_design"]
@@ -353,9 +353,10 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         self : FeatureReweighting
         """
+        ids = sample_ids(X)
         E = as_embeddings(self, X, reset=True)
         n, D = E.shape
-        H = check_similarity_target(y, n, self.y_kind)
+        H = check_similarity_target(y, n, self.y_kind, ids=ids)
         if self.standardize:
             self.mean_ = E.mean(axis=0)
             sd = E.std(axis=0)
@@ -461,7 +462,7 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         S = self.predict_similarity(X)
-        H = check_similarity_target(y, S.shape[0], self.y_kind)
+        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X))
         return compare_upper(S, H, self.comparison)
 
     @property

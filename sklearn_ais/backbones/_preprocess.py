@@ -230,9 +230,10 @@ class ImageSource(Sequence):
 
     Attributes
     ----------
-    ids : ndarray of shape (n_images,)
+    ids : ndarray of shape (n_images,) or None
         The file paths (as given, as ``str``) when every image is a file,
-        else ``arange(n_images)``.
+        else None: in-memory images carry no identity (a position is not
+        one: ``images[[5]]`` would be "image 0" again).
     """
 
     def __init__(self, items, ids):
@@ -292,7 +293,7 @@ def as_image_source(X) -> ImageSource:
             )
         arr = X.detach().cpu().permute(0, 2, 3, 1).numpy()
         _check_stack(arr, "tensor of images")
-        return ImageSource(arr, np.arange(len(arr)))
+        return ImageSource(arr, None)
     if isinstance(X, np.ndarray) and X.dtype != object:
         if X.ndim == 3 and X.shape[-1] in (3, 4):
             raise ValueError(
@@ -305,7 +306,7 @@ def as_image_source(X) -> ImageSource:
                 f"got {X.shape}"
             )
         _check_stack(X, "array of images")
-        return ImageSource(X, np.arange(len(X)))
+        return ImageSource(X, None)
     if not hasattr(X, "__len__") or isinstance(X, (bytes, dict)):
         raise TypeError(
             "images must be a sequence of paths, PIL images, arrays or tensors, or one array/tensor; "
@@ -329,6 +330,6 @@ def as_image_source(X) -> ImageSource:
             _check_image_array(item, f"image {i}")
         elif not isinstance(item, Image.Image):
             raise TypeError(f"image {i}: expected a path, PIL image, array or tensor, got {type(item).__name__}")
-    ids = np.asarray([os.fspath(p) for p in items]) if all(_is_path(p) for p in items) else np.arange(len(items))
+    ids = np.asarray([os.fspath(p) for p in items]) if all(_is_path(p) for p in items) else None
     return ImageSource(items, ids)
 

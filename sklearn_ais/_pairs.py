@@ -1,0 +1,97 @@
+"""Pairs of images: the entries of a similarity matrix's strict upper triangle.
+
+Splitters over matrix entries (:mod:`sklearn_ais.model_selection`) and the
+estimators' entry-wise inner cross-validation index pairs in the order of
+:func:`pair_indices`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pair_indices(n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every upper-triangle pair, in the order splitters index them.
+
+    Parameters
+    ----------
+    n_images : int
+
+    Returns
+    -------
+    rows, cols : ndarray of shape (n_images * (n_images - 1) // 2,)
+        ``rows[p] < cols[p]``, row-major.
+
+    Examples
+    --------
+    >>> from sklearn_ais.model_selection import pair_indices
+    >>> pair_indices(3)
+    (array([0, 0, 1]), array([1, 2, 2]))
+    """
+    return np.triu_indices(n_images, k=1)
+
+
+def mask_pairs(similarity, pairs) -> np.ndarray:
+    """A copy of ``similarity`` in which only ``pairs`` (upper-triangle indices) are observed.
+
+    Every other off-diagonal entry becomes NaN, on both sides of the diagonal.
+
+    Parameters
+    ----------
+    similarity : array-like of shape (n, n)
+    pairs : array-like of int, or boolean mask of shape (n * (n - 1) // 2,)
+        Pairs to keep, as indices into :func:`pair_indices` order (or a mask
+        in that order).
+
+    Returns
+    -------
+    masked : ndarray of shape (n, n), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.model_selection import mask_pairs
+    >>> mask_pairs(np.ones((3, 3)), [0])  # keep pair (0, 1)
+    array([[ 1.,  1., nan],
+           [ 1.,  1., nan],
+           [nan, nan,  1.]])
+    """
+    S = np.asarray(similarity, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
+    n = S.shape[0]
+    i, j = pair_indices(n)
+    pairs = np.asarray(pairs)
+    if pairs.dtype == bool:
+        if pairs.shape != (len(i),):
+            raise ValueError(f"pairs as a boolean mask must have shape ({len(i)},), got {pairs.shape}")
+        pairs = np.flatnonzero(pairs)
+    if pairs.size and (pairs.dtype.kind not in "iu" or pairs.min() < 0 or pairs.max() >= len(i)):
+        raise ValueError(
+            f"pairs must be integer indices of upper-triangle pairs in [0, {len(i)}) (see pair_indices({n}))"
+        )
+    keep = np.zeros(len(i), dtype=bool)
+    keep[pairs.astype(np.int64)] = True
+    out = np.full_like(S, np.nan)
+    out[i[keep], j[keep]] = S[i[keep], j[keep]]
+    out[j[keep], i[keep]] = S[j[keep], i[keep]]
+    np.fill_diagonal(out, np.diag(S))
+    return out
+
+
+def observed_pairs(similarity) -> np.ndarray:
+    """Indices (in :func:`pair_indices` order) of the pairs a square matrix observes (not NaN).
+
+    Parameters
+    ----------
+    similarity : array-like of shape (n, n)
+
+    Returns
+    -------
+    pairs : ndarray of int
+    """
+    S = np.asarray(similarity, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"y must be the square n x n similarity matrix of the images in X, got shape {S.shape}")
+    i, j = pair_indices(S.shape[0])
+    return np.flatnonzero(~np.isnan(S[i, j]))

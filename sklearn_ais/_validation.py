@@ -1,0 +1,182 @@
+"""Validation of ``X``, feature masks and splitters: the input contract's X side.
+
+Every estimator and public function reads its inputs through this module (``y``
+through :mod:`sklearn_ais._targets`), before any expensive work, so that an
+input whose meaning the package would otherwise drop is honoured or refused
+with a message that says what to do (see ``CONTRIBUTING.md``, "Input
+contract"):
+
+* ``X`` is :class:`~sklearn_ais.FeatureMaps` or a 2-D array (n_images,
+  n_units). A masked array is refused (a masked activation has no agreed
+  meaning), as are sparse matrices, NaN/inf, complex and non-numeric values;
+  a DataFrame's index is kept as the images' ids.
+* a *feature mask* (``keep``, ``keep_units``) is a boolean mask of one entry
+  per map/unit or an array of integer indices; an integer array is never
+  silently read as booleans, nor a boolean mask as indices.
+* an int ``cv`` means shuffled image-wise folds, seeded by the caller's
+  ``random_state``: stimulus sets are ordered by category, so unshuffled
+  folds would be category blocks.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.model_selection import KFold, RepeatedKFold, check_cv
+from sklearn.utils.validation import validate_data
+
+# Fewest images a similarity analysis accepts (a correlation of upper triangles needs 6 pairs).
+MIN_IMAGES = 4
+
+
+def is_feature_maps(X) -> bool:
+    """True for :class:`~sklearn_ais.FeatureMaps` (without importing torch here)."""
+    from ._containers import FeatureMaps
+
+    return isinstance(X, FeatureMaps)
+
+
+def check_feature_maps(X, min_images: int = MIN_IMAGES):
+    """Checks every estimator that reads FeatureMaps makes: enough images, finite maps.
+
+    Parameters
+    ----------
+    X : FeatureMaps
+    min_images : int, default=4
+        Fewest images accepted (a similarity analysis needs 4; drawing one
+        new image needs 1).
+
+    Returns
+    -------
+    X : FeatureMaps
+        Unchanged.
+    """
+    if len(X) < min_images:
+        raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")
+    if not np.isfinite(X.maps).all():
+        raise ValueError("X (feature maps) contains NaN or inf")
+    return X
+
+
+def refuse_masked(X, name: str = "X"):
+    """A masked array's mask would be dropped by ``np.asarray``: refuse it."""
+    if np.ma.isMaskedArray(X):
+        raise TypeError(
+            f"{name} is a masked array, but a masked activation has no agreed meaning (missing? zero?): fill it "
+            f"({name}.filled(value)) or drop the masked units/images before fitting"
+        )
+
+
+def validate_maps_input(estimator, X, *, reset: bool, min_images: int = MIN_IMAGES):
+    """Validate ``X``: FeatureMaps (checked here) or a 2-D array (scikit-learn's checks).
+
+    Parameters
+    ----------
+    estimator : estimator
+        Receives ``n_features_in_`` (and ``feature_names_in_``) with
+        ``reset=True``; checked against them otherwise.
+    X : FeatureMaps or array-like of shape (n_images, n_units)
+    reset : bool
+        True in ``fit``.
+    min_images : int, default=4
+
+    Returns
+    -------
+    X : FeatureMaps or ndarray of shape (n_images, n_units), float64
+    """
+    if is_feature_maps(X):
+        check_feature_maps(X, min_images)
+        K = X.n_maps
+        if reset:
+            estimator.n_features_in_ = K
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+        elif K != getattr(estimator, "n_features_in_", K):
+            raise ValueError(
+                f"X has {K} feature maps, but {type(estimator).__name__} was fitted with {estimator.n_features_in_}"
+            )
+        return X
+    refuse_masked(X)
+    # scikit-learn's own checks: 2-D, finite, numeric, enough samples, no sparse input.
+    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=min_images)
+
+
+def as_feature_mask(keep, n_features: int, name: str = "keep") -> np.ndarray:
+    """A boolean mask of ``n_features`` entries from a mask, integer indices or a fitted selector.
+
+    Parameters
+    ----------
+    keep : array-like of bool of shape (n_features,), array-like of int, or fitted selector
+        A boolean mask; indices of the features to keep (unique, in
+        ``[-n_features, n_features)``); or anything with ``get_support()``.
+    n_features : int
+    name : str, default="keep"
+        Name used in error messages.
+
+    Returns
+    -------
+    mask : ndarray of bool of shape (n_features,)
+
+    Examples
+    --------
+    >>> from sklearn_ais._validation import as_feature_mask
+    >>> as_feature_mask([0, 2], 3), as_feature_mask([True, False, True], 3)
+    (array([ True, False,  True]), array([ True, False,  True]))
+    """
+    if hasattr(keep, "get_support"):
+        keep = keep.get_support()
+    refuse_masked(keep, name)
+    arr = np.asarray(keep)
+    if arr.dtype == bool:
+        if arr.shape != (n_features,):
+            raise ValueError(f"{name} as a boolean mask must have shape ({n_features},), got {arr.shape}")
+        return arr.copy()
+    if arr.ndim == 1 and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        idx = arr.astype(np.int64)
+        if idx.size and (idx.min() < -n_features or idx.max() >= n_features):
+            raise ValueError(f"{name} indices must lie in [0, {n_features - 1}], got {idx.min()} .. {idx.max()}")
+        if len(np.unique(idx % max(n_features, 1))) != len(idx):
+            raise ValueError(f"{name} indices repeat a feature")
+        mask = np.zeros(n_features, dtype=bool)
+        mask[idx] = True
+        return mask
+    raise TypeError(
+        f"{name} must be a boolean mask of shape ({n_features},) or an array of integer indices, got dtype "
+        f"{arr.dtype} and shape {arr.shape} (a 0/1 float array is ambiguous: pass {name}.astype(bool))"
+    )
+
+
+def check_image_cv(cv, random_state=0, *, default=None):
+    """The package's one rule for ``cv``: an int means shuffled image-wise folds.
+
+    Parameters
+    ----------
+    cv : None, int, splitter or iterable
+        ``None``: ``default`` (or 5-fold); an int ``k``:
+        ``KFold(k, shuffle=True, random_state=random_state)``; a splitter
+        over images or over matrix entries (its ``splits_pairs`` attribute)
+        or an iterable of (train, test) index arrays: unchanged.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the shuffling of an int ``cv``.
+    default : splitter, optional
+        Used when ``cv`` is None.
+
+    Returns
+    -------
+    cv : splitter
+    """
+    if cv is None:
+        cv = default if default is not None else 5
+    if isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
+        if cv < 2:
+            raise ValueError(f"cv must be at least 2 folds, got {cv}")
+        return KFold(int(cv), shuffle=True, random_state=random_state)
+    if getattr(cv, "splits_pairs", False):
+        return cv
+    return check_cv(cv)
+
+
+def default_repeated_cv(random_state=0):
+    """The seed paper's protocol: 5 image-wise folds x 8 repeats."""
+    return RepeatedKFold(n_splits=5, n_repeats=8, random_state=random_state)
