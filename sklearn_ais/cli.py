@@ -1,241 +1,250 @@
-"""Command line: ``sklearn-ais demo`` and ``sklearn-ais run``.
+"""Command line: ``sklearn-ais demo`` and ``sklearn-ais run`` (argument parsing and messages only).
 
-User errors (missing files, mismatched sizes, unknown backbone) print one
-line that says what to do and exit with status 2; ``--verbose`` shows the
-traceback.
+The analysis itself is :func:`sklearn_ais.workflow.run_analysis`. Every input
+is validated before any feature extraction; user errors print one line in
+command-line terms and exit with status 2 (``--verbose`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
+import re
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+EPILOG_ORDER = (
+    "Image order: a folder is read in natural order (im2 before im10, case-insensitive; hidden files such as "
+    "._im1.png and sub-folders are skipped). The matrix's rows and columns must follow that order; the order "
+    "used is written to image_order.csv and into every per-image output."
+)
 
 
 class UserError(Exception):
     """An error in what the user asked for; reported in one line."""
 
 
-def _say(msg, quiet=False):
-    if not quiet:
-        print(msg, flush=True)
+# Library messages name Python parameters; the command line has options.
+_CLI_TERMS = [
+    (r'y_kind="dissimilarity" \(command line: --kind dissimilarity\)', "--kind dissimilarity"),
+    (r'y_kind="similarity" \(command line: --kind similarity\)', "--kind similarity"),
+    (r'y_kind="(\w+)"', r"--kind \1"),
+    (r"\(command line: --overwrite; Python: overwrite=True\)", "(--overwrite)"),
+    (r"\by\b(?=[ \[])", "the --similarity matrix"),
+    (r"\(y \+ y\.T\) / 2", "the average of the matrix and its transpose"),
+    (r"weights=\"?/path/to/state_dict\.pth\"?", "--weights /path/to/state_dict.pth"),
+    (r"\bweights=", "--weights "),
+]
+
+
+def cli_terms(message: str) -> str:
+    """Rewrite a library message in command-line terms (options instead of Python parameters)."""
+    for pattern, repl in _CLI_TERMS:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------
-def load_images_arg(path: str):
-    """A folder of image files (sorted by name) or a .npy array (n, H, W[, 3])."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"--images {path}: no such file or folder")
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"--images {path}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [str(f) for f in files], [f.name for f in files]
-    if p.suffix.lower() == ".npy":
-        arr = np.load(p, allow_pickle=False)
-        return arr, [str(i) for i in range(len(arr))]
-    raise UserError(f"--images {path}: give a folder of images or a .npy array of shape (n, H, W, 3)")
+def _check_backbone(args):
+    from .backbones import list_backbones
+
+    if args.backbone not in list_backbones():
+        import difflib
+
+        close = difflib.get_close_matches(args.backbone, list_backbones(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"--backbone {args.backbone}: unknown backbone.{hint} Choose one of: {', '.join(list_backbones())}")
+    weights = args.weights if args.weights is not None else "DEFAULT"
+    if weights.lower() == "none":
+        return None  # a randomly initialised network, e.g. as a control
+    looks_like_file = "/" in weights or "\\" in weights or Path(weights).suffix.lower() in (".pth", ".pt", ".bin", ".ckpt")
+    if looks_like_file and not Path(weights).is_file():
+        raise UserError(f"--weights {weights}: no such file")
+    return weights
 
 
-def load_similarity_arg(path: str, key: str | None = None) -> np.ndarray:
-    """An n x n matrix from .npy, .csv (optionally with a header row/index column) or .mat."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--similarity {path}: no such file")
-    suffix = p.suffix.lower()
-    if suffix == ".npy":
-        M = np.load(p, allow_pickle=False)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        import pandas as pd
+def _validate_run(args):
+    """Everything that can be checked before feature extraction; returns the inputs of the analysis."""
+    from ._files import InputFileError, read_matrix
+    from ._targets import check_similarity_target
+    from .workflow import check_output_folder, load_images
 
-        sep = "\t" if suffix == ".tsv" else ","
-        df = pd.read_csv(p, sep=sep, header=None)
-        if not np.issubdtype(df.iloc[1:, 1:].to_numpy().dtype, np.number):
-            df = df.apply(pd.to_numeric, errors="coerce")
-        numeric = df.apply(pd.to_numeric, errors="coerce")
-        if numeric.iloc[0].isna().all():  # a header row
-            numeric = numeric.iloc[1:]
-        if numeric.iloc[:, 0].isna().all():  # an index column
-            numeric = numeric.iloc[:, 1:]
-        M = numeric.to_numpy(dtype=float)
-    elif suffix == ".mat":
-        from scipy.io import loadmat
-
-        data = {k: v for k, v in loadmat(p, simplify_cells=True).items() if not k.startswith("__")}
-        if key is not None:
-            if key not in data:
-                raise UserError(f"--similarity {path}: no variable {key!r}; it holds {sorted(data)}")
-            M = np.asarray(data[key], dtype=float)
-        else:
-            square = {k: v for k, v in data.items() if isinstance(v, np.ndarray) and v.ndim == 2
-                      and v.shape[0] == v.shape[1] and v.shape[0] > 1}
-            if len(square) != 1:
-                raise UserError(f"--similarity {path}: name the matrix with --similarity-key (square variables: "
-                                f"{sorted(square) or 'none'})")
-            M = np.asarray(next(iter(square.values())), dtype=float)
-    else:
-        raise UserError(f"--similarity {path}: use a .npy, .csv or .mat file")
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise UserError(f"--similarity {path}: expected a square matrix, got shape {M.shape}")
-    return M
-
-
-# ---------------------------------------------------------------------------
-def analyse(images, similarity, *, out, ids, backbone="efficientnet_lite0", weights="DEFAULT", device="auto",
-            kind="similarity", n_splits=5, n_repeats=2, masks=None, title="AIS analysis", quiet=False,
-            max_grid=32):
-    """Extraction, cross-validated selection, heatmaps and report; returns a dict of results."""
-    from sklearn.model_selection import RepeatedKFold
-
-    from . import AISHeatmapper, AISSelector, DNNFeatureMapTransformer
-    from ._report import write_report
-    from .metrics import alignment_score, relative_risk
-    from .model_selection import cross_validate_alignment
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        images_dir = [args.images] if Path(args.images).is_dir() else []
+        check_output_folder(args.out, args.overwrite, inputs=images_dir)
+        images, ids = load_images(args.images)
+        _check_readable(images)
+        S = read_matrix(args.similarity, args.similarity_key)
+    except InputFileError as exc:
+        raise UserError(cli_terms(str(exc))) from None
     n = len(images)
-    if similarity.shape[0] != n:
-        raise UserError(f"the similarity matrix is {similarity.shape[0]} x {similarity.shape[0]} but there are {n} "
-                        "images; they must match, in the same order")
-    t0 = time.perf_counter()
-    verbose = 0 if quiet else 1
-    transformer = DNNFeatureMapTransformer(backbone=backbone, weights=weights, device=device, verbose=verbose)
-    _say(f"[1/4] feature maps of {n} images through {backbone} ...", quiet)
-    fm = transformer.fit_transform(images)
-    fm.ids = np.asarray(ids)
-    sign = -1.0 if kind == "dissimilarity" else 1.0
-    baseline = alignment_score(fm.embed(), sign * similarity)
-    _say(f"      {fm.n_maps} maps of {fm.shape[2]}x{fm.shape[3]}; baseline 2OI (all maps, all images) = "
-         f"{baseline:.3f}", quiet)
-
-    _say(f"[2/4] AIS selection, {n_splits}-fold x {n_repeats} image-wise cross-validation ...", quiet)
-    cv = RepeatedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=0)
-    res = cross_validate_alignment(AISSelector(y_kind=kind, device=device), fm, similarity, cv=cv,
-                                   return_paths=True, verbose=verbose)
-    s = res.summary
-    _say(f"      held-out 2OI: all maps {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f}, selected "
-         f"{s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (paired t = {s.t_statistic:.2f}, "
-         f"p = {s.p_value:.2g})", quiet)
-
-    _say("[3/4] selection and per-image heatmaps on all images ...", quiet)
-    selector = AISSelector(y_kind=kind, device=device).fit(fm, similarity)
-    heatmapper = AISHeatmapper(keep=selector.support_, y_kind=kind, device=device).fit(fm, similarity)
-    heatmaps = heatmapper.transform(fm)
-    _write_tables(out, fm, selector, heatmapper, res)
-
-    _say("[4/4] figures and report ...", quiet)
-    from .backbones._preprocess import as_image_source
-
-    source = as_image_source(images)
-    thumbs = [np.asarray(source[i]) for i in range(min(n, max_grid))]
-    lines = [
-        f"{n} images, backbone {backbone} ({fm.n_maps} maps), human {kind} matrix",
-        f"baseline 2OI, all maps, all images: {baseline:.3f}",
-        f"maps kept when fitted on all images: {int(selector.support_.sum())} of {fm.n_maps} "
-        f"(training 2OI {selector.path_scores_[selector.n_features_to_select_ - 1]:.3f})",
-    ]
-    result = {"baseline": baseline, "summary": s, "selector": selector, "heatmaps": heatmaps, "cv": res}
-    if masks is not None:
-        rr = relative_risk(np.asarray(heatmaps, dtype=float), np.asarray(masks, bool), top=10)
-        result["relative_risk"] = rr
-        lines.append(f"ground truth: top-10% heatmap pixels on the object, median relative risk {np.median(rr):.2f}")
-        _say(f"      {lines[-1]}", quiet)
-    report = write_report(out, title=title, summary_lines=lines, cv_result=res, selector=selector,
-                          images=thumbs, heatmaps=[heatmaps[i] for i in range(len(thumbs))],
-                          titles=[str(i) for i in fm.ids[: len(thumbs)]])
-    _say(f"done in {time.perf_counter() - t0:.0f} s: {report}", quiet)
-    result["report"] = report
-    return result
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise UserError(f"--similarity {args.similarity}: expected a square matrix, got shape {S.shape}")
+    if S.shape[0] != n:
+        raise UserError(
+            f"--similarity {args.similarity} is {S.shape[0]} x {S.shape[1]} but --images holds {n} images; they must "
+            "match, in the same order"
+        )
+    try:
+        check_similarity_target(S, n, args.kind)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--similarity {args.similarity}: {cli_terms(str(exc))}") from None
+    _check_folds(args, n)
+    weights = _check_backbone(args)
+    return images, ids, S, weights
 
 
-def _write_tables(out: Path, fm, selector, heatmapper, res):
-    import pandas as pd
+def _check_folds(args, n):
+    from ._validation import MIN_IMAGES
 
-    pd.DataFrame(
-        {"map": np.arange(fm.n_maps), "ais": selector.scores_, "rank": selector.ranking_, "selected": selector.support_}
-    ).to_csv(out / "map_scores.csv", index=False)
-    np.savez_compressed(
-        out / "selection.npz", scores=selector.scores_, ranking=selector.ranking_, support=selector.support_,
-        path_scores=selector.path_scores_, image_scores=heatmapper.image_scores_, ids=fm.ids.astype(str),
-    )
-    res.table.to_csv(out / "cv_folds.csv", index=False)
+    if args.cv < 2:
+        raise UserError(f"--cv {args.cv}: at least 2 folds are needed")
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: at least 1 repeat is needed")
+    if n // args.cv < MIN_IMAGES:
+        hint = (f"use --cv {n // MIN_IMAGES} or fewer" if n // MIN_IMAGES >= 2
+                else f"cross-validation needs at least {2 * MIN_IMAGES} images")
+        raise UserError(
+            f"--cv {args.cv}: with {n} images a test fold would hold {n // args.cv}; at least {MIN_IMAGES} are "
+            f"needed: {hint}"
+        )
 
 
-# ---------------------------------------------------------------------------
-def _demo(args):
-    from .datasets import make_similarity_task
+def _check_readable(images):
+    """Open every image file's header (cheap) so that an unreadable file fails now, not mid-run."""
+    from PIL import Image
 
-    task = make_similarity_task(random_state=0)
-    _say(f"built-in task: {len(task.images)} synthetic images; the simulated observer judges by the object's shape "
-         "and colour, never by the background", args.quiet)
-    ids = [f"{i}:{c} {s}" for i, (s, c) in enumerate(zip(task.shapes, task.colors))]
-    return analyse(task.images, task.similarity, out=args.out, ids=ids, device=args.device, masks=task.masks,
-                   n_splits=5, n_repeats=2, title="sklearn-ais demo: synthetic similarity task", quiet=args.quiet)
+    from ._files import InputFileError, display_name
+
+    if not isinstance(images, list):
+        return
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - reads the header
+        except Exception as exc:  # PIL raises several types for unreadable files
+            raise InputFileError(f"{display_name(path)}: not a readable image ({type(exc).__name__})") from None
 
 
 def _run(args):
-    images, ids = load_images_arg(args.images)
-    S = load_similarity_arg(args.similarity, args.similarity_key)
-    weights = args.weights if args.weights is not None else "DEFAULT"
-    if weights.lower() == "none":
-        weights = None  # a randomly initialised network, e.g. as a control
-    elif not Path(weights).exists() and (os.sep in weights or weights.endswith((".pth", ".pt", ".bin"))):
-        raise UserError(f"--weights {weights}: no such file")
-    return analyse(images, S, out=args.out, ids=ids, backbone=args.backbone, weights=weights, device=args.device,
-                   kind=args.kind, n_splits=args.cv, n_repeats=args.repeats, title=f"AIS analysis of {args.images}",
-                   quiet=args.quiet)
+    images, ids, S, weights = _validate_run(args)
+    from .workflow import run_analysis
+
+    inputs = {"similarity file": f"{args.similarity} (sha256 {_sha256(args.similarity)})"}
+    result = run_analysis(
+        images, S, ids=ids, backbone=args.backbone, weights=weights, device=args.device, kind=args.kind,
+        n_splits=args.cv, n_repeats=args.repeats, crop=not args.no_crop, title=f"AIS analysis of {args.images}",
+        verbose=0 if args.quiet else 1, provenance=inputs,
+    )
+    report = result.save(args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"report: {report}", flush=True)
+    return result
+
+
+def _demo(args):
+    from .datasets import make_similarity_task
+    from .workflow import check_output_folder, run_analysis
+
+    try:
+        check_output_folder(args.out, args.overwrite)
+    except ValueError as exc:
+        raise UserError(cli_terms(str(exc))) from None
+    task = make_similarity_task(random_state=0)
+    if not args.quiet:
+        print(f"built-in task: {len(task.images)} synthetic images; a simulated observer judges by the object's "
+              "shape and colour, never by the background", flush=True)
+    ids = [f"{i}:{c} {s}" for i, (s, c) in enumerate(zip(task.shapes, task.colors))]
+    result = run_analysis(
+        task.images, task.similarity, ids=ids, device=args.device, masks=task.masks, n_splits=5, n_repeats=2,
+        title="sklearn-ais demo: synthetic similarity task (simulated observer)", simulated=True,
+        verbose=0 if args.quiet else 1,
+    )
+    report = result.save(args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"report: {report}", flush=True)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sklearn-ais", description="Alignment Importance Scores for CNN feature "
-                                     "maps and human similarity judgments.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+    from .backbones import list_backbones
+    from .workflow import OUTPUT_FILES
 
-    def common(p):
-        p.add_argument("--out", default="ais-output", help="output folder (default: %(default)s)")
-        p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="sklearn-ais",
+        description="Alignment Importance Scores: which feature maps of a CNN align with human similarity "
+        "judgments, and where that information is in each image.",
+    )
+    parser.add_argument("--version", action="version", version=f"sklearn-ais {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    outputs = "Output files:\n" + "\n".join(f"  {k}: {v}" for k, v in OUTPUT_FILES.items())
+
+    def common(p, out_default):
+        p.add_argument("--out", default=out_default, help="output folder, written when the run is complete "
+                       "(default: %(default)s)")
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
         p.add_argument("--quiet", action="store_true", help="no progress output")
         p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
 
-    demo = sub.add_parser("demo", help="built-in synthetic task with pretrained EfficientNet-Lite0 (offline)")
-    common(demo)
-    demo.set_defaults(func=_demo, out="ais-demo")
+    demo = sub.add_parser(
+        "demo", help="built-in synthetic task with the pretrained EfficientNet-Lite0 (offline, ~1 min on a CPU)",
+        description="Runs the analysis on a built-in synthetic task (a simulated observer who judges shape and "
+        "colour) with the offline ImageNet-pretrained EfficientNet-Lite0.",
+        epilog=outputs, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(demo, "ais-demo")
+    demo.set_defaults(func=_demo)
 
-    run = sub.add_parser("run", help="your images and similarity judgments")
-    run.add_argument("--images", required=True, help="folder of images (sorted by name) or .npy (n, H, W, 3)")
-    run.add_argument("--similarity", required=True, help="n x n matrix: .npy, .csv or .mat, rows in image order")
-    run.add_argument("--similarity-key", default=None, help="variable name inside a .mat file")
-    run.add_argument("--kind", choices=("similarity", "dissimilarity"), default="similarity")
-    run.add_argument("--backbone", default="efficientnet_lite0")
-    run.add_argument("--weights", default=None, help="DEFAULT (pretrained), none (random), a torchvision weights name, or a local state dict file")
+    run = sub.add_parser(
+        "run", help="your images and similarity judgments",
+        description="Feature maps, cross-validated AIS selection, per-image heatmaps and a report for your "
+        "images and your human similarity (or dissimilarity) matrix.",
+        epilog=EPILOG_ORDER + "\n\n" + outputs, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--images", required=True, help="folder of images (natural order) or .npy array (n, H, W, 3)")
+    run.add_argument("--similarity", required=True, help="n x n matrix: .npy, .csv/.tsv/.txt or .mat, rows and "
+                     "columns in image order; empty cells, NaN and NA mark pairs nobody judged")
+    run.add_argument("--similarity-key", default=None, help="variable of a .mat file (name or struct.field)")
+    run.add_argument("--kind", choices=("similarity", "dissimilarity"), default="similarity",
+                     help="what the matrix holds; an RDM (zero diagonal) is a dissimilarity (default: %(default)s)")
+    run.add_argument("--backbone", default="efficientnet_lite0", metavar="NAME",
+                     help=f"network, one of: {', '.join(list_backbones())} (default: %(default)s)")
+    run.add_argument("--weights", default=None, help="DEFAULT (pretrained; EfficientNet-Lite weights work "
+                     "offline, torchvision ones download), none (random), a torchvision weights name, or a local "
+                     "state dict file (default: DEFAULT)")
+    run.add_argument("--no-crop", action="store_true", help="resize the shorter side and keep the whole image "
+                     "(no centre crop), as in Truong et al. (2024)")
     run.add_argument("--cv", type=int, default=5, help="folds of image-wise cross-validation (default: %(default)s)")
     run.add_argument("--repeats", type=int, default=2, help="repeats of the cross-validation (default: %(default)s)")
-    common(run)
+    common(run, "ais-output")
     run.set_defaults(func=_run)
     return parser
 
 
 def main(argv=None) -> int:
+    """Entry point of the ``sklearn-ais`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("sklearn-ais: interrupted", file=sys.stderr)
+        print("sklearn-ais: interrupted (nothing was written to the output folder)", file=sys.stderr)
         return 130
-    except (UserError, FileNotFoundError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (UserError, FileNotFoundError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.verbose:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sklearn-ais: error: {msg} (--verbose shows the traceback)", file=sys.stderr)
+        print(f"sklearn-ais: error: {cli_terms(msg)} (--verbose shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -31,6 +31,14 @@ _MAP_COLORS = ("#ff2020", "#00c8ff", "#ffd700", "#40e040", "#ff8c00", "#c060ff")
 _LEVEL_STYLES = ("solid", "dashed", "dotted", "dashdot")
 
 
+def plain_text(text) -> str:
+    """User text (file names, labels) for matplotlib: ``$`` escaped, so ``$x$`` is never read as mathtext,
+    and undecodable bytes of file names replaced."""
+    from ._files import display_name
+
+    return display_name(text).replace("$", r"\$")
+
+
 def _axes(ax, figsize=(4, 4)):
     if ax is not None:
         return ax
@@ -169,7 +177,7 @@ def plot_top_contours(image, maps, top=(5, 10, 15), ax=None, colors=None, linest
             mask = top_mask(h, p).astype(float)
             if mask.min() < mask.max():  # a region covering the whole image has no contour
                 ax.contour(mask, levels=[0.5], colors=[color], linestyles=[styles[j % len(styles)]], linewidths=linewidth)
-        handles.append(Line2D([], [], color=color, linestyle="solid", linewidth=linewidth, label=str(name)))
+        handles.append(Line2D([], [], color=color, linestyle="solid", linewidth=linewidth, label=plain_text(name)))
     for j, p in enumerate(levels):
         handles.append(Line2D([], [], color="0.3", linestyle=styles[j % len(styles)], linewidth=linewidth, label=f"top {p:g} %"))
     ax.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.7)
@@ -229,7 +237,7 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="j
         ax = fig.add_subplot(nrows, ncols, i + 1)
         plot_overlay(images[i], heatmaps[i], ax=ax, alpha=alpha, cmap=cmap)
         if titles is not None:
-            ax.set_title(str(titles[i]), fontsize="small")
+            ax.set_title(plain_text(titles[i]), fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -287,10 +295,9 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
         cv = np.atleast_2d(np.asarray(cv_path_scores, dtype=np.float64))
         if cv.ndim != 2 or cv.shape[1] != len(path):
             raise ValueError(f"cv_path_scores must have shape ({len(path)},) or (n_splits, {len(path)}), got {np.shape(cv_path_scores)}")
-        best = np.nanmean(cv, axis=0)
+        best, sd = _column_mean_sd(cv)  # NaN (undefined 2OI) where every split is undefined
         ax.plot(t, best, color="C1", label="validation")
         if len(cv) > 1:
-            sd = np.nanstd(cv, axis=0)
             ax.fill_between(t, best - sd, best + sd, color="C1", alpha=0.25, linewidth=0)
     if n_selected is None:
         n_selected = int(np.nanargmax(best)) + 1
@@ -299,6 +306,17 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
     ax.set_ylabel("2OI")
     ax.legend(fontsize="small")
     return ax
+
+
+def _column_mean_sd(values):
+    """Column means and standard deviations ignoring NaN; NaN for all-NaN columns, without warnings."""
+    ok = ~np.isnan(values)
+    count = ok.sum(axis=0)
+    filled = np.where(ok, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, filled.sum(axis=0) / count, np.nan)
+        sd = np.sqrt(np.where(count > 0, (np.where(ok, values - mean, 0.0) ** 2).sum(axis=0) / count, np.nan))
+    return mean, sd
 
 
 def plot_ais_histogram(scores, ax=None, bins=50):
