@@ -151,16 +151,16 @@ class FeatureMaps:
 
         Parameters
         ----------
-        keep : array-like of bool of shape (n_maps,), optional
-            Maps to keep; the others are ablated. Default keeps all.
+        keep : array-like of bool of shape (n_maps,) or array of int, optional
+            Maps to keep (a boolean mask or map indices); the others are
+            ablated. Default keeps all.
         """
         out = []
         keep_t = None
         if keep is not None:
-            keep = np.asarray(keep, dtype=bool)
-            if keep.shape != (self.n_maps,):
-                raise ValueError(f"keep must be a boolean mask of shape ({self.n_maps},), got {keep.shape}")
-            keep_t = torch.as_tensor(keep, device=device)
+            from ._validation import as_feature_mask
+
+            keep_t = torch.as_tensor(as_feature_mask(keep, self.n_maps, "keep"), device=device)
         for start in range(0, len(self), batch_size):
             x = torch.as_tensor(self.maps[start : start + batch_size], device=device, dtype=torch.float32)
             if keep_t is not None:

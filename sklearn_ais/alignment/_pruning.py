@@ -25,6 +25,7 @@ from torch import nn
 from .._containers import FeatureMaps
 from .._similarity import SIMILARITIES, TargetVector, _standardize_rows
 from .._targets import check_similarity_target
+from .._validation import as_feature_mask
 from ..backbones._heads import MLPHead
 from ..backbones._registry import Backbone
 
@@ -122,23 +123,6 @@ def penultimate_classifier(backbone) -> nn.Module:
     return candidates[0].eval()
 
 
-def _as_keep(keep_units, D: int) -> np.ndarray:
-    if hasattr(keep_units, "get_support"):
-        keep_units = keep_units.get_support()
-    keep = np.asarray(keep_units)
-    if keep.dtype == bool:
-        if keep.shape != (D,):
-            raise ValueError(f"keep_units as a mask must have shape ({D},) (the embedding size), got {keep.shape}")
-        return keep
-    if keep.ndim != 1 or not np.issubdtype(keep.dtype, np.integer):
-        raise ValueError("keep_units must be a boolean mask, an array of unit indices or a fitted selector")
-    if keep.size and (keep.min() < -D or keep.max() >= D):
-        raise ValueError(f"keep_units indices must lie in [0, {D - 1}]")
-    mask = np.zeros(D, dtype=bool)
-    mask[keep] = True
-    return mask
-
-
 def _maps_of(bb: Backbone, images, preprocessed: bool, batch_size: int):
     if isinstance(images, FeatureMaps):
         return images.maps
@@ -216,7 +200,7 @@ def classification_agreement(
                     raise ValueError(
                         f"the head gives {E.shape[1]} units but the classifier reads {classifier.in_features}"
                     )
-                keep_t = torch.as_tensor(_as_keep(keep_units, E.shape[1]), device=dev)
+                keep_t = torch.as_tensor(as_feature_mask(keep_units, E.shape[1], "keep_units"), device=dev)
             intact.append(classifier(E).argmax(1).cpu())
             pruned.append(classifier(E * keep_t).argmax(1).cpu())
     top1, top1_pruned = torch.cat(intact).numpy(), torch.cat(pruned).numpy()
