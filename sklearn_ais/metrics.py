@@ -13,7 +13,7 @@ from . import _map_metrics
 from ._feature_alignment import feature_alignment_score
 from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
 from ._similarity import COMPARISONS, correlation, similarity_matrix, upper_triangle
-from ._targets import check_symmetric
+from ._targets import as_float_matrix, check_symmetric
 
 __all__ = [
     "alignment_score",
@@ -95,22 +95,82 @@ def alignment_score(embeddings, human_similarity, similarity: str = "pearson", c
     return second_order_isomorphism(similarity_matrix(E, similarity), human_similarity, comparison)
 
 
-def noise_ceiling(subject_similarities, comparison: str = "spearman") -> tuple[float, float]:
-    """Lower and upper bound of the noise ceiling from per-subject matrices.
+POOLINGS = ("nili", "mean")
 
-    Upper bound: mean correlation of each subject with the group mean
-    (including that subject); lower bound: with the mean of the others
-    (leave-one-subject-out), as in Nili et al. (2014).
+
+def _standardized_subjects(U, comparison):
+    """Nili et al. (2014) / rsatoolbox pooling: each subject's observed values ranked (rank-based
+    comparisons) or z-scored (Pearson-based ones) before the subjects are averaged."""
+    from scipy.stats import rankdata
+
+    out = np.full_like(U, np.nan)
+    for s, u in enumerate(U):
+        ok = ~np.isnan(u)
+        if comparison in ("pearson", "pearson_r2"):
+            v = u[ok] - u[ok].mean()
+            sd = v.std()
+            out[s, ok] = v / sd if sd > 0 else 0.0
+        else:
+            out[s, ok] = rankdata(u[ok])
+    return out
+
+
+def _pool(U):
+    """Mean over subjects of each pair, ignoring subjects who did not judge it (NaN where none did)."""
+    count = (~np.isnan(U)).sum(axis=0)
+    total = np.where(np.isnan(U), 0.0, U).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _paired_correlation(a, b, comparison):
+    """Correlation over the pairs both vectors observe (NaN when fewer than 3, or one side constant)."""
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return np.nan
+    return correlation(a[ok], b[ok], comparison)
+
+
+def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: str = "nili") -> tuple[float, float]:
+    """Lower and upper bound of the noise ceiling from per-subject matrices (Nili et al., 2014).
+
+    Upper bound: mean over subjects of the correlation of each subject's
+    matrix with the pooled matrix of all subjects (including that subject);
+    lower bound: with the pooled matrix of the other subjects
+    (leave-one-subject-out). The best any model can do lies between them.
 
     Parameters
     ----------
     subject_similarities : array-like of shape (n_subjects, n, n)
-        One similarity (or, consistently, dissimilarity) matrix per subject.
-    comparison : {"spearman", "pearson"}
+        One similarity (or, consistently, dissimilarity) matrix per subject;
+        NaN marks a pair a subject did not judge.
+    comparison : str, default="spearman"
+        How a subject's matrix is compared with the pooled one (the upper
+        triangles; any comparison of :data:`~sklearn_ais._similarity.COMPARISONS`).
+    pooling : {"nili", "mean"}, default="nili"
+        ``"nili"``: as Nili et al. (2014) and rsatoolbox's
+        ``boot_noise_ceiling`` do, each subject's values are ranked (rank
+        comparisons: ``"spearman"``, ``"kendall_tau_a"``, ``"rho_a"``) or
+        z-scored (``"pearson"``, ``"pearson_r2"``) before the subjects are
+        averaged, so that no subject weighs more for the scale of its
+        values. ``"mean"``: the plain average of the raw values.
 
     Returns
     -------
     lower, upper : float
+
+    Notes
+    -----
+    A pair is averaged over the subjects who judged it; a pair judged by one
+    subject only is missing from that subject's leave-one-out pool and
+    ignored in that comparison. A subject with fewer than 3 comparable pairs
+    is left out of the means.
+
+    References
+    ----------
+    Nili, H., Wingfield, C., Walther, A., Su, L., Marslen-Wilson, W., &
+    Kriegeskorte, N. (2014). A toolbox for representational similarity
+    analysis. PLoS Computational Biology, 10(4), e1003553.
 
     Examples
     --------
@@ -123,19 +183,40 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman") -> tuple[f
     >>> bool(0 < lo < hi < 1)
     True
     """
-    S = np.asarray(subject_similarities, dtype=np.float64)
+    if comparison not in COMPARISONS:
+        raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    S = as_float_matrix(subject_similarities, "subject_similarities")
     if S.ndim != 3 or S.shape[1] != S.shape[2]:
         raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {S.shape}")
     if S.shape[0] < 2:
         raise ValueError("a noise ceiling needs at least 2 subjects")
+    if np.isinf(S).any():
+        raise ValueError("subject_similarities contain +/-inf; use NaN to mark a pair a subject did not judge")
+    for s, M in enumerate(S):
+        check_symmetric(M, f"subject_similarities[{s}]")
     iu = np.triu_indices(S.shape[1], 1)
     U = S[:, iu[0], iu[1]]
-    mean_all = np.nanmean(U, axis=0)
+    V = _standardized_subjects(U, comparison) if pooling == "nili" else U
+    everyone = _pool(V)
     lower, upper = [], []
     for s in range(len(U)):
-        others = np.nanmean(np.delete(U, s, axis=0), axis=0)
-        upper.append(correlation(mean_all, U[s], comparison) if not np.isnan(U[s]).all() else np.nan)
-        lower.append(correlation(others, U[s], comparison) if not np.isnan(U[s]).all() else np.nan)
+        others = _pool(np.delete(V, s, axis=0))
+        upper.append(_paired_correlation(everyone, U[s], comparison))
+        lower.append(_paired_correlation(others, U[s], comparison))
+    if np.isnan(lower).all() or np.isnan(upper).all():
+        raise ValueError("no subject shares 3 or more judged pairs with the others: no noise ceiling")
+    left_out = np.flatnonzero(np.isnan(lower) | np.isnan(upper))
+    if len(left_out):
+        import warnings
+
+        warnings.warn(
+            f"{len(left_out)} subject(s) (indices {left_out[:10].tolist()}) have fewer than 3 judged pairs in common "
+            "with the pooled matrix, or constant judgments: left out of the noise ceiling",
+            UserWarning,
+            stacklevel=2,
+        )
     return float(np.nanmean(lower)), float(np.nanmean(upper))
 
 

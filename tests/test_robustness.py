@@ -469,8 +469,8 @@ Z0 = metrics.similarity_matrix(X0)
         (metrics.noise_ceiling, (H0[None],), ValueError, "at least 2 subjects"),
         (metrics.noise_ceiling, (H0,), ValueError, "n_subjects, n, n"),
         (metrics.noise_ceiling, (np.stack([H0, np.where(H0 > 1, np.inf, H0)]),), ValueError, "inf"),
-        (metrics.noise_ceiling, (np.stack([H0, np.ones_like(H0), H0]),), ValueError, "constant"),
-        (metrics.noise_ceiling, (np.ones((3, 2, 2)),), ValueError, "at least 3"),
+        (metrics.noise_ceiling, (np.ones((3, 2, 2)),), ValueError, "3 or more judged pairs"),
+        (metrics.noise_ceiling, (np.stack([H0, H0]), "kendall"), ValueError, "comparison must be"),
     ],
     ids=lambda v: getattr(v, "__name__", None),
 )
