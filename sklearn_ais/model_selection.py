@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.base import clone
 from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
@@ -187,48 +186,74 @@ class RepeatedPairKFold:
 
 
 # ---------------------------------------------------------------------------
-def _fisher_mean(r):
-    r = np.clip(np.asarray(r, dtype=np.float64), -0.999999, 0.999999)
-    return float(np.tanh(np.arctanh(r).mean()))
+def summarize_folds(table: pd.DataFrame, *, comparison="spearman", test="corrected_t", alternative="two-sided"):
+    """Mean held-out 2OI with all vs selected maps, and a paired test over folds.
 
+    The one rule of every table the package prints (see :mod:`sklearn_ais._stats`): means are plain
+    means over folds with standard errors across folds; the test pairs the folds, on Fisher z values
+    for Pearson and Spearman comparisons and on the statistic itself otherwise.
 
-def summarize_folds(table: pd.DataFrame) -> pd.Series:
-    """Mean (Fisher-z averaged) held-out 2OI with all vs selected maps and a paired t-test.
+    Parameters
+    ----------
+    table : DataFrame
+        The per-fold table of :func:`cross_validate_alignment` (``test_score_full``,
+        ``test_score_selected``, ``train_score_selected``, ``n_selected``, ``n_train``, ``n_test``).
+    comparison : str, default="spearman"
+        The comparison behind the scores (chooses the test's scale).
+    test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
+        The corrected resampled t-test (Nadeau & Bengio, 2003; Bouckaert & Frank, 2004) accounts for
+        the overlap of the folds' training sets; ``"paired_t"`` is the test the AIS paper reports
+        (optimistic for repeated cross-validation).
+    alternative : {"two-sided", "greater", "less"}, default="two-sided"
+        ``"greater"``: the selected maps align better than all maps (the paper's one-sided test).
 
-    The t-test is on the Fisher-z values of the per-fold scores (paired by
-    fold). Folds of one repeat share data, so the p-value is optimistic; it
-    is the test the AIS paper reports, kept for comparability.
+    Returns
+    -------
+    summary : Series
+        ``n_folds``, ``test_score_full`` and ``_sem``, ``test_score_selected`` and ``_sem``,
+        ``train_score_selected``, ``n_selected_mean``, ``delta`` (mean selected - all), ``test``,
+        ``alternative``, ``t_statistic``, ``df``, ``p_value`` (the chosen test), and for reference
+        ``p_paired_t`` and ``p_corrected_t``.
     """
+    from ._stats import fold_summary, paired_test, warn_undefined_folds
+
     if len(table) == 0:
         raise ValueError("table has no folds to summarize")
     defined = table[["test_score_full", "test_score_selected"]].notna().all(axis=1).to_numpy()
-    if not defined.all():
-        warnings.warn(
-            f"{int((~defined).sum())} of {len(table)} folds have an undefined held-out 2OI (NaN: a constant model "
-            "similarity matrix on the test data); they are left out of the means and the paired test",
-            UserWarning,
-            stacklevel=2,
-        )
+    warn_undefined_folds(int((~defined).sum()), len(table))
     used = table[defined]
-    full = used["test_score_full"].to_numpy()
-    sel = used["test_score_selected"].to_numpy()
-    z_full = np.arctanh(np.clip(full, -0.999999, 0.999999))
-    z_sel = np.arctanh(np.clip(sel, -0.999999, 0.999999))
-    n = len(used)
-    t, p = stats.ttest_rel(z_sel, z_full) if n > 1 else (np.nan, np.nan)
+    full, sel = used["test_score_full"].to_numpy(), used["test_score_selected"].to_numpy()
+    ratio = (used["n_test"] / used["n_train"]).to_numpy() if len(used) else None
+    results = {
+        name: paired_test(sel, full, comparison=comparison, test=name, alternative=alternative, test_train_ratio=ratio)
+        for name in ("paired_t", "corrected_t")
+    }
+    chosen = results.get(test) or paired_test(sel, full, comparison=comparison, test=test, alternative=alternative)
+    mean_full, sem_full = fold_summary(full)
+    mean_sel, sem_sel = fold_summary(sel)
     return pd.Series(
         {
-            "n_folds": n,
-            "test_score_full": _fisher_mean(full) if n else np.nan,
-            "test_score_full_sem": float(np.std(full, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
-            "test_score_selected": _fisher_mean(sel) if n else np.nan,
-            "test_score_selected_sem": float(np.std(sel, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
-            "train_score_selected": _fisher_mean(used["train_score_selected"].dropna()) if n else np.nan,
-            "n_selected_mean": float(used["n_selected"].mean()) if n else np.nan,
-            "t_statistic": float(t),
-            "p_value": float(p),
+            "n_folds": len(used),
+            "test_score_full": mean_full,
+            "test_score_full_sem": sem_full,
+            "test_score_selected": mean_sel,
+            "test_score_selected_sem": sem_sel,
+            "train_score_selected": fold_summary(used["train_score_selected"])[0],
+            "n_selected_mean": float(used["n_selected"].mean()) if len(used) else np.nan,
+            "delta": float(np.mean(sel - full)) if len(used) else np.nan,
+            "comparison": comparison,
+            "test": test,
+            "alternative": alternative,
+            "t_statistic": chosen["statistic"],
+            "df": chosen["df"],
+            "p_value": chosen["p_value"],
+            "p_paired_t": results["paired_t"]["p_value"],
+            "p_corrected_t": results["corrected_t"]["p_value"],
         }
     )
+
+
+_TEST_NAMES = {"corrected_t": "corrected", "paired_t": "paired", "wilcoxon": "Wilcoxon"}
 
 
 @dataclass
@@ -246,8 +271,8 @@ class AlignmentCVResult:
         return (
             f"AlignmentCVResult({int(s.n_folds)} folds: held-out 2OI all maps {s.test_score_full:.3f} "
             f"± {s.test_score_full_sem:.3f}, selected {s.test_score_selected:.3f} ± "
-            f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), paired t = "
-            f"{s.t_statistic:.2f}, p = {s.p_value:.2g})"
+            f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), {_TEST_NAMES[s.test]} t = "
+            f"{s.t_statistic:.2f}, p = {s.p_value:.2g}{'' if s.alternative == 'two-sided' else ', ' + s.alternative})"
         )
 
 
@@ -277,8 +302,8 @@ def _check_fold_sizes(splits, H, by_pairs):
 
 
 def cross_validate_alignment(
-    estimator, X, y, cv=None, *, y_kind=None, random_state=0, return_estimators=False, return_paths=False,
-    verbose=0,
+    estimator, X, y, cv=None, *, y_kind=None, random_state=0, test="corrected_t", alternative="two-sided",
+    return_estimators=False, return_paths=False, verbose=0,
 ) -> AlignmentCVResult:
     """Held-out 2OI of all maps vs the selected maps, fold by fold.
 
@@ -299,6 +324,13 @@ def cross_validate_alignment(
         Defaults to the estimator's ``y_kind``.
     random_state : int, RandomState instance or None, default=0
         Seeds the folds of an int ``cv`` and of the default protocol.
+    test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
+        Paired test of selected vs all maps over folds (see
+        :func:`summarize_folds`): the corrected resampled t-test accounts for
+        the overlap of training sets across folds and repeats; ``"paired_t"``
+        is the plain paired t-test the AIS paper reports.
+    alternative : {"two-sided", "greater", "less"}, default="two-sided"
+        ``"greater"``: the selected maps align better (the paper's one-sided test).
     return_estimators : bool, default=False
     return_paths : bool, default=False
         Also record, per fold, the training and held-out 2OI along the
@@ -313,7 +345,8 @@ def cross_validate_alignment(
         ``table`` has one row per fold: ``fold``, ``split`` ("images" or
         "pairs"), ``n_train``, ``n_test``, ``train_score_selected``,
         ``test_score_full``, ``test_score_selected``, ``n_selected``,
-        ``fit_time``; ``summary`` is :func:`summarize_folds` of it.
+        ``fit_time``; ``summary`` is :func:`summarize_folds` of it (which test, and
+        the p-values of both t-tests, are stated there).
 
     Notes
     -----
@@ -345,6 +378,12 @@ def cross_validate_alignment(
     from ._selector import AISSelector
     from ._validation import validate_maps_input
 
+    from ._stats import ALTERNATIVES, TESTS
+
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     cv = check_image_cv(cv, random_state, default=default_repeated_cv(random_state))
     for method in ("fit", "score", "score_all"):
         if not callable(getattr(estimator, method, None)):
@@ -377,21 +416,21 @@ def cross_validate_alignment(
         from tqdm import tqdm
 
         iterator = tqdm(splits, desc="cross-validation", unit="fold")
-    for fold, (train, test) in enumerate(iterator):
+    for fold, (train_idx, test_idx) in enumerate(iterator):
         est = clone(estimator)
         if hasattr(est, "y_kind"):
             est.set_params(y_kind="similarity")
         t0 = time.perf_counter()
         if by_pairs:
-            H_train, H_test = mask_pairs(H, train), mask_pairs(H, test)
+            H_train, H_test = mask_pairs(H, train_idx), mask_pairs(H, test_idx)
         else:
-            H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+            H_train, H_test = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
         if shared is not None:
             est._validate_params()
             for attr in ("n_features_in_", "feature_names_in_"):
                 if hasattr(probe, attr):
                     setattr(est, attr, getattr(probe, attr))
-            P_train, P_test = (shared, shared) if by_pairs else (shared.subset(train), shared.subset(test))
+            P_train, P_test = (shared, shared) if by_pairs else (shared.subset(train_idx), shared.subset(test_idx))
             est._fit_problem(P_train, H_train)
             fit_time = time.perf_counter() - t0
             train_score = _train_score(est)
@@ -399,7 +438,7 @@ def cross_validate_alignment(
             test_selected = est._score_problem(P_test, H_test, selected=True)
             test_path = est._path_problem(P_test, H_test) if return_paths else None
         else:
-            X_train, X_test = (X, X) if by_pairs else (X[train], X[test])
+            X_train, X_test = (X, X) if by_pairs else (X[train_idx], X[test_idx])
             est.fit(X_train, H_train)
             fit_time = time.perf_counter() - t0
             train_score = _train_score(est, X_train, H_train)
@@ -409,8 +448,8 @@ def cross_validate_alignment(
             {
                 "fold": fold,
                 "split": "pairs" if by_pairs else "images",
-                "n_train": len(train),
-                "n_test": len(test),
+                "n_train": len(train_idx),
+                "n_test": len(test_idx),
                 "train_score_selected": train_score,
                 "test_score_full": test_full,
                 "test_score_selected": test_selected,
@@ -426,7 +465,8 @@ def cross_validate_alignment(
     table = pd.DataFrame(rows)
     return AlignmentCVResult(
         table,
-        summarize_folds(table),
+        summarize_folds(table, comparison=getattr(estimator, "comparison", "spearman"), test=test,
+                        alternative=alternative),
         fitted if return_estimators else None,
         np.asarray(train_paths) if return_paths else None,
         np.asarray(test_paths) if return_paths else None,

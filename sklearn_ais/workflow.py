@@ -331,8 +331,8 @@ def run_analysis(
     res = cross_validate_alignment(AISSelector(device=device), fm, H, cv=cv, return_paths=True, verbose=verbose)
     s = res.summary
     _say(f"      held-out 2OI: all maps {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f}, selected "
-         f"{s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (paired t = {s.t_statistic:.2f}, "
-         f"p = {s.p_value:.2g})", verbose)
+         f"{s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (corrected resampled t = "
+         f"{s.t_statistic:.2f}, p = {s.p_value:.2g}; plain paired t-test p = {s.p_paired_t:.2g})", verbose)
 
     _say("[3/4] selection and per-image heatmaps on all images ...", verbose)
     selector = AISSelector(device=device).fit(fm, H)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.base import clone
 from sklearn.model_selection import KFold
 
@@ -114,20 +113,28 @@ def _as_similarity_estimator(est):
     return est
 
 
-def _fisher(r):
-    return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -0.999999, 0.999999))
-
-
-def summarize_comparison(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
+def summarize_comparison(
+    table: pd.DataFrame, reference: str = "none", *, comparison="spearman", test="corrected_t",
+    alternative="two-sided",
+) -> pd.DataFrame:
     """Per backbone and method: mean held-out 2OI, its standard error, and a paired test vs ``reference``.
+
+    The same rule as :func:`~sklearn_ais.model_selection.summarize_folds` (see
+    :mod:`sklearn_ais._stats`): plain means over folds with standard errors across folds, the test
+    on Fisher z values for Pearson and Spearman comparisons.
 
     Parameters
     ----------
     table : DataFrame
         The per-fold table of :func:`compare_alignment` (columns ``backbone``,
-        ``method``, ``fold``, ``test_2oi``, ``n_kept`` ...).
+        ``method``, ``fold``, ``test_2oi``, ``n_kept``, ``n_train``, ``n_test`` ...).
     reference : str, default="none"
         Method every other method is compared with, fold by fold.
+    comparison : str, default="spearman"
+        The comparison behind the scores (chooses the test's scale).
+    test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
+    alternative : {"two-sided", "greater", "less"}, default="two-sided"
+        ``"greater"``: the method beats the reference.
 
     Returns
     -------
@@ -135,37 +142,42 @@ def summarize_comparison(table: pd.DataFrame, reference: str = "none") -> pd.Dat
         One row per (backbone, method): ``n_folds``, ``test_2oi`` (mean over
         folds), ``test_2oi_sem``, ``train_2oi``, ``n_kept`` (mean),
         ``delta`` (mean paired difference with the reference),
-        ``t_statistic`` and ``p_value`` (paired t-test on Fisher-z values),
-        ``wilcoxon_p`` (Wilcoxon signed-rank test). Folds of one dataset
-        share images, so the p-values are optimistic.
+        ``t_statistic`` and ``p_value`` (the chosen test), ``p_paired_t``,
+        ``p_corrected_t`` and ``wilcoxon_p``, and ``test``.
     """
+    from .._stats import fold_summary, paired_test
+
     rows = []
     for (bb, method), g in table.groupby(["backbone", "method"], sort=False):
         g = g.sort_values("fold")
-        n = len(g)
-        test = g["test_2oi"].to_numpy()
+        mean, sem = fold_summary(g["test_2oi"])
         row = {
             "backbone": bb,
             "method": method,
-            "n_folds": n,
-            "test_2oi": float(np.mean(test)),
-            "test_2oi_sem": float(np.std(test, ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
-            "train_2oi": float(g["train_2oi"].mean()),
+            "n_folds": int(g["test_2oi"].notna().sum()),
+            "test_2oi": mean,
+            "test_2oi_sem": sem,
+            "train_2oi": fold_summary(g["train_2oi"])[0],
             "n_kept": float(g["n_kept"].mean()),
             "delta": np.nan,
             "t_statistic": np.nan,
             "p_value": np.nan,
+            "p_paired_t": np.nan,
+            "p_corrected_t": np.nan,
             "wilcoxon_p": np.nan,
+            "test": test,
         }
         ref = table[(table["backbone"] == bb) & (table["method"] == reference)].sort_values("fold")
         if method != reference and len(ref):
             paired = g.merge(ref[["fold", "test_2oi"]], on="fold", suffixes=("", "_ref"))
             a, b = paired["test_2oi"].to_numpy(), paired["test_2oi_ref"].to_numpy()
-            row["delta"] = float(np.mean(a - b))
-            if len(paired) > 1 and np.any(a != b):
-                t, p = stats.ttest_rel(_fisher(a), _fisher(b))
-                row["t_statistic"], row["p_value"] = float(t), float(p)
-                row["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
+            ratio = (paired["n_test"] / paired["n_train"]).to_numpy()
+            row["delta"] = float(np.nanmean(a - b))
+            kw = dict(comparison=comparison, alternative=alternative, test_train_ratio=ratio)
+            res = {name: paired_test(a, b, test=name, **kw) for name in ("paired_t", "corrected_t", "wilcoxon")}
+            row["t_statistic"], row["p_value"] = res[test]["statistic"], res[test]["p_value"]
+            row["p_paired_t"], row["p_corrected_t"] = res["paired_t"]["p_value"], res["corrected_t"]["p_value"]
+            row["wilcoxon_p"] = res["wilcoxon"]["p_value"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -234,6 +246,8 @@ def compare_alignment(
     subject_similarities=None,
     *,
     random_state=0,
+    test="corrected_t",
+    alternative="two-sided",
     y_kind="similarity",
     similarity="pearson",
     comparison="spearman",
@@ -285,6 +299,10 @@ def compare_alignment(
         Progress bar over backbones and folds when > 0.
     random_state : int, RandomState instance or None, default=0
         Seeds the folds of an int ``cv``.
+    test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
+        Paired test of every method against ``"none"`` over folds (see
+        :func:`summarize_comparison`).
+    alternative : {"two-sided", "greater", "less"}, default="two-sided"
 
     Returns
     -------
@@ -358,8 +376,8 @@ def compare_alignment(
                     raise ValueError(f"subject_similarities are {subjects.shape[1]} x {subjects.shape[1]}, X has {n} images")
                 from ..metrics import noise_ceiling
 
-                for fold, (_, test) in enumerate(splits):
-                    lo, hi = noise_ceiling(subjects[:, test][:, :, test], comparison)
+                for fold, (_, test_idx) in enumerate(splits):
+                    lo, hi = noise_ceiling(subjects[:, test_idx][:, :, test_idx], comparison)
                     ceilings.append({"fold": fold, "lower": lo, "upper": hi})
             first_ids = sample_ids(X)
         elif n != H.shape[0]:
@@ -371,9 +389,9 @@ def compare_alignment(
                 "in the same order"
             )
         n_maps = X.shape[1]
-        for fold, (train, test) in enumerate(splits):
-            X_tr, X_te = X[train], X[test]
-            H_tr, H_te = H[np.ix_(train, train)], H[np.ix_(test, test)]
+        for fold, (train_idx, test_idx) in enumerate(splits):
+            X_tr, X_te = X[train_idx], X[test_idx]
+            H_tr, H_te = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
             for name, template in methods.items():
                 t0 = time.perf_counter()
                 if template is None:
@@ -391,8 +409,8 @@ def compare_alignment(
                         "backbone": label,
                         "method": name,
                         "fold": fold,
-                        "n_train": len(train),
-                        "n_test": len(test),
+                        "n_train": len(train_idx),
+                        "n_test": len(test_idx),
                         "test_2oi": test_score,
                         "train_2oi": train_score,
                         "n_kept": _n_kept(est, n_maps),
@@ -406,7 +424,7 @@ def compare_alignment(
         progress.close()
     table = pd.DataFrame(rows)
     reference = "none" if "none" in methods else next(iter(methods))
-    summary = summarize_comparison(table, reference)
+    summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
     ceiling_table = pd.DataFrame(ceilings) if ceilings else None
     ceiling = (float(ceiling_table["lower"].mean()), float(ceiling_table["upper"].mean())) if ceilings else None
     return AlignmentComparison(table, summary, ceiling, ceiling_table)
