@@ -8,8 +8,9 @@ Main entry points
 -----------------
 DNNFeatureMapTransformer
     Images -> last-conv feature maps + the network's head (:class:`FeatureMaps`).
-AISSelector
-    Alignment importance of every map, ranked selection, held-out scoring.
+AISSelector, AISSelectorCV
+    Alignment importance of every map, ranked selection (the number of maps
+    chosen on the training data, or by cross-validation), held-out scoring.
 AISHeatmapper
     Per-image alignment importance and heatmaps.
 
@@ -28,9 +29,12 @@ _LAZY = {
     "DNNFeatureMapTransformer": "._feature_maps",
     "FeatureMaps": "._containers",
     "AISSelector": "._selector",
+    "AISSelectorCV": "._selector",
     "AISHeatmapper": "._heatmaps",
 }
-_SUBMODULES = {"alignment", "attention", "backbones", "cli", "datasets", "metrics", "model_selection", "plotting"}
+_SUBMODULES = {
+    "alignment", "attention", "backbones", "cli", "datasets", "metrics", "model_selection", "plotting", "workflow",
+}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 

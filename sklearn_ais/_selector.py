@@ -7,7 +7,9 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, _fit_context
+import time
+
+from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -18,7 +20,7 @@ from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_tri
 from ._targets import Y_KINDS, check_similarity_target, sample_ids
 from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
 
-__all__ = ["AISSelector"]
+__all__ = ["AISSelector", "AISSelectorCV"]
 
 
 def _model_is_constant(problem, H, keep=None) -> bool:
@@ -288,7 +290,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
     def _fit_problem(self, problem, H):
         """fit on prepared kernels (``cross_validate_alignment`` passes one fold's subset)."""
         K = problem.K
-        if self.cv is not None and not isinstance(self.n_features_to_select, Real):
+        if self._chooses_by_cv():
             problem.cache_loo = True  # the inner splits' leave-one-out reads it
         target, base, scores, order = self._rank(problem, H)
         if base == 0.0 and _model_is_constant(problem, H):
@@ -323,7 +325,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
             return int(nfs)
         if isinstance(nfs, Real):
             return max(1, math.ceil(nfs * K))
-        if self.cv is None:
+        if not self._chooses_by_cv():
             curve = self.path_scores_
         else:
             self.cv_path_scores_ = self._inner_paths(problem, H)
@@ -337,6 +339,9 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
             )
             return K
         return int(np.nanargmax(curve)) + 1  # the first (smallest t) maximum
+
+    def _chooses_by_cv(self) -> bool:
+        return self.cv is not None and not isinstance(self.n_features_to_select, Real)
 
     def _inner_paths(self, problem, H) -> np.ndarray:
         """Validation paths (n_splits, K) of the inner cross-validation, over images or pairs."""
@@ -448,6 +453,172 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
     def _get_support_mask(self):
         check_is_fitted(self)
         return self.support_
+
+    # ------------------------------------------------------------------
+    def fold_results(self, X, y, splits, *, by_pairs=False, return_estimators=False, return_paths=False,
+                     verbose=0) -> list[dict]:
+        """Fit a clone of this selector on each training part and score it on the held-out part.
+
+        The fast path of :func:`~sklearn_ais.model_selection.cross_validate_alignment`,
+        with the same results as fitting and scoring fold by fold: the kernels are
+        prepared once for all images, and the similarity of two images with map k
+        ablated (which does not depend on the other images) is computed once, so that
+        a fold costs one ranked sweep. The stack of leave-one-out similarities is kept
+        when it fits in 1 GiB (``n_maps * n_images**2 / 2`` float64 values), else each
+        fold computes its own.
+
+        Parameters
+        ----------
+        X : FeatureMaps or array-like of shape (n_images, n_units)
+        y : array-like of shape (n_images, n_images)
+            Human similarity matrix (validated with this selector's ``y_kind``).
+        splits : sequence of (train, test) index arrays
+            Image indices, or with ``by_pairs`` pair indices (see
+            :func:`~sklearn_ais.model_selection.pair_indices`).
+        by_pairs : bool, default=False
+            The splits hold out matrix entries: every image takes part in both
+            parts, the held-out pairs are missing from the training matrix.
+        return_estimators : bool, default=False
+            Add each fold's fitted selector (``"estimator"``).
+        return_paths : bool, default=False
+            Add each fold's training and held-out sweep (``"train_path"``,
+            ``"test_path"``).
+        verbose : int, default=0
+            Progress bar over folds when > 0.
+
+        Returns
+        -------
+        folds : list of dict
+            One per split: ``n_train``, ``n_test``, ``train_score_selected``,
+            ``test_score_full``, ``test_score_selected``, ``n_selected``,
+            ``fit_time`` (and the entries asked for).
+        """
+        problem, H = self._prepare(X, y, reset=True)
+        problem.cache_loo = True
+        iterator = list(splits)
+        if verbose:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc="cross-validation", unit="fold")
+        out = []
+        for train, test in iterator:
+            est = clone(self)
+            est._validate_params()
+            for attr in ("n_features_in_", "feature_names_in_"):
+                if hasattr(self, attr):
+                    setattr(est, attr, getattr(self, attr))
+            t0 = time.perf_counter()
+            if by_pairs:
+                fit_on, score_on, H_train, H_test = problem, problem, mask_pairs(H, train), mask_pairs(H, test)
+            else:
+                fit_on, score_on = problem.subset(train), problem.subset(test)
+                H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+            est._fit_problem(fit_on, H_train)
+            record = {
+                "n_train": len(train),
+                "n_test": len(test),
+                "train_score_selected": float(est.path_scores_[est.n_features_to_select_ - 1]),
+                "test_score_full": est._score_problem(score_on, H_test, selected=False),
+                "test_score_selected": est._score_problem(score_on, H_test, selected=True),
+                "n_selected": int(est.support_.sum()),
+                "fit_time": time.perf_counter() - t0,
+            }
+            if return_estimators:
+                record["estimator"] = est
+            if return_paths:
+                record["train_path"] = est.path_scores_
+                record["test_path"] = est._path_problem(score_on, H_test)
+            out.append(record)
+        return out
+
+
+class AISSelectorCV(AISSelector):
+    """:class:`AISSelector` whose number of maps is chosen by cross-validation.
+
+    As :class:`~sklearn.feature_selection.RFECV` is to ``RFE``: for each split
+    the maps are ranked on the training part and the ranked sweep is scored on
+    the held-out part; ``t`` is the number of maps with the best mean held-out
+    2OI (the smallest on ties; a t whose score is undefined in any split is
+    never chosen). The final ranking is fitted on all the data. The splits
+    share one set of kernels (see :meth:`AISSelector.fold_results`).
+
+    Parameters
+    ----------
+    similarity : {"pearson", "cosine"}, default="pearson"
+    comparison : str, default="spearman"
+        Correlation between the model's and the human upper triangles (see
+        :class:`AISSelector`).
+    cv : int, splitter or iterable, default=5
+        Over images (an int ``k`` means ``KFold(k, shuffle=True,
+        random_state=random_state)``) or over matrix entries
+        (:class:`~sklearn_ais.model_selection.PairKFold`, ...).
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
+    device : str, default="auto"
+    random_state : int, RandomState instance or None, default=0
+        Shuffles the folds of an int ``cv``.
+
+    Attributes
+    ----------
+    cv_results_ : dict of ndarray
+        ``n_features`` (t = 1 .. n_maps), ``mean_test_score``,
+        ``std_test_score`` and ``split{k}_test_score``: the held-out 2OI of the
+        top-t maps, per split (NaN where undefined).
+    n_features_ : int
+        The chosen t (also ``n_features_to_select_``).
+    scores_, ranking_, support_, baseline_score_, path_scores_, cv_path_scores_
+        As for :class:`AISSelector`, fitted on all the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais import AISSelectorCV
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(40, 12))
+    >>> H = np.corrcoef(X[:, :3] + 0.3 * rng.normal(size=(40, 3)))
+    >>> sel = AISSelectorCV(cv=4).fit(X, H)
+    >>> sel.cv_results_["mean_test_score"].shape, bool(sel.support_[:3].all())
+    ((12,), True)
+    """
+
+    _parameter_constraints: dict = {
+        **{k: v for k, v in AISSelector._parameter_constraints.items() if k != "n_features_to_select"},
+        "cv": ["cv_object"],
+    }
+    # Always chosen by cross-validation (not a parameter of this class).
+    n_features_to_select = "auto"
+
+    def __init__(
+        self,
+        similarity="pearson",
+        *,
+        comparison="spearman",
+        cv=5,
+        y_kind="similarity",
+        device="auto",
+        random_state=0,
+    ):
+        self.similarity = similarity
+        self.comparison = comparison
+        self.cv = cv
+        self.y_kind = y_kind
+        self.device = device
+        self.random_state = random_state
+
+    def _chooses_by_cv(self) -> bool:
+        return True  # cv=None means the default 5 shuffled folds
+
+    def _fit_problem(self, problem, H):
+        super()._fit_problem(problem, H)
+        paths = self.cv_path_scores_
+        with np.errstate(invalid="ignore"):
+            self.cv_results_ = {
+                "n_features": np.arange(1, problem.K + 1),
+                "mean_test_score": paths.mean(axis=0),
+                "std_test_score": paths.std(axis=0),
+                **{f"split{k}_test_score": p for k, p in enumerate(paths)},
+            }
+        self.n_features_ = self.n_features_to_select_
+        return self
 
 
 def _refuse_sample_weight(sample_weight):

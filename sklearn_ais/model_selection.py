@@ -374,11 +374,8 @@ def cross_validate_alignment(
     >>> bool(res.summary["test_score_selected"] > res.summary["test_score_full"])
     True
     """
-    from ._ablation import make_problem
-    from ._selector import AISSelector
-    from ._validation import validate_maps_input
-
     from ._stats import ALTERNATIVES, TESTS
+    from ._validation import validate_maps_input
 
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
@@ -402,79 +399,72 @@ def cross_validate_alignment(
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
-    # AISSelector folds share one set of kernels: the network head runs once for all
-    # images, each fold reads the leave-one-out of its training images from one cached
-    # stack (see ``_ablation._Problem.leave_one_out``), and only the ranked sweep,
-    # which depends on the fold's ranking, is computed per fold.
-    shared = None
-    if isinstance(estimator, AISSelector) and type(estimator).fit is AISSelector.fit:
-        shared = make_problem(X, probe.similarity, probe.device)
-        shared.cache_loo = True
-    rows, fitted, train_paths, test_paths = [], [], [], []
-    iterator = splits
-    if verbose:
-        from tqdm import tqdm
+    if _has_fast_path(estimator):
+        est = clone(estimator).set_params(y_kind="similarity")
+        records = est.fold_results(X, H, splits, by_pairs=by_pairs, return_estimators=return_estimators,
+                                   return_paths=return_paths, verbose=verbose)
+    else:
+        iterator = splits
+        if verbose:
+            from tqdm import tqdm
 
-        iterator = tqdm(splits, desc="cross-validation", unit="fold")
-    for fold, (train_idx, test_idx) in enumerate(iterator):
-        est = clone(estimator)
-        if hasattr(est, "y_kind"):
-            est.set_params(y_kind="similarity")
-        t0 = time.perf_counter()
-        if by_pairs:
-            H_train, H_test = mask_pairs(H, train_idx), mask_pairs(H, test_idx)
-        else:
-            H_train, H_test = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
-        if shared is not None:
-            est._validate_params()
-            for attr in ("n_features_in_", "feature_names_in_"):
-                if hasattr(probe, attr):
-                    setattr(est, attr, getattr(probe, attr))
-            P_train, P_test = (shared, shared) if by_pairs else (shared.subset(train_idx), shared.subset(test_idx))
-            est._fit_problem(P_train, H_train)
-            fit_time = time.perf_counter() - t0
-            train_score = _train_score(est)
-            test_full = est._score_problem(P_test, H_test, selected=False)
-            test_selected = est._score_problem(P_test, H_test, selected=True)
-            test_path = est._path_problem(P_test, H_test) if return_paths else None
-        else:
-            X_train, X_test = (X, X) if by_pairs else (X[train_idx], X[test_idx])
-            est.fit(X_train, H_train)
-            fit_time = time.perf_counter() - t0
-            train_score = _train_score(est, X_train, H_train)
-            test_full, test_selected = est.score_all(X_test, H_test), est.score(X_test, H_test)
-            test_path = est.path_score(X_test, H_test) if return_paths else None
-        rows.append(
-            {
-                "fold": fold,
-                "split": "pairs" if by_pairs else "images",
-                "n_train": len(train_idx),
-                "n_test": len(test_idx),
-                "train_score_selected": train_score,
-                "test_score_full": test_full,
-                "test_score_selected": test_selected,
-                "n_selected": int(np.sum(est.get_support())),
-                "fit_time": fit_time,
-            }
-        )
-        if return_estimators:
-            fitted.append(est)
-        if return_paths:
-            train_paths.append(est.path_scores_)
-            test_paths.append(test_path)
+            iterator = tqdm(splits, desc="cross-validation", unit="fold")
+        records = [_fit_and_score(estimator, X, H, train, test, by_pairs, return_estimators, return_paths)
+                   for train, test in iterator]
+    rows = [
+        {"fold": fold, "split": "pairs" if by_pairs else "images",
+         **{k: v for k, v in r.items() if k not in ("estimator", "train_path", "test_path")}}
+        for fold, r in enumerate(records)
+    ]
+    fitted = [r["estimator"] for r in records] if return_estimators else None
+    train_paths = [r["train_path"] for r in records] if return_paths else None
+    test_paths = [r["test_path"] for r in records] if return_paths else None
     table = pd.DataFrame(rows)
     return AlignmentCVResult(
         table,
         summarize_folds(table, comparison=getattr(estimator, "comparison", "spearman"), test=test,
                         alternative=alternative),
-        fitted if return_estimators else None,
-        np.asarray(train_paths) if return_paths else None,
-        np.asarray(test_paths) if return_paths else None,
+        fitted,
+        None if train_paths is None else np.asarray(train_paths),
+        None if test_paths is None else np.asarray(test_paths),
     )
 
 
-def _train_score(est, X_train=None, H_train=None) -> float:
-    """Training 2OI of the selection: already on the fitted sweep for AISSelector (no second pass)."""
-    path = getattr(est, "path_scores_", None)
-    t = getattr(est, "n_features_to_select_", None)
-    return float(path[t - 1]) if path is not None and t is not None else est.score(X_train, H_train)
+def _has_fast_path(estimator) -> bool:
+    """AISSelector and AISSelectorCV share their kernels across folds (``fold_results``); a subclass
+    that overrides ``fit`` is fitted fold by fold, as any other estimator."""
+    from ._selector import AISSelector, AISSelectorCV
+
+    return isinstance(estimator, AISSelector) and type(estimator).fit in (AISSelector.fit, AISSelectorCV.fit)
+
+
+def _fit_and_score(estimator, X, H, train, test, by_pairs, return_estimator, return_paths) -> dict:
+    """One fold through the estimator's public fit/score/score_all (and path_score, path_scores_)."""
+    est = clone(estimator)
+    if "y_kind" in est.get_params():
+        est.set_params(y_kind="similarity")  # H is validated (and flipped) once, up front
+    if by_pairs:
+        X_train, X_test, H_train, H_test = X, X, mask_pairs(H, train), mask_pairs(H, test)
+    else:
+        X_train, X_test = X[train], X[test]
+        H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+    t0 = time.perf_counter()
+    est.fit(X_train, H_train)
+    fit_time = time.perf_counter() - t0
+    path, t = getattr(est, "path_scores_", None), getattr(est, "n_features_to_select_", None)
+    train_score = float(path[t - 1]) if path is not None and t is not None else est.score(X_train, H_train)
+    record = {
+        "n_train": len(train),
+        "n_test": len(test),
+        "train_score_selected": train_score,
+        "test_score_full": est.score_all(X_test, H_test),
+        "test_score_selected": est.score(X_test, H_test),
+        "n_selected": int(np.sum(est.get_support())),
+        "fit_time": fit_time,
+    }
+    if return_estimator:
+        record["estimator"] = est
+    if return_paths:
+        record["train_path"] = est.path_scores_
+        record["test_path"] = est.path_score(X_test, H_test)
+    return record

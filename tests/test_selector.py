@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+from sklearn_ais import AISHeatmapper, AISSelector, AISSelectorCV, FeatureMaps
 from sklearn_ais.backbones import PoolingHead
 from sklearn_ais.model_selection import similarity_frame
 
@@ -18,7 +18,7 @@ from ._reference import naive_2oi, naive_ais, naive_path
 from .test_ablation import SETTINGS, _human, _vgg_like
 
 
-@parametrize_with_checks([AISSelector(device="cpu")])
+@parametrize_with_checks([AISSelector(device="cpu"), AISSelectorCV(device="cpu", cv=3)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
