@@ -228,7 +228,7 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         from ._geometry import minmax, to_original
 
         w = self.image_weights(X)
-        raw = np.einsum("nk,nkhw->nhw", w, X.maps.astype(np.float64))
+        raw = X.weighted_sum(w)  # (n, h, w), or a list for maps of different sizes
         if self.output == "maps":
             return minmax(raw)
         if X.input_size is None:

@@ -317,8 +317,5 @@ class AISSelector(SelectorMixin, BaseEstimator):
         if isinstance(X, FeatureMaps):
             check_is_fitted(self)
             X = validate_maps_input(self, X, reset=False)
-            maps = X.maps * self.support_[None, :, None, None].astype(X.maps.dtype)
-            out = X[np.arange(len(X))]
-            out.maps = maps
-            return out
+            return X.masked(self.support_)
         return super().transform(X)
