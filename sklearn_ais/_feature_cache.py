@@ -115,6 +115,8 @@ def _code_digest(code: types.CodeType, h) -> None:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _code_digest(const, h)
+        elif isinstance(const, frozenset):  # `x in {"a", "b"}`: its repr's order varies with the hash seed
+            h.update(repr(sorted(map(repr, const))).encode())
         else:
             h.update(repr(const).encode())
 

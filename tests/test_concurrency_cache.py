@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import pickle
+import subprocess
 import sys
 import textwrap
 import time
@@ -374,3 +375,32 @@ def test_cache_is_shared_across_batch_sizes_and_subsets(tmp_path):
     calls = u.backbone_.model.calls
     np.testing.assert_array_equal(u.transform(X[[4, 1, 2]]).maps, full[[4, 1, 2]])
     assert u.backbone_.model.calls == calls
+
+
+def test_key_is_the_same_in_every_process(tmp_path):
+    """Processes (other hash seeds) sharing a folder must find each other's files."""
+    (tmp_path / "user_mode.py").write_text(textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+        class Mode(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.mode, self.options = "a", {"b": 1, "a": 2}
+            def forward(self, x):
+                return x * 2 if self.mode in {"a", "b", "c", "d"} else x
+        """
+    ))
+    script = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import user_mode; from torch import nn; "
+              "from sklearn_ais.backbones import get_backbone; from sklearn_ais._feature_cache import cache_config, "
+              "config_key; torch.manual_seed(0); "
+              "print(config_key(cache_config(get_backbone(nn.Sequential(user_mode.Mode(), nn.Conv2d(3, 2, 1)), "
+              "layer='1'))))")
+    keys = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        keys.add(proc.stdout.strip())
+    assert len(keys) == 1

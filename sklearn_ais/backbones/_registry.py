@@ -499,6 +499,7 @@ class _Built:
     layer: str | None  # the architecture's feature-map layer (None: unknown)
     head: Callable[[], Head] | None  # its own head for that layer, built on demand
     near_miss: str | None = None  # a library class the module subclasses with its own forward
+    label: str | None = None  # Backbone.weights when it is not the source's own label (kept from a Backbone)
 
 
 def _torchvision_enum(enum, name: str, weights):
@@ -634,7 +635,9 @@ def _from_module(model: nn.Module, weights) -> _Built:
 
 def _from_backbone(base: Backbone, weights) -> _Built:
     model, source, categories, head = base.model, base.weights_source, base.categories, base.head
+    label = base.weights
     if weights is not None and not is_default_alias(weights):
+        label = None
         arch = _arch_of(base.name, model)
         state_dict, source = user_weights(weights)
         categories = _categories(_load_into(model, state_dict, source, arch), categories)
@@ -643,7 +646,7 @@ def _from_backbone(base: Backbone, weights) -> _Built:
             # (a pooling head holds none: the user's choice of pooling is kept).
             head = arch.head(model)
     prep = {k: getattr(base, k) for k in _PREP_FIELDS}
-    return _Built(base.name, model, source, categories, prep, base.layer, lambda: head)
+    return _Built(base.name, model, source, categories, prep, base.layer, lambda: head, label=label)
 
 
 def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
@@ -674,7 +677,7 @@ def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
     if overrides.get("crop") is False and built.prep.get("crop", True) and "resize_size" not in overrides:
         # Without a crop the shorter side becomes the network's input size (224 for VGG16, as in the paper).
         prep["resize_size"] = int(np.min(np.broadcast_to(prep.get("input_size", (224, 224)), (2,))))
-    return Backbone(built.name, built.model, layer, head, **prep, weights=built.source.label,
+    return Backbone(built.name, built.model, layer, head, **prep, weights=built.label or built.source.label,
                     categories=built.categories, weights_source=built.source)
 
 
