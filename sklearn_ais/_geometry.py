@@ -38,20 +38,83 @@ def _as_size(input_size, default):
     return size
 
 
+def _as_maps_tensor(x, what="heatmaps") -> torch.Tensor:
+    x = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if x.ndim != 3:
+        raise ValueError(f"{what} must have shape (n_images, h, w), got {tuple(x.shape)}")
+    if 0 in x.shape:
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
+    x = x.double() if x.dtype == torch.float64 else x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or inf")
+    return x
+
+
+def _check_geometry(geometry, n: int, output: str) -> np.ndarray:
+    if geometry is None:
+        raise ValueError(f"geometry is required for output={output!r}")
+    geometry = np.asarray(geometry)
+    if geometry.shape != (n, 6) or not np.issubdtype(geometry.dtype, np.integer):
+        raise ValueError(f"geometry must be an integer array of shape ({n}, 6), got {geometry.dtype} {geometry.shape}")
+    if (geometry[:, :4] < 1).any():
+        raise ValueError("geometry sizes (orig_h, orig_w, resized_h, resized_w) must be positive")
+    return geometry
+
+
+def _per_image_sizes(input_size, n: int):
+    """``input_size`` as an (n, 2) array when it gives one size per image, else None."""
+    if input_size is None or np.ndim(input_size) < 2:
+        return None
+    sizes = np.asarray(input_size)
+    if sizes.shape != (n, 2) or not np.issubdtype(sizes.dtype, np.integer) or (sizes < 1).any():
+        raise ValueError(f"input_size must be (H, W) or a positive integer array of shape ({n}, 2), got {sizes.shape}")
+    return sizes
+
+
+def _paste(x: torch.Tensor, geometry: np.ndarray, output: str) -> list:
+    """Maps ``x`` (n, H, W) on the network input -> canvases of the resized (or original) images."""
+    H, W = x.shape[-2:]
+    out = [None] * len(x)
+    # Images with the same geometry (the usual case) are resized as one batch.
+    keys, inverse = np.unique(geometry, axis=0, return_inverse=True)
+    for g, (oh, ow, rh, rw, top, left) in enumerate(keys.tolist()):
+        idx = np.flatnonzero(inverse.ravel() == g)
+        canvas = x.new_zeros((len(idx), rh, rw))
+        # Intersection of the crop window with the canvas (PIL pads a crop
+        # that overhangs the image; those pixels have no original).
+        t0, t1 = max(top, 0), min(top + H, rh)
+        l0, l1 = max(left, 0), min(left + W, rw)
+        if t1 > t0 and l1 > l0:
+            canvas[:, t0:t1, l0:l1] = x[torch.from_numpy(idx)][:, t0 - top : t1 - top, l0 - left : l1 - left]
+        if output == "original":
+            canvas = _resize(canvas, (oh, ow))
+        for j, i in enumerate(idx):
+            out[i] = canvas[j].numpy()
+    return out
+
+
+def _stack_if_same(out: list):
+    return np.stack(out) if len({o.shape for o in out}) == 1 else out
+
+
 def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     """Map heatmaps from the network input back onto the original images.
 
     Parameters
     ----------
-    heatmaps : array-like or Tensor of shape (n_images, h, w)
+    heatmaps : array-like or Tensor of shape (n_images, h, w), or list of 2-D arrays
         Maps on the network input, at any resolution (e.g. the feature-map
-        grid): they are first upsampled bilinearly to ``input_size``.
+        grid): they are first upsampled bilinearly to the input size. A list
+        holds maps of different sizes (feature maps of images of different
+        aspect ratios, ``crop=False``).
     geometry : array-like of int of shape (n_images, 6), optional
         Per image ``(orig_h, orig_w, resized_h, resized_w, crop_top,
         crop_left)``, as in :attr:`FeatureMaps.geometry
         <sklearn_ais.FeatureMaps>`. Required unless ``output="input"``.
-    input_size : int or tuple of int, optional
-        ``(H, W)`` of the network input. Default: ``(h, w)`` of ``heatmaps``.
+    input_size : int, tuple of int, or array-like of shape (n_images, 2), optional
+        ``(H, W)`` of the network input, shared or one per image (as
+        :attr:`FeatureMaps.input_size <sklearn_ais.FeatureMaps>`). Default:
+        the size of each heatmap.
     output : {"original", "resized", "input"}, default="original"
         Geometry of the result: the original image, the resized image before
         the crop, or the network input.
@@ -60,7 +123,7 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     -------
     maps : ndarray of shape (n_images, H, W) or list of ndarray
         Float maps (float64 for float64 input, else float32). A list of 2-D
-        arrays when the images differ in size. Pixels outside the crop
+        arrays when the results differ in size. Pixels outside the crop
         window are 0 before the final resize to the original size.
 
     Notes
@@ -89,46 +152,28 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     """
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
-    x = heatmaps.detach().cpu() if isinstance(heatmaps, torch.Tensor) else torch.from_numpy(np.asarray(heatmaps))
-    if x.ndim != 3:
-        raise ValueError(f"heatmaps must have shape (n_images, h, w), got {tuple(x.shape)}")
-    if 0 in x.shape:
-        raise ValueError(f"heatmaps is empty (shape {tuple(x.shape)})")
-    x = x.double() if x.dtype == torch.float64 else x.float()
-    if not torch.isfinite(x).all():
-        raise ValueError("heatmaps contain NaN or inf")
-    x = _resize(x, _as_size(input_size, x.shape[-2:]))
-    if output == "input":
-        return x.numpy()
-
-    if geometry is None:
-        raise ValueError(f"geometry is required for output={output!r}")
-    geometry = np.asarray(geometry)
-    if geometry.shape != (len(x), 6) or not np.issubdtype(geometry.dtype, np.integer):
-        raise ValueError(f"geometry must be an integer array of shape ({len(x)}, 6), got {geometry.dtype} {geometry.shape}")
-    if (geometry[:, :4] < 1).any():
-        raise ValueError("geometry sizes (orig_h, orig_w, resized_h, resized_w) must be positive")
-
-    H, W = x.shape[-2:]
-    out = [None] * len(x)
-    # Images with the same geometry (the usual case) are resized as one batch.
-    keys, inverse = np.unique(geometry, axis=0, return_inverse=True)
-    for g, (oh, ow, rh, rw, top, left) in enumerate(keys.tolist()):
-        idx = np.flatnonzero(inverse.ravel() == g)
-        canvas = x.new_zeros((len(idx), rh, rw))
-        # Intersection of the crop window with the canvas (PIL pads a crop
-        # that overhangs the image; those pixels have no original).
-        t0, t1 = max(top, 0), min(top + H, rh)
-        l0, l1 = max(left, 0), min(left + W, rw)
-        if t1 > t0 and l1 > l0:
-            canvas[:, t0:t1, l0:l1] = x[torch.from_numpy(idx)][:, t0 - top : t1 - top, l0 - left : l1 - left]
-        if output == "original":
-            canvas = _resize(canvas, (oh, ow))
-        for j, i in enumerate(idx):
-            out[i] = canvas[j].numpy()
-    if len({o.shape for o in out}) == 1:
-        return np.stack(out)
-    return out
+    if isinstance(heatmaps, (list, tuple)):
+        items = [_as_maps_tensor(np.asarray(h)[None] if not isinstance(h, torch.Tensor) else h[None],
+                                 f"heatmaps[{i}]") for i, h in enumerate(heatmaps)]
+        if not items:
+            raise ValueError("heatmaps is empty (no maps)")
+    else:
+        x = _as_maps_tensor(heatmaps)
+        items = None
+    n = len(items) if items is not None else len(x)
+    sizes = _per_image_sizes(input_size, n)
+    if output != "input":
+        geometry = _check_geometry(geometry, n, output)
+    if items is None and sizes is None:  # one batch
+        x = _resize(x, _as_size(input_size, x.shape[-2:]))
+        return x.numpy() if output == "input" else _stack_if_same(_paste(x, geometry, output))
+    # Image by image: maps or network inputs of different sizes.
+    items = items if items is not None else [x[i : i + 1] for i in range(n)]
+    out = []
+    for i, xi in enumerate(items):
+        xi = _resize(xi, sizes[i] if sizes is not None else _as_size(input_size, xi.shape[-2:]))
+        out.append(xi[0].numpy() if output == "input" else _paste(xi, geometry[i : i + 1], output)[0])
+    return _stack_if_same(out)
 
 
 def minmax(heatmaps):

@@ -27,6 +27,8 @@ def _signatures(maps) -> np.ndarray:
     A compact description of an image's maps that two different images practically
     never share, and that the network's float noise changes by ~1e-6 only.
     """
+    if isinstance(maps, list):  # maps of different sizes (crop=False)
+        return np.concatenate([_signatures(m[None]) for m in maps]) if maps else np.zeros((0, 0))
     m = maps.reshape(maps.shape[0], maps.shape[1], -1).astype(np.float64)
     return np.concatenate([m.mean(axis=2), np.sqrt((m * m).mean(axis=2))], axis=1)
 
@@ -332,7 +334,7 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     def _draw(self, X, w):
         from ._geometry import minmax, to_original
 
-        raw = np.einsum("nk,nkhw->nhw", w, X.maps.astype(np.float64))
+        raw = X.weighted_sum(w)  # (n, h, w), or a list for maps of different sizes
         if self.output == "maps":
             return minmax(raw)
         if X.input_size is None:

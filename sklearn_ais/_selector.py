@@ -80,9 +80,7 @@ class _MapsAwareTransform:
         if is_feature_maps(X):
             check_is_fitted(self)
             X = validate_maps_input(self, X, reset=False, min_images=1)
-            out = X[np.arange(len(X))]
-            out.maps = X.maps * self.support_[None, :, None, None].astype(X.maps.dtype)
-            return out
+            return X.masked(self.support_)
         return SelectorMixin.transform(self, X)
 
     def fit_transform(self, X, y=None, **fit_params):

@@ -54,7 +54,7 @@ def check_feature_maps(X, min_images: int = MIN_IMAGES):
     """
     if len(X) < min_images:
         raise ValueError(f"X has {len(X)} images; at least {min_images} are needed for a similarity analysis")
-    if not np.isfinite(X.maps).all():
+    if not X.all_finite():
         raise ValueError("X (feature maps) contains NaN or inf")
     return X
 

@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._geometry import minmax, to_original
-from .backbones._preprocess import as_image_source
+from .backbones._capture import capture
+from .backbones._preprocess import as_image_source, same_size_groups
 from .backbones._registry import Backbone
 
 __all__ = ["METHODS", "attention_maps"]
@@ -85,19 +86,12 @@ def _working_copy(model: nn.Module, device, guided: bool) -> nn.Module:
 
 def _forward(model, layer, x):
     """Logits and the output of ``layer`` for a batch, without gradients."""
-    captured = []
-    # A copy: later in-place ops (DenseNet's F.relu(..., inplace=True)) must not alter the maps.
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.append(o.clone()))
-    try:
-        with torch.inference_mode():
-            logits = model(x)
-    finally:
-        handle.remove()
-    if not captured:
-        raise ValueError(f"layer {layer!r} was not called during the forward pass (is it used through a module call?)")
+    # A copy of the maps: later in-place ops (DenseNet's F.relu(..., inplace=True)) must not alter them.
+    with torch.inference_mode():
+        logits, maps = capture(model, layer, lambda: model(x), stop=False, clone=True)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError("the model must return logits of shape (n_images, n_classes) for attention maps")
-    return logits, captured[0]
+    return logits, maps
 
 
 def _captum():
@@ -217,24 +211,27 @@ def attention_maps(transformer, images, method="gradcam", target=None, batch_siz
     model = _working_copy(backbone.model, device, guided=method == "guided_backprop")
     preprocessing = backbone.preprocessing
 
-    out = []
+    out = [None] * n
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         pixels, geometry = preprocessing.batch(source[start:stop])
-        x = torch.from_numpy(pixels).to(device)
-        logits, acts = _forward(model, backbone.layer, x)
-        if targets is None:
-            t = logits.argmax(dim=1)
-        else:
-            t = torch.as_tensor(targets[start:stop], device=device)
-            if (t < 0).any() or (t >= logits.shape[1]).any():
-                raise ValueError(f"target must be class indices in [0, {logits.shape[1]}), got {targets[start:stop]}")
-        if method == "scorecam":
-            raw = _scorecam_maps(model, x, acts, t, batch_size)
-        else:
-            raw = _gradient_maps(model, backbone.layer, x, t, method)
-        maps = to_original(raw.detach().float().cpu(), geometry, backbone.input_size)
-        out.extend(minmax(list(maps)))
+        for idx, batch in same_size_groups(pixels):  # one group, unless crop=False and the sizes differ
+            x = torch.from_numpy(batch).to(device)
+            logits, acts = _forward(model, backbone.layer, x)
+            if targets is None:
+                t = logits.argmax(dim=1)
+            else:
+                t = torch.as_tensor(targets[start + idx], device=device)
+                if (t < 0).any() or (t >= logits.shape[1]).any():
+                    raise ValueError(
+                        f"target must be class indices in [0, {logits.shape[1]}), got {targets[start + idx]}")
+            if method == "scorecam":
+                raw = _scorecam_maps(model, x, acts, t, batch_size)
+            else:
+                raw = _gradient_maps(model, backbone.layer, x, t, method)
+            maps = to_original(raw.detach().float().cpu(), geometry[idx], x.shape[-2:])
+            for i, m in zip(idx, minmax(list(maps))):
+                out[start + i] = m
     if len({m.shape for m in out}) == 1:
         return np.stack(out)
     return out

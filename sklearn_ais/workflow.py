@@ -323,8 +323,9 @@ def run_analysis(
     from .metrics import alignment_score
 
     baseline = alignment_score(fm.embed(), H)
-    _say(f"      {fm.n_maps} maps of {fm.shape[2]}x{fm.shape[3]}; baseline 2OI (all maps, all images) = "
-         f"{baseline:.3f}", verbose)
+    sizes = {tuple(map(int, hw)) for hw in fm.map_sizes}
+    size = "x".join(map(str, sizes.pop())) if len(sizes) == 1 else f"{len(sizes)} sizes"
+    _say(f"      {fm.n_maps} maps of {size}; baseline 2OI (all maps, all images) = {baseline:.3f}", verbose)
 
     _say(f"[2/4] AIS selection, {n_splits}-fold x {n_repeats} image-wise cross-validation ...", verbose)
     cv = RepeatedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=0)

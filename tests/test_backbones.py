@@ -482,3 +482,18 @@ def test_reloading_weights_keeps_the_users_pooling_head_and_refreshes_vgg_fc7():
     fc7 = reloaded.head.rest[1].weight
     assert torch.equal(fc7, reloaded.model.classifier[3].weight)  # the head reads the new fc7
     assert torch.equal(reloaded.head.weight, reloaded.model.classifier[0].weight)
+
+
+def test_in_memory_images_are_validated_once(monkeypatch):
+    from sklearn_ais.backbones import _preprocess
+
+    calls = []
+    real = _preprocess._check_pixels
+    monkeypatch.setattr(_preprocess, "_check_pixels", lambda arr, label: calls.append(label) or real(arr, label))
+    stack = np.random.default_rng(0).random((3, 8, 9, 3))
+    source = as_image_source(stack)
+    PREP.batch(source)
+    assert calls == ["array of images"]  # the whole stack, once; decoding checks nothing again
+    calls.clear()
+    PREP.batch(as_image_source([stack[0], torch.from_numpy(stack[1]).permute(2, 0, 1), stack[2][..., :1]]))
+    assert calls == ["image 0", "image 1", "image 2"]

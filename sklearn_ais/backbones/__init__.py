@@ -8,12 +8,18 @@ import importlib
 
 from ._heads import Head, MLPHead, ModuleHead, PoolingHead
 
-_REGISTRY_NAMES = ("Backbone", "get_backbone", "list_backbones", "load_weights")
+_LAZY = {
+    "Backbone": "._registry",
+    "get_backbone": "._registry",
+    "list_backbones": "._registry",
+    "load_weights": "._weights",
+    "WeightsSource": "._weights",
+}
 
-__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", *_REGISTRY_NAMES])
+__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", *_LAZY])
 
 
 def __getattr__(name):
-    if name in _REGISTRY_NAMES:
-        return getattr(importlib.import_module("._registry", __name__), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'sklearn_ais.backbones' has no attribute {name!r}")

