@@ -19,6 +19,7 @@ from ._map_metrics import top_mask
 
 __all__ = [
     "plot_ais_histogram",
+    "plot_comparison",
     "plot_heatmap_grid",
     "plot_overlay",
     "plot_path",
@@ -29,6 +30,16 @@ __all__ = [
 # Colours that stay visible on natural photographs, one per map.
 _MAP_COLORS = ("#ff2020", "#00c8ff", "#ffd700", "#40e040", "#ff8c00", "#c060ff")
 _LEVEL_STYLES = ("solid", "dashed", "dotted", "dashdot")
+
+
+# How each comparison reads on an axis.
+COMPARISON_LABELS = {
+    "spearman": "Spearman ρ",
+    "pearson": "Pearson r",
+    "pearson_r2": "Pearson r²",
+    "kendall_tau_a": "Kendall τa",
+    "rho_a": "Spearman ρa",
+}
 
 
 def plain_text(text) -> str:
@@ -397,3 +408,66 @@ def save_figure(fig, path, dpi=120):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", format=None if path.suffix else "png")
     return path
+
+
+def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
+    """Bar plot of held-out 2OI per backbone and method (mean ± s.e., folds as dots).
+
+    Parameters
+    ----------
+    result : AlignmentComparison or DataFrame
+        The result of :func:`~sklearn_ais.alignment.compare_alignment` or its
+        per-fold ``table`` (the y label then assumes Spearman).
+    noise_ceiling : (float, float), optional
+        Lower and upper bound, drawn as a grey band; default the result's.
+    ax : matplotlib Axes, optional
+    reference : str, default="none"
+        Method whose bars are drawn in grey.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    import matplotlib.pyplot as plt
+
+    from .alignment._compare import AlignmentComparison
+
+    comparison = "spearman"
+    if isinstance(result, AlignmentComparison):
+        comparison = result.comparison
+        table = result.table
+        if noise_ceiling is None:
+            noise_ceiling = result.noise_ceiling
+    elif isinstance(result, pd.DataFrame):
+        table = result
+    else:
+        raise TypeError(f"result must be an AlignmentComparison or its table, got {type(result).__name__}")
+    backbones = list(dict.fromkeys(table["backbone"]))
+    methods = list(dict.fromkeys(table["method"]))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * len(backbones) * len(methods)), 4.0))
+    width = 0.8 / len(methods)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rng = np.random.default_rng(0)
+    for m, method in enumerate(methods):
+        colour = "0.6" if method == reference else colours[m % len(colours)]
+        for b, bb in enumerate(backbones):
+            vals = table[(table["backbone"] == bb) & (table["method"] == method)]["test_2oi"].to_numpy()
+            if not len(vals):
+                continue
+            x = b - 0.4 + width * (m + 0.5)
+            sem = np.std(vals, ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
+            ax.bar(x, vals.mean(), width * 0.9, yerr=sem, color=colour, capsize=3,
+                   label=plain_text(method) if b == 0 else None, alpha=0.9)
+            ax.scatter(x + rng.uniform(-width / 5, width / 5, len(vals)), vals, s=9, color="k", zorder=3)
+    if noise_ceiling is not None:
+        lo, hi = noise_ceiling
+        ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise ceiling")
+    ax.set_xticks(range(len(backbones)))
+    ax.set_xticklabels([plain_text(b) for b in backbones])
+    ax.set_ylabel(f"held-out 2OI ({COMPARISON_LABELS.get(comparison, comparison)})")
+    ax.axhline(0, color="k", lw=0.8)
+    top = max(float(table["test_2oi"].max()), noise_ceiling[1] if noise_ceiling is not None else -np.inf)
+    ax.set_ylim(top=top + 0.12 * (top - min(0.0, float(table["test_2oi"].min()))) + 0.05)
+    ax.legend(frameon=False, fontsize="small", ncol=min(len(methods) + 1, 3), loc="upper left")
+    return ax

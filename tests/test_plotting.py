@@ -111,3 +111,24 @@ def test_path_and_histogram(tmp_path):
     _read_png(save_figure(ax, tmp_path / "hist"))  # no suffix: PNG
     with pytest.raises(ValueError, match="NaN"):
         plot_ais_histogram([0.1, np.nan])
+
+
+@pytest.mark.parametrize("comparison, label", [("spearman", "Spearman ρ"), ("pearson", "Pearson r")])
+def test_comparison_plot_labels_its_comparison(comparison, label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn_ais import FeatureMaps
+    from sklearn_ais.alignment import compare_alignment
+    from sklearn_ais.backbones import PoolingHead
+    from sklearn_ais.plotting import plot_comparison
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((16, 6, 2, 2)).astype(np.float32)
+    H = np.corrcoef(maps[:, :3].mean(axis=(2, 3)))
+    res = compare_alignment([("$toy$", FeatureMaps(maps, PoolingHead()))], None, H, methods=("none",), cv=3,
+                            comparison=comparison)
+    ax = plot_comparison(res)
+    assert ax.get_ylabel() == f"held-out 2OI ({label})"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [r"\$toy\$"]  # a label is never read as mathtext
+    ax.figure.canvas.draw()

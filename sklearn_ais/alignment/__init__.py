@@ -24,7 +24,8 @@ paper's companion analyses.
 
 Comparison
 ----------
-:func:`compare_alignment`, :func:`summarize_comparison`, :func:`plot_comparison`.
+:func:`compare_alignment`, :func:`summarize_comparison`; the figure is
+:func:`sklearn_ais.plotting.plot_comparison` (also importable from here).
 
 Maps
 ----
@@ -48,7 +49,8 @@ _LAZY = {
     "AlignmentComparison": "._compare",
     "compare_alignment": "._compare",
     "make_method": "._compare",
-    "plot_comparison": "._compare",
+    "plot_comparison": "..plotting",
+    "feature_maps_of": "._compare",
     "summarize_comparison": "._compare",
     "feature_alignment_score": ".._feature_alignment",
     "split_half_map_ceiling": ".._feature_alignment",

@@ -14,7 +14,7 @@ from .._containers import FeatureMaps
 from .._targets import check_similarity_target, sample_ids, similarity_frame
 from ._base import embedding_2oi
 
-__all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "make_method", "plot_comparison", "summarize_comparison"]
+__all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "feature_maps_of", "make_method", "summarize_comparison"]
 
 METHODS = ("none", "ais", "reweighting", "glocal")
 
@@ -64,33 +64,79 @@ def _methods(methods) -> dict:
     return {m: make_method(m) for m in methods}
 
 
-def _feature_maps(item, images, verbose):
-    """(label, FeatureMaps) of one backbone entry."""
+def _entries(backbones) -> list[tuple[str | None, object]]:
+    """``(label or None, entry)`` of every backbone, validated without extracting anything."""
     from .._feature_maps import DNNFeatureMapTransformer
-
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-        label, item = item
-    else:
-        label = None
-    if isinstance(item, FeatureMaps):
-        return label or item.backbone or "features", item
     from ..backbones._registry import Backbone
 
-    if isinstance(item, (str, Backbone)):
-        item = DNNFeatureMapTransformer(backbone=item, verbose=verbose)
-    if not isinstance(item, DNNFeatureMapTransformer):
-        raise TypeError(
-            "each backbone must be a registered name, a DNNFeatureMapTransformer, FeatureMaps or a (label, one of "
-            f"these) pair; got {type(item).__name__}"
-        )
+    if isinstance(backbones, dict):
+        items = list(backbones.items())
+    elif isinstance(backbones, (list, tuple)):
+        items = list(backbones)
+    else:
+        items = [backbones]
+    if not items:
+        raise ValueError("backbones is empty")
+    out = []
+    for item in items:
+        label = None
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            label, item = item
+        if not isinstance(item, (str, Backbone, DNNFeatureMapTransformer, FeatureMaps)):
+            raise TypeError(
+                "each backbone must be a registered name, a Backbone, a DNNFeatureMapTransformer, FeatureMaps or a "
+                f"(label, one of these) pair; got {type(item).__name__}"
+            )
+        out.append((label, item))
+    return out
+
+
+def feature_maps_of(entry, images, *, label=None, verbose=0):
+    """``(label, FeatureMaps)`` of one backbone entry: the one place where a comparison extracts features.
+
+    Parameters
+    ----------
+    entry : str, Backbone, DNNFeatureMapTransformer or FeatureMaps
+        A registered name or Backbone (pretrained weights), a transformer
+        (fitted if needed), or precomputed maps (returned as they are).
+    images : images or None
+        What the transformer reads; unused for FeatureMaps.
+    label : str, optional
+        Default: the backbone's name, with " (random)" for random weights.
+    verbose : int, default=0
+
+    Returns
+    -------
+    label : str
+    maps : FeatureMaps
+    """
+    from .._feature_maps import DNNFeatureMapTransformer
+
+    if isinstance(entry, FeatureMaps):
+        return label or entry.backbone or "features", entry
+    if not isinstance(entry, DNNFeatureMapTransformer):
+        entry = DNNFeatureMapTransformer(backbone=entry, verbose=verbose)
     if images is None:
         raise ValueError("images are required to extract features")
-    if not hasattr(item, "backbone_"):
-        item.fit(images)
-    fm = item.transform(images)
+    if not hasattr(entry, "backbone_"):
+        entry.fit(images)
+    fm = entry.transform(images)
     if label is None:
-        label = item.backbone_.name if item.weights is not None else f"{item.backbone_.name} (random)"
+        label = entry.backbone_.name if entry.weights is not None else f"{entry.backbone_.name} (random)"
     return label, fm
+
+
+def _image_count_and_ids(entries, images):
+    """Number of images and their ids, known before any extraction (from maps or from the images)."""
+    from ..backbones._preprocess import as_image_source
+
+    for _, entry in entries:
+        if isinstance(entry, FeatureMaps):
+            return len(entry), sample_ids(entry)
+    if images is None:
+        raise ValueError("images are required to extract features")
+    source = as_image_source(images)
+    return len(source), source.ids
 
 
 def _n_kept(est, n_maps) -> int:
@@ -205,6 +251,7 @@ class AlignmentComparison:
     summary: pd.DataFrame
     noise_ceiling: tuple | None = None
     ceiling_table: pd.DataFrame | None = field(default=None, repr=False)
+    comparison: str = "spearman"
 
     def __iter__(self):
         # ``table, summary = compare_alignment(...)``
@@ -216,7 +263,9 @@ class AlignmentComparison:
         return _markdown(self.summary, self.noise_ceiling, digits)
 
     def plot(self, ax=None):
-        """Bar plot of the held-out 2OI (see :func:`plot_comparison`)."""
+        """Bar plot of the held-out 2OI (see :func:`sklearn_ais.plotting.plot_comparison`)."""
+        from ..plotting import plot_comparison
+
         return plot_comparison(self, ax=ax)
 
 
@@ -328,8 +377,12 @@ def compare_alignment(
     >>> list(res.summary["method"])
     ['none', 'ais']
     """
+    from .._stats import ALTERNATIVES, TESTS
     from .._validation import check_image_cv
 
+    if test not in TESTS or alternative not in ALTERNATIVES:
+        raise ValueError(f"test must be one of {TESTS} and alternative one of {ALTERNATIVES}, got {test!r}, "
+                         f"{alternative!r}")
     cv = check_image_cv(cv, random_state)
     if getattr(cv, "splits_pairs", False):
         raise ValueError(
@@ -339,87 +392,20 @@ def compare_alignment(
     methods = _methods(methods)
     if not methods:
         raise ValueError("methods is empty")
-    if isinstance(backbones, dict):
-        entries = list(backbones.items())
-    elif isinstance(backbones, (list, tuple)):
-        entries = list(backbones)
-    else:
-        entries = [backbones]
-    if not entries:
-        raise ValueError("backbones is empty")
-
-    subjects = None
-    if subject_similarities is not None:
-        subjects = np.asarray(subject_similarities, dtype=np.float64)
-        if subjects.ndim != 3 or subjects.shape[1] != subjects.shape[2]:
-            raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {subjects.shape}")
-
-    rows, ceilings, splits, H, seen, first_ids = [], [], None, None, set(), None
-    progress = None
-    if verbose:
-        from tqdm import tqdm
-
-        n_splits = cv.get_n_splits() if hasattr(cv, "get_n_splits") else None
-        total = len(entries) * n_splits * len(methods) if isinstance(n_splits, int) else None
-        progress = tqdm(total=total, desc="backbone x fold x method", unit="fit")
-    for entry in entries:
-        label, X = _feature_maps(entry, images, verbose)
+    entries = _entries(backbones)
+    n, ids = _image_count_and_ids(entries, images)
+    H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
+    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
+    progress = _progress(verbose, len(entries) * len(splits) * len(methods))
+    rows, seen = [], set()
+    for label, entry in entries:
+        label, X = feature_maps_of(entry, images, label=label, verbose=verbose)
         if label in seen:
             label = f"{label} #{len(seen)}"
         seen.add(label)
-        n = len(X)
-        if H is None:
-            H = check_similarity_target(y, n, y_kind, ids=sample_ids(X))  # dissimilarities come back negated
-            splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
-            if subjects is not None:
-                if subjects.shape[1] != n:
-                    raise ValueError(f"subject_similarities are {subjects.shape[1]} x {subjects.shape[1]}, X has {n} images")
-                from ..metrics import noise_ceiling
-
-                for fold, (_, test_idx) in enumerate(splits):
-                    lo, hi = noise_ceiling(subjects[:, test_idx][:, :, test_idx], comparison)
-                    ceilings.append({"fold": fold, "lower": lo, "upper": hi})
-            first_ids = sample_ids(X)
-        elif n != H.shape[0]:
-            raise ValueError(f"backbone {label!r} gave {n} images, others {H.shape[0]}")
-        elif first_ids is not None and sample_ids(X) is not None and not np.array_equal(sample_ids(X), first_ids):
-            raise ValueError(
-                f"backbone {label!r} carries its images in another order (or other images) than the first "
-                "backbone (their ids differ): folds are paired by position, so give every backbone the same images "
-                "in the same order"
-            )
-        n_maps = X.shape[1]
-        for fold, (train_idx, test_idx) in enumerate(splits):
-            X_tr, X_te = X[train_idx], X[test_idx]
-            H_tr, H_te = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
-            for name, template in methods.items():
-                t0 = time.perf_counter()
-                if template is None:
-                    est, fit_time = None, 0.0
-                    test_score = embedding_2oi(_embed(X_te), H_te, similarity, comparison)
-                    train_score = embedding_2oi(_embed(X_tr), H_tr, similarity, comparison)
-                else:
-                    est = _as_similarity_estimator(template)
-                    est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
-                    fit_time = time.perf_counter() - t0
-                    test_score = float(est.score(X_te, H_te))
-                    train_score = float(est.score(X_tr, H_tr))
-                rows.append(
-                    {
-                        "backbone": label,
-                        "method": name,
-                        "fold": fold,
-                        "n_train": len(train_idx),
-                        "n_test": len(test_idx),
-                        "test_2oi": test_score,
-                        "train_2oi": train_score,
-                        "n_kept": _n_kept(est, n_maps),
-                        "fit_time": fit_time,
-                    }
-                )
-                if progress is not None:
-                    progress.set_postfix_str(f"{label}, fold {fold}, {name}", refresh=False)
-                    progress.update()
+        _check_same_images(label, X, n, ids)
+        rows += _evaluate_backbone(label, X, H, splits, methods, similarity, comparison, progress)
     if progress is not None:
         progress.close()
     table = pd.DataFrame(rows)
@@ -427,68 +413,84 @@ def compare_alignment(
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
     ceiling_table = pd.DataFrame(ceilings) if ceilings else None
     ceiling = (float(ceiling_table["lower"].mean()), float(ceiling_table["upper"].mean())) if ceilings else None
-    return AlignmentComparison(table, summary, ceiling, ceiling_table)
+    return AlignmentComparison(table, summary, ceiling, ceiling_table, comparison)
+
+
+def _progress(verbose, total):
+    if not verbose:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="backbone x fold x method", unit="fit")
+
+
+def _fold_ceilings(subject_similarities, splits, n, comparison):
+    """Per-fold noise ceiling on the test images (empty without subject matrices)."""
+    if subject_similarities is None:
+        return []
+    from ..metrics import noise_ceiling
+
+    subjects = np.asarray(subject_similarities, dtype=np.float64)
+    if subjects.ndim != 3 or subjects.shape[1] != subjects.shape[2]:
+        raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {subjects.shape}")
+    if subjects.shape[1] != n:
+        raise ValueError(f"subject_similarities are {subjects.shape[1]} x {subjects.shape[1]}, X has {n} images")
+    out = []
+    for fold, (_, test_idx) in enumerate(splits):
+        lo, hi = noise_ceiling(subjects[:, test_idx][:, :, test_idx], comparison)
+        out.append({"fold": fold, "lower": lo, "upper": hi})
+    return out
+
+
+def _check_same_images(label, X, n, ids):
+    """Folds are paired by position: every backbone must hold the same images in the same order."""
+    if len(X) != n:
+        raise ValueError(f"backbone {label!r} gave {len(X)} images, others {n}")
+    own = sample_ids(X)
+    if ids is not None and own is not None and not np.array_equal(own, ids):
+        raise ValueError(
+            f"backbone {label!r} carries its images in another order (or other images) than the first "
+            "backbone (their ids differ): folds are paired by position, so give every backbone the same images "
+            "in the same order"
+        )
+
+
+def _evaluate_backbone(label, X, H, splits, methods, similarity, comparison, progress=None) -> list[dict]:
+    """One row per fold and method: fitted on the training images, scored on the test images."""
+    rows = []
+    for fold, (train_idx, test_idx) in enumerate(splits):
+        for name, template in methods.items():
+            record = _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison)
+            rows.append({"backbone": label, "method": name, "fold": fold, "n_train": len(train_idx),
+                         "n_test": len(test_idx), **record})
+            if progress is not None:
+                progress.set_postfix_str(f"{label}, fold {fold}, {name}", refresh=False)
+                progress.update()
+    return rows
+
+
+def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) -> dict:
+    """Held-out and training 2OI of one method on one fold (``template`` None: all maps, nothing fitted)."""
+    X_tr, X_te = X[train_idx], X[test_idx]
+    H_tr, H_te = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
+    if template is None:
+        return {
+            "test_2oi": embedding_2oi(_embed(X_te), H_te, similarity, comparison),
+            "train_2oi": embedding_2oi(_embed(X_tr), H_tr, similarity, comparison),
+            "n_kept": _n_kept(None, X.shape[1]),
+            "fit_time": 0.0,
+        }
+    est = _as_similarity_estimator(template)
+    t0 = time.perf_counter()
+    est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
+    fit_time = time.perf_counter() - t0
+    return {
+        "test_2oi": float(est.score(X_te, H_te)),
+        "train_2oi": float(est.score(X_tr, H_tr)),
+        "n_kept": _n_kept(est, X.shape[1]),
+        "fit_time": fit_time,
+    }
 
 
 def _embed(X):
     return X.embed() if isinstance(X, FeatureMaps) else np.asarray(X, dtype=np.float64)
-
-
-def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
-    """Bar plot of held-out 2OI per backbone and method (mean ± s.e., folds as dots).
-
-    Parameters
-    ----------
-    result : AlignmentComparison or DataFrame
-        The result of :func:`compare_alignment` or its per-fold ``table``.
-    noise_ceiling : (float, float), optional
-        Lower and upper bound, drawn as a grey band; default the result's.
-    ax : matplotlib Axes, optional
-    reference : str, default="none"
-        Method whose bars are drawn in grey.
-
-    Returns
-    -------
-    ax : matplotlib Axes
-    """
-    import matplotlib.pyplot as plt
-
-    from ..plotting import plain_text
-
-    if isinstance(result, AlignmentComparison):
-        table = result.table
-        if noise_ceiling is None:
-            noise_ceiling = result.noise_ceiling
-    elif isinstance(result, pd.DataFrame):
-        table = result
-    else:
-        raise TypeError(f"result must be an AlignmentComparison or its table, got {type(result).__name__}")
-    backbones = list(dict.fromkeys(table["backbone"]))
-    methods = list(dict.fromkeys(table["method"]))
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * len(backbones) * len(methods)), 4.0))
-    width = 0.8 / len(methods)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    rng = np.random.default_rng(0)
-    for m, method in enumerate(methods):
-        colour = "0.6" if method == reference else colours[m % len(colours)]
-        for b, bb in enumerate(backbones):
-            vals = table[(table["backbone"] == bb) & (table["method"] == method)]["test_2oi"].to_numpy()
-            if not len(vals):
-                continue
-            x = b - 0.4 + width * (m + 0.5)
-            sem = np.std(vals, ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0.0
-            ax.bar(x, vals.mean(), width * 0.9, yerr=sem, color=colour, capsize=3,
-                   label=plain_text(method) if b == 0 else None, alpha=0.9)
-            ax.scatter(x + rng.uniform(-width / 5, width / 5, len(vals)), vals, s=9, color="k", zorder=3)
-    if noise_ceiling is not None:
-        lo, hi = noise_ceiling
-        ax.axhspan(lo, hi, color="0.85", zorder=0, label="noise ceiling")
-    ax.set_xticks(range(len(backbones)))
-    ax.set_xticklabels([plain_text(b) for b in backbones])
-    ax.set_ylabel("held-out 2OI (Spearman)")
-    ax.axhline(0, color="k", lw=0.8)
-    top = max(float(table["test_2oi"].max()), noise_ceiling[1] if noise_ceiling is not None else -np.inf)
-    ax.set_ylim(top=top + 0.12 * (top - min(0.0, float(table["test_2oi"].min()))) + 0.05)
-    ax.legend(frameon=False, fontsize="small", ncol=min(len(methods) + 1, 3), loc="upper left")
-    return ax
