@@ -68,13 +68,13 @@ def test_matches_closed_form_ridge(rng, n, D, fit_intercept):
 
 def test_path_over_alphas_matches_single_solves(rng):
     """The eigendecomposition path (inner CV) and the Cholesky solve (final fit) agree."""
-    from sklearn_ais.alignment._reweighting import _Problem
+    from sklearn_ais.alignment._reweighting import _PairRegression
 
     for n, D in [(12, 4), (7, 30)]:
         X = rng.normal(size=(n, D))
         H = _sym(rng, n)
         i, j = np.triu_indices(n, 1)
-        prob = _Problem(X, i, j, H[i, j], True)
+        prob = _PairRegression(X, i, j, H[i, j], True)
         alphas = [0.1, 1.0, 10.0]
         W, _ = prob.path(alphas, positive=False)
         for a, alpha in enumerate(alphas):

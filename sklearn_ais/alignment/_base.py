@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
 from .._similarity import correlation, similarity_matrix, upper_triangle
+from .._targets import check_similarity_target, sample_ids
 from .._validation import MIN_IMAGES, check_feature_maps, check_image_cv, is_feature_maps, validate_maps_input
 
 
@@ -85,3 +88,63 @@ class torch_threads:
         if torch.get_num_threads() != self._old:
             torch.set_num_threads(self._old)
         return False
+
+
+def standardization(E) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale of embeddings ``E`` (n, D).
+
+    A feature whose standard deviation is below 1e-12 of the largest
+    magnitude (constant up to round-off) keeps scale 1, as scikit-learn's
+    ``StandardScaler`` does for zero variance: it is centred, not blown up.
+
+    Parameters
+    ----------
+    E : ndarray of shape (n_images, n_features)
+
+    Returns
+    -------
+    mean, scale : ndarray of shape (n_features,)
+    """
+    sd = E.std(axis=0)
+    return E.mean(axis=0), np.where(sd > 1e-12 * max(1.0, float(np.abs(E).max())), sd, 1.0)
+
+
+class SimilarityAligner(TransformerMixin, BaseEstimator):
+    """Base of the alignment estimators: learned from human similarity, scored by the 2OI of what they predict.
+
+    Subclasses implement ``fit`` and :meth:`predict_similarity`; they share the
+    tags (``y`` is required and is a matrix, not one output per image) and
+    :meth:`score`.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.target_tags.single_output = False
+        return tags
+
+    def predict_similarity(self, X) -> np.ndarray:  # pragma: no cover - abstract
+        """The model similarity matrix (n_images, n_images) of ``X`` after alignment."""
+        raise NotImplementedError
+
+    def score(self, X, y, sample_weight=None):
+        """Held-out 2OI: correlation of the predicted and human upper triangles.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, n_features) or FeatureMaps
+        y : array-like of shape (n_images, n_images)
+            Human similarity matrix (or a labelled DataFrame).
+        sample_weight : None
+            Accepted for scikit-learn's scoring; the samples are pairs, so
+            anything but None is an error.
+
+        Returns
+        -------
+        score : float
+        """
+        if sample_weight is not None:
+            raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
+        S = self.predict_similarity(X)
+        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X))
+        return compare_upper(S, H, self.comparison)

@@ -8,14 +8,14 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, SIMILARITIES, similarity_matrix
 from .._targets import check_similarity_target, sample_ids
-from ._base import as_embeddings, compare_upper, torch_threads
+from ._base import SimilarityAligner, as_embeddings, standardization, torch_threads
 
 __all__ = ["GLocalAligner", "glocal_loss", "odd_one_out_accuracy", "triplets_from_similarity"]
 
@@ -212,7 +212,7 @@ def glocal_loss(X_std, weights, bias, triplets, *, alpha=0.25, lmbda=1e-3, tau=0
 
 
 # ---------------------------------------------------------------------------
-class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
     """Affine transform of embeddings fitted to human odd-one-out judgments (gLocal).
 
     The embeddings are standardised (training mean and standard deviation
@@ -371,12 +371,6 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.y_kind = y_kind
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.target_tags.single_output = False
-        return tags
-
     # ------------------------------------------------------------------
     def _check_triplets(self, triplets, n):
         T = np.asarray(triplets)
@@ -428,9 +422,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 "matrix, or odd-one-out judgments as triplets=(m, 3) indices"
             )
 
-        self.mean_ = E.mean(axis=0)
-        sd = E.std(axis=0)
-        self.std_ = np.where(sd > 1e-12 * max(1.0, float(np.abs(E).max())), sd, 1.0)
+        self.mean_, self.std_ = standardization(E)
         Xs_np = (E - self.mean_) / self.std_
         Xs = torch.as_tensor(Xs_np)
         Tt = torch.as_tensor(T)
@@ -513,25 +505,18 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         E = as_embeddings(self, X, reset=False, min_samples=1)
         return ((E - self.mean_) / self.std_) @ self.weights_ + self.bias_
 
-    def score(self, X, y, sample_weight=None):
-        """2OI of the aligned embeddings (``similarity`` RSM) with the human matrix.
+    def predict_similarity(self, X) -> np.ndarray:
+        """Model similarity matrix (``similarity``) of the aligned embeddings.
 
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
-        y : array-like of shape (n_images, n_images)
-        sample_weight : None
-            Not supported.
 
         Returns
         -------
-        score : float
+        S : ndarray of shape (n_images, n_images)
         """
-        if sample_weight is not None:
-            raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
-        Z = self.transform(X)
-        H = check_similarity_target(y, Z.shape[0], self.y_kind, ids=sample_ids(X))
-        return compare_upper(similarity_matrix(Z, self.similarity), H, self.comparison)
+        return similarity_matrix(self.transform(X), self.similarity)
 
     @property
     def _n_features_out(self):

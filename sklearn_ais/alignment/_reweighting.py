@@ -6,13 +6,13 @@ from numbers import Real
 
 import numpy as np
 from scipy import linalg, optimize
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.base import OneToOneFeatureMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, batched_correlation
 from .._targets import check_similarity_target, sample_ids
-from ._base import as_embeddings, compare_upper, image_cv, split_images
+from ._base import SimilarityAligner, as_embeddings, image_cv, split_images, standardization
 
 __all__ = ["FeatureReweighting", "pair_design"]
 
@@ -84,7 +84,7 @@ def _moments(X, rows, cols, t):
     return G, s, c
 
 
-class _Problem:
+class _PairRegression:
     """Ridge / non-negative ridge on the pair design.
 
     With more pairs than features the problem is solved from the Gram matrix
@@ -185,7 +185,7 @@ class _Problem:
         return W, b
 
 
-class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class FeatureReweighting(OneToOneFeatureMixin, SimilarityAligner):
     """Learn one weight per embedding feature to predict human similarity.
 
     The predicted similarity of images ``i`` and ``j`` is
@@ -329,12 +329,6 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.y_kind = y_kind
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.target_tags.single_output = False
-        return tags
-
     # ------------------------------------------------------------------
     def _standardized(self, E):
         return (E - self.mean_) / self.scale_
@@ -358,9 +352,7 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         n, D = E.shape
         H = check_similarity_target(y, n, self.y_kind, ids=ids)
         if self.standardize:
-            self.mean_ = E.mean(axis=0)
-            sd = E.std(axis=0)
-            self.scale_ = np.where(sd > 1e-12 * max(1.0, float(np.abs(E).max())), sd, 1.0)
+            self.mean_, self.scale_ = standardization(E)
         else:
             self.mean_, self.scale_ = np.zeros(D), np.ones(D)
         Xs = self._standardized(E)
@@ -368,7 +360,7 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         if len(rows) < 3:
             raise ValueError(f"y has {len(rows)} observed pairs; at least 3 are needed")
-        problem = _Problem(Xs, rows, cols, H[rows, cols], self.fit_intercept)
+        problem = _PairRegression(Xs, rows, cols, H[rows, cols], self.fit_intercept)
         if self.alpha == "auto":
             self.alpha_, self.alphas_, self.cv_scores_ = self._choose_alpha(Xs, H, self._grid(problem))
         else:
@@ -398,7 +390,7 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             target = H[va_i, va_j]
             if np.ptp(target) == 0:
                 continue
-            sub = _Problem(Xs, tr_i, tr_j, H[tr_i, tr_j], self.fit_intercept)
+            sub = _PairRegression(Xs, tr_i, tr_j, H[tr_i, tr_j], self.fit_intercept)
             W, b = sub.path(alphas, self.positive)
             pred = pair_design(Xs, va_i, va_j) @ W + b  # (n_val_pairs, n_alphas)
             scores.append(batched_correlation(pred.T, target, self.comparison))
@@ -444,26 +436,6 @@ class FeatureReweighting(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         Xs = self._standardized(as_embeddings(self, X, reset=False, min_samples=1))
         return Xs * np.sqrt(np.clip(self.coef_, 0, None))
-
-    def score(self, X, y, sample_weight=None):
-        """Held-out 2OI: correlation of the predicted and human upper triangles.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_images, n_features) or FeatureMaps
-        y : array-like of shape (n_images, n_images)
-        sample_weight : None
-            Not supported (pairs, not images, are the samples).
-
-        Returns
-        -------
-        score : float
-        """
-        if sample_weight is not None:
-            raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
-        S = self.predict_similarity(X)
-        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X))
-        return compare_upper(S, H, self.comparison)
 
     @property
     def n_kept_(self) -> int:
