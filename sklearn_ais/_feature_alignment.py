@@ -9,6 +9,8 @@ import numpy as np
 from scipy import ndimage, stats
 from sklearn.utils import check_random_state
 
+from ._sklearn_compat import Interval, validate_params
+
 __all__ = ["feature_alignment_score", "split_half_map_ceiling"]
 
 
@@ -54,6 +56,11 @@ def _rowwise_spearman(A, B):
     return np.clip(r, -1.0, 1.0)
 
 
+@validate_params(
+    {"human_maps": ["array-like"], "n_splits": [Interval(Integral, 1, None, closed="left")],
+     "random_state": ["random_state"]},
+    prefer_skip_nested_validation=True,
+)
 def split_half_map_ceiling(human_maps, n_splits=20, random_state=0) -> float:
     """Inter-rater ceiling of importance maps from random split halves of the raters.
 
@@ -86,8 +93,6 @@ def split_half_map_ceiling(human_maps, n_splits=20, random_state=0) -> float:
     n_raters = M.shape[0]
     if n_raters < 2:
         raise ValueError("a split-half ceiling needs at least 2 raters")
-    if not isinstance(n_splits, Integral) or n_splits < 1:
-        raise ValueError(f"n_splits must be a positive integer, got {n_splits!r}")
     rng = check_random_state(random_state)
     flat = M.reshape(n_raters, M.shape[1], -1)
     rs = []
@@ -105,6 +110,10 @@ def split_half_map_ceiling(human_maps, n_splits=20, random_state=0) -> float:
     return float(2 * r / (1 + r)) if r > -1 else -1.0
 
 
+@validate_params(
+    {"model_maps": ["array-like"], "human_maps": ["array-like"], "sigma": [None, Interval(Real, 0, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def feature_alignment_score(
     human_maps,
     model_maps,
@@ -185,8 +194,8 @@ def feature_alignment_score(
         raise ValueError(f"model_maps has {model.shape[0]} images but human_maps has {group.shape[0]}")
     model = _resize(model, group.shape[1:])
     if sigma is not None:
-        if not isinstance(sigma, Real) or isinstance(sigma, bool) or not np.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"sigma must be a finite number >= 0 or None, got {sigma!r}")
+        if not np.isfinite(sigma):
+            raise ValueError(f"sigma must be finite, got {sigma!r}")
         if sigma > 0:
             model = ndimage.gaussian_filter(model, sigma=(0, float(sigma), float(sigma)), mode="reflect")
 

@@ -10,9 +10,8 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm import tqdm
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from ._containers import FeatureMaps
 from ._device import resolve_device
 from ._feature_cache import FeatureCache, cache_config, cache_folder, config_key, fingerprint, library_versions
+from ._sklearn_compat import HasMethods, Interval, _fit_context
 from .backbones._capture import device_lease
 from .backbones._heads import Head
 from .backbones._preprocess import as_image_source, same_size_groups

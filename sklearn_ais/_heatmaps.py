@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_problem
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
+from ._sklearn_compat import StrOptions, _fit_context
 from ._targets import Y_KINDS, check_similarity_target, sample_ids
 from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import time
-
-from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.base import BaseEstimator, clone
 from sklearn.feature_selection import SelectorMixin
-from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._ablation import make_problem
 from ._pairs import mask_pairs
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
+from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
 from ._targets import Y_KINDS, check_similarity_target, sample_ids
 from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._geometry import minmax, to_original
+from ._sklearn_compat import Interval, StrOptions, validate_params
 from .backbones._capture import capture
 from .backbones._preprocess import as_image_source, same_size_groups
 from .backbones._registry import Backbone
@@ -144,6 +146,10 @@ def _check_target(target, n):
     return t
 
 
+@validate_params(
+    {"method": [StrOptions(set(METHODS))], "batch_size": [Interval(Integral, 1, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def attention_maps(transformer, images, method="gradcam", target=None, batch_size=16):
     """Attention maps of images from a backbone, on the original image geometry.
 
@@ -200,10 +206,6 @@ def attention_maps(transformer, images, method="gradcam", target=None, batch_siz
     >>> maps.shape, float(maps.min()) >= 0, float(maps.max()) <= 1
     ((2, 40, 50), True, True)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     backbone, device = _resolve(transformer)
     source = as_image_source(images)
     n = len(source)

@@ -12,7 +12,8 @@ import numpy as np
 from . import _map_metrics
 from ._feature_alignment import feature_alignment_score
 from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
-from ._similarity import COMPARISONS, correlation, similarity_matrix, upper_triangle
+from ._similarity import COMPARISONS, SIMILARITIES, correlation, similarity_matrix, upper_triangle
+from ._sklearn_compat import StrOptions, validate_params
 from ._targets import as_float_matrix, check_symmetric
 
 __all__ = [
@@ -40,6 +41,11 @@ def _check_square(M, name):
     return M
 
 
+@validate_params(
+    {"model_similarity": ["array-like"], "human_similarity": ["array-like"],
+     "comparison": [StrOptions(set(COMPARISONS))]},
+    prefer_skip_nested_validation=True,
+)
 def second_order_isomorphism(model_similarity, human_similarity, comparison: str = "spearman") -> float:
     """Correlation of the upper triangles of two similarity matrices (2OI).
 
@@ -65,8 +71,6 @@ def second_order_isomorphism(model_similarity, human_similarity, comparison: str
     >>> bool(np.isclose(second_order_isomorphism(A, B), spearmanr(A[iu], B[iu]).statistic))
     True
     """
-    if comparison not in COMPARISONS:
-        raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
     Z = _check_square(model_similarity, "model_similarity")
     H = _check_square(human_similarity, "human_similarity")
     if Z.shape != H.shape:
@@ -76,6 +80,11 @@ def second_order_isomorphism(model_similarity, human_similarity, comparison: str
     return correlation(upper_triangle(Z), upper_triangle(H), comparison)
 
 
+@validate_params(
+    {"embeddings": ["array-like"], "human_similarity": ["array-like"], "similarity": [StrOptions(set(SIMILARITIES))],
+     "comparison": [StrOptions(set(COMPARISONS))]},
+    prefer_skip_nested_validation=True,
+)
 def alignment_score(embeddings, human_similarity, similarity: str = "pearson", comparison: str = "spearman") -> float:
     """2OI of an embedding matrix (n, D) with a human similarity matrix (n, n).
 
@@ -131,6 +140,11 @@ def _paired_correlation(a, b, comparison):
     return correlation(a[ok], b[ok], comparison)
 
 
+@validate_params(
+    {"subject_similarities": ["array-like"], "comparison": [StrOptions(set(COMPARISONS))],
+     "pooling": [StrOptions(set(POOLINGS))]},
+    prefer_skip_nested_validation=True,
+)
 def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: str = "nili") -> tuple[float, float]:
     """Lower and upper bound of the noise ceiling from per-subject matrices (Nili et al., 2014).
 
@@ -183,10 +197,6 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
     >>> bool(0 < lo < hi < 1)
     True
     """
-    if comparison not in COMPARISONS:
-        raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     S = as_float_matrix(subject_similarities, "subject_similarities")
     if S.ndim != 3 or S.shape[1] != S.shape[2]:
         raise ValueError(f"subject_similarities must have shape (n_subjects, n, n), got {S.shape}")
@@ -220,6 +230,10 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
     return float(np.nanmean(lower)), float(np.nanmean(upper))
 
 
+@validate_params(
+    {"half1": ["array-like"], "half2": ["array-like"], "comparison": [StrOptions(set(COMPARISONS))]},
+    prefer_skip_nested_validation=True,
+)
 def split_half_ceiling(half1, half2, comparison: str = "spearman") -> float:
     """Split-half reliability of a similarity matrix, Spearman-Brown corrected.
 

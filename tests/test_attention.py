@@ -208,7 +208,7 @@ def test_model_left_untouched_and_targets(tiny):
 
 def test_validation(tiny):
     bb, images = tiny
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="'method' parameter of attention_maps must be a str among"):
         attention_maps(bb, images, method="lime")
     with pytest.raises(ValueError, match="class indices in"):
         attention_maps(bb, images, target=5)

@@ -10,7 +10,6 @@ from .._targets import check_similarity_target, sample_ids
 from .._validation import MIN_IMAGES, check_feature_maps, check_image_cv, is_feature_maps, validate_maps_input
 
 
-
 def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -> np.ndarray:
     """Embeddings (n, D) float64 of ``X``: FeatureMaps through their head, or a 2-D array.
 

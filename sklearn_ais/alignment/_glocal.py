@@ -8,12 +8,12 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import ClassNamePrefixFeaturesOutMixin, _fit_context
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, SIMILARITIES, similarity_matrix
+from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .._targets import check_similarity_target, sample_ids
 from ._base import SimilarityAligner, as_embeddings, standardization, torch_threads
 

@@ -15,7 +15,7 @@ paper reports beside it:
 from __future__ import annotations
 
 import warnings
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -23,8 +23,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._containers import FeatureMaps
-from .._similarity import SIMILARITIES, TargetVector, _standardize_rows
-from .._targets import check_similarity_target
+from .._similarity import COMPARISONS, SIMILARITIES, TargetVector, _standardize_rows
+from .._sklearn_compat import Interval, StrOptions, validate_params
+from .._targets import Y_KINDS, check_similarity_target
 from .._validation import as_feature_mask
 from ..backbones._heads import MLPHead
 from ..backbones._registry import Backbone
@@ -139,6 +140,11 @@ def _maps_of(bb: Backbone, images, preprocessed: bool, batch_size: int):
     return torch.cat(out).numpy()
 
 
+@validate_params(
+    {"preprocessed": ["boolean"], "batch_size": [Interval(Integral, 1, None, closed="left")],
+     "return_predictions": ["boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def classification_agreement(
     backbone, images, keep_units, *, preprocessed=False, batch_size=32, return_predictions=False
 ):
@@ -185,8 +191,6 @@ def classification_agreement(
     1.0
     """
     bb = _resolve_backbone(backbone)
-    if not isinstance(batch_size, Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     maps = _maps_of(bb, images, preprocessed, batch_size)
     classifier = penultimate_classifier(bb)
     dev = next(classifier.parameters()).device
@@ -237,6 +241,12 @@ def _embed_pixels(bb, pixels, batch_size):
     return torch.cat(out)
 
 
+@validate_params(
+    {"fill": [Real], "similarity": [StrOptions(set(SIMILARITIES))], "comparison": [StrOptions(set(COMPARISONS))],
+     "y_kind": [StrOptions(set(Y_KINDS))], "batch_size": [Interval(Integral, 1, None, closed="left")],
+     "output": [StrOptions({"original", "resized", "input"})]},
+    prefer_skip_nested_validation=True,
+)
 def occlusion_heatmaps(
     transformer,
     images,
@@ -311,8 +321,6 @@ def occlusion_heatmaps(
     """
     from .._geometry import to_original
 
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     from ..backbones._preprocess import as_image_source
 
     bb = _resolve_backbone(transformer)

@@ -6,11 +6,11 @@ from numbers import Real
 
 import numpy as np
 from scipy import linalg, optimize
-from sklearn.base import OneToOneFeatureMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import OneToOneFeatureMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._similarity import COMPARISONS, batched_correlation
+from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .._targets import check_similarity_target, sample_ids
 from ._base import SimilarityAligner, as_embeddings, image_cv, split_images, standardization
 

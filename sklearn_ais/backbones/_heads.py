@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._sklearn_compat import StrOptions, validate_params
+
 _ACTIVATIONS = {
     None: lambda x: x,
     "relu": F.relu,
@@ -89,11 +91,11 @@ class PoolingHead(Head):
 
     kind = "pooling"
 
+    @validate_params(
+        {"pool": [StrOptions({"avg", "max"})], "activation": [None, StrOptions({k for k in _ACTIVATIONS if k})]},
+        prefer_skip_nested_validation=True,
+    )
     def __init__(self, pool: str = "avg", activation: str | None = None):
-        if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
         self.pool = pool
         self.activation = activation
 

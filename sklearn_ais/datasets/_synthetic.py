@@ -11,11 +11,13 @@ should not; the object masks give the ground truth for heatmaps.
 from __future__ import annotations
 
 import colorsys
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.utils import Bunch, check_random_state
+
+from .._sklearn_compat import Interval, validate_params
 
 # Order matters: ``n_shapes`` / ``n_colors`` take the first ones. No shape is
 # a rotation of another (rotation is a nuisance variable).
@@ -150,29 +152,48 @@ def _render_background(kind, image_size, rng):
     return c1 * (1 - t) + c2 * t
 
 
-def _check_fraction_range(object_size):
-    try:
-        lo, hi = (float(x) for x in object_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"object_size must be a pair (min, max), got {object_size!r}") from None
+def _fraction_range(object_size):
+    lo, hi = (float(x) for x in object_size)
     if not 0.02 <= lo <= hi <= 0.5:
         raise ValueError(f"object_size must satisfy 0.02 <= min <= max <= 0.5, got {object_size!r}")
     return lo, hi
 
 
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
+def _background_types(backgrounds):
+    if backgrounds is None:
+        return _DEFAULT_BACKGROUNDS
+    backgrounds = (backgrounds,) if isinstance(backgrounds, str) else tuple(backgrounds)
+    unknown = [b for b in backgrounds if b not in BACKGROUNDS]
+    if not backgrounds or unknown:
+        raise ValueError(f"backgrounds must be a non-empty subset of {BACKGROUNDS}, got {backgrounds!r}")
+    return backgrounds
 
 
-def _check_nonnegative(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+def _balanced_design(n_images, n_shapes, n_colors, n_backgrounds, rng):
+    """Shape, colour and background of every image: the shuffled levels, cycled."""
+    combos = np.array([(s, c) for s in range(n_shapes) for c in range(n_colors)])
+    reps = -(-n_images // len(combos))
+    combo_idx = np.concatenate([rng.permutation(len(combos)) for _ in range(reps)])[:n_images]
+    shape_idx, color_idx = combos[combo_idx].T
+    reps = -(-n_images // n_backgrounds)
+    bg_idx = np.concatenate([rng.permutation(n_backgrounds) for _ in range(reps)])[:n_images]
+    return shape_idx, color_idx, bg_idx
+
+
+def _draw_images(shapes, colors, backgrounds, areas, rotations, image_size, rng):
+    """Images, object masks and object centres (in this order of random draws)."""
+    n = len(shapes)
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    masks = np.empty((n, image_size, image_size), dtype=bool)
+    centers = np.empty((n, 2))
+    for i in range(n):
+        centers[i] = _place(shapes[i], areas[i], rotations[i], image_size, rng)
+        masks[i] = _render_mask(shapes[i], centers[i], areas[i], rotations[i], image_size)
+        background = _render_background(backgrounds[i], image_size, rng)
+        img = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+        img[masks[i]] = colors[i]
+        images[i] = img
+    return images, masks, centers
 
 
 def _color_similarity(color_names):
@@ -180,6 +201,21 @@ def _color_similarity(color_names):
     return (1 + np.cos(hues[:, None] - hues[None, :])) / 2
 
 
+@validate_params(
+    {
+        "n_images": [Interval(Integral, 4, None, closed="left")],
+        "image_size": [Interval(Integral, 16, None, closed="left")],
+        "n_shapes": [Interval(Integral, 1, len(SHAPES), closed="both")],
+        "n_colors": [Interval(Integral, 1, len(COLORS), closed="both")],
+        "noise": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state", np.random.Generator],
+        "shape_weight": [Interval(Real, 0, None, closed="left")],
+        "color_weight": [Interval(Real, 0, None, closed="left")],
+        "object_size": [tuple, list, np.ndarray],
+        "backgrounds": [None, str, tuple, list],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_similarity_task(
     n_images=48,
     image_size=128,
@@ -277,22 +313,10 @@ def make_similarity_task(
     >>> bool((task.images[0][task.masks[0]] == task.images[0][task.masks[0]][0]).all())
     True
     """
-    n_images = _check_int("n_images", n_images, 4)
-    image_size = _check_int("image_size", image_size, 16)
-    n_shapes = _check_int("n_shapes", n_shapes, 1, len(SHAPES))
-    n_colors = _check_int("n_colors", n_colors, 1, len(COLORS))
-    noise = _check_nonnegative("noise", noise)
-    shape_weight = _check_nonnegative("shape_weight", shape_weight)
-    color_weight = _check_nonnegative("color_weight", color_weight)
-    area_lo, area_hi = _check_fraction_range(object_size)
-    if backgrounds is None:
-        backgrounds = _DEFAULT_BACKGROUNDS
-    elif isinstance(backgrounds, str):
-        backgrounds = (backgrounds,)
-    backgrounds = tuple(backgrounds)
-    unknown = [b for b in backgrounds if b not in BACKGROUNDS]
-    if not backgrounds or unknown:
-        raise ValueError(f"backgrounds must be a non-empty subset of {BACKGROUNDS}, got {backgrounds!r}")
+    if not all(np.isfinite([noise, shape_weight, color_weight])):
+        raise ValueError("noise, shape_weight and color_weight must be finite")
+    area_lo, area_hi = _fraction_range(object_size)
+    backgrounds = _background_types(backgrounds)
     # A constant similarity matrix cannot be correlated with anything.
     informative = (shape_weight > 0 and n_shapes > 1) or (color_weight > 0 and n_colors > 1)
     if not informative and noise == 0:
@@ -308,29 +332,13 @@ def make_similarity_task(
     shape_names = np.array(SHAPES[:n_shapes])
     color_names = np.array(list(COLORS)[:n_colors])
     color_rgb = np.stack([_hsv(COLORS[c] / 360.0, 1.0, 1.0) for c in color_names]).round().astype(np.uint8)
-
-    # Balanced design: cycle the shuffled factor levels.
-    combos = np.array([(s, c) for s in range(n_shapes) for c in range(n_colors)])
-    reps = -(-n_images // len(combos))
-    combo_idx = np.concatenate([rng.permutation(len(combos)) for _ in range(reps)])[:n_images]
-    shape_idx, color_idx = combos[combo_idx].T
-    reps = -(-n_images // len(backgrounds))
-    bg_idx = np.concatenate([rng.permutation(len(backgrounds)) for _ in range(reps)])[:n_images]
-
-    images = np.empty((n_images, image_size, image_size, 3), dtype=np.uint8)
-    masks = np.empty((n_images, image_size, image_size), dtype=bool)
-    centers = np.empty((n_images, 2))
+    shape_idx, color_idx, bg_idx = _balanced_design(n_images, n_shapes, n_colors, len(backgrounds), rng)
     areas = rng.uniform(area_lo, area_hi, size=n_images)
     rotations = rng.uniform(0, 2 * np.pi, size=n_images)
-    for i in range(n_images):
-        shape = shape_names[shape_idx[i]]
-        centers[i] = _place(shape, areas[i], rotations[i], image_size, rng)
-        masks[i] = _render_mask(shape, centers[i], areas[i], rotations[i], image_size)
-        background = _render_background(backgrounds[bg_idx[i]], image_size, rng)
-        img = np.clip(np.rint(background), 0, 255).astype(np.uint8)
-        img[masks[i]] = color_rgb[color_idx[i]]
-        images[i] = img
-
+    images, masks, centers = _draw_images(
+        shape_names[shape_idx], color_rgb[color_idx], [backgrounds[b] for b in bg_idx], areas, rotations,
+        image_size, rng,
+    )
     color_similarity = _color_similarity(color_names)
     same_shape = (shape_idx[:, None] == shape_idx[None, :]).astype(np.float64)
     similarity = shape_weight * same_shape + color_weight * color_similarity[np.ix_(color_idx, color_idx)]
