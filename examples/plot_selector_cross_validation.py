@@ -45,7 +45,8 @@ for name, cv in [
     s = res.summary
     rows.append(
         f"| {name} | {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f} | {s.test_score_selected:.3f} ± "
-        f"{s.test_score_selected_sem:.3f} | {s.n_selected_mean:.0f} ± {res.table.n_selected.std(ddof=1) / np.sqrt(len(res.table)):.0f} "
+        f"{s.test_score_selected_sem:.3f} | {s.n_selected_mean:.0f} ± "
+        f"{res.table.n_selected.std(ddof=1) / np.sqrt(len(res.table)):.0f} "
         f"| {s.t_statistic:.1f} | {s.p_value:.1e} |"
     )
     curve_figure(res.train_paths, res.test_paths, s.n_selected_mean).savefig(out / f"cv_curve_{name}.png", dpi=110)

@@ -249,4 +249,3 @@ def split_half_ceiling(half1, half2, comparison: str = "spearman") -> float:
     """
     r = second_order_isomorphism(half1, half2, comparison)
     return float(2 * r / (1 + r)) if r > -1 else -1.0
-

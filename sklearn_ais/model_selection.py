@@ -22,7 +22,6 @@ from __future__ import annotations
 import numbers
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np

@@ -305,7 +305,9 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
     if cv_path_scores is not None:
         cv = np.atleast_2d(np.asarray(cv_path_scores, dtype=np.float64))
         if cv.ndim != 2 or cv.shape[1] != len(path):
-            raise ValueError(f"cv_path_scores must have shape ({len(path)},) or (n_splits, {len(path)}), got {np.shape(cv_path_scores)}")
+            raise ValueError(
+                f"cv_path_scores must have shape ({len(path)},) or (n_splits, {len(path)}), got {np.shape(cv_path_scores)}"
+            )
         best, sd = _column_mean_sd(cv)  # NaN (undefined 2OI) where every split is undefined
         ax.plot(t, best, color="C1", label="validation")
         if len(cv) > 1:
@@ -429,6 +431,7 @@ def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
     ax : matplotlib Axes
     """
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     from .alignment._compare import AlignmentComparison
 

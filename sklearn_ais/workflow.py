@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._files import InputFileError, display_name, list_image_files, read_matrix
+from ._files import InputFileError, display_name, list_image_files
 
 __all__ = ["AnalysisResult", "OUTPUT_FILES", "check_output_folder", "load_images", "run_analysis"]
 

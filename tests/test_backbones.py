@@ -467,7 +467,6 @@ def test_bad_inputs(tmp_path):
         as_image_source(42)
 
 
-
 def test_reloading_weights_keeps_the_users_pooling_head_and_refreshes_vgg_fc7():
     """get_backbone(backbone, weights=...) rebuilds only the head that copies weights (VGG's MLP)."""
     torch.manual_seed(0)

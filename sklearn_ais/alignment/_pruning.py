@@ -332,15 +332,15 @@ def occlusion_heatmaps(
     window = (min(window[0], Hin), min(window[1], Win))
     stride = _pair(stride if stride is not None else max(1, min(window) // 2), "stride")
     tops, lefts = _positions(Hin, window[0], stride[0]), _positions(Win, window[1], stride[1])
-    grid = [(t, l) for t in tops for l in lefts]
+    grid = [(top, left) for top in tops for left in lefts]
 
     center = similarity == "pearson"
     E0 = _embed_pixels(bb, pixels, batch_size)
     E0n = _standardize_rows(E0, center=center)
     heat = np.zeros((n, Hin, Win))
     coverage = np.zeros((Hin, Win))
-    for t, l in grid:
-        coverage[t : t + window[0], l : l + window[1]] += 1
+    for top, left in grid:
+        coverage[top : top + window[0], left : left + window[1]] += 1
     skipped = []
     for i in range(n):
         others = np.r_[0:i, i + 1 : n]
@@ -351,14 +351,14 @@ def occlusion_heatmaps(
         target = TargetVector(row, comparison)
         base = float(target.correlate((E0n[i : i + 1] @ E0n[others].T).clamp(-1, 1))[0])
         occluded = pixels[i].repeat(len(grid), 1, 1, 1)
-        for p, (t, l) in enumerate(grid):
-            occluded[p, :, t : t + window[0], l : l + window[1]] = fill
+        for p, (top, left) in enumerate(grid):
+            occluded[p, :, top : top + window[0], left : left + window[1]] = fill
         Eo = _standardize_rows(_embed_pixels(bb, occluded, batch_size), center=center)
         scores = target.correlate((Eo @ E0n[others].T).clamp(-1, 1)).numpy()
         drop = base - scores
         acc = np.zeros((Hin, Win))
-        for p, (t, l) in enumerate(grid):
-            acc[t : t + window[0], l : l + window[1]] += drop[p]
+        for p, (top, left) in enumerate(grid):
+            acc[top : top + window[0], left : left + window[1]] += drop[p]
         heat[i] = np.clip(acc / coverage, 0, None)
     if skipped:
         warnings.warn(

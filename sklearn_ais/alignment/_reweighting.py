@@ -442,4 +442,3 @@ class FeatureReweighting(OneToOneFeatureMixin, SimilarityAligner):
         """Number of features with a positive weight (those :meth:`transform` keeps)."""
         check_is_fitted(self)
         return int(np.sum(self.coef_ > 0))
-

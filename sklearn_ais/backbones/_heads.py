@@ -208,4 +208,3 @@ class ModuleHead(Head):
 
     def __repr__(self):
         return f"ModuleHead({self.module!r})"
-
