@@ -30,10 +30,10 @@ def _as_maps(maps, name, ndim):
 
 
 def _resize(maps, size):
-    """Bilinear resize of (n, h, w) float maps to ``size``, as heatmaps are (``_geometry._resize``)."""
+    """Bilinear resize of (n, h, w) float maps to ``size``, as heatmaps are (``_geometry.resize_maps``)."""
     import torch
 
-    from ._geometry import _resize as resize_maps  # torch is imported only when maps are compared
+    from ._geometry import resize_maps  # torch is imported only when maps are compared
 
     return resize_maps(torch.from_numpy(np.ascontiguousarray(maps)), size).numpy()
 

@@ -256,10 +256,16 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
             "versions": library_versions(),
         }
 
-    def _transform_device(self) -> torch.device:
-        """``device_``, unless it is a GPU this machine lacks (a transformer fitted elsewhere, unpickled here).
+    def runtime_device(self) -> torch.device:
+        """The device :meth:`transform` runs on here.
 
-        With ``device="auto"`` the CPU is used instead; an explicit device is a clear error.
+        ``device_``, unless it is a GPU this machine lacks (a transformer fitted
+        elsewhere and unpickled here): then the CPU with ``device="auto"``, and
+        a clear error for an explicit CUDA device.
+
+        Returns
+        -------
+        device : torch.device
         """
         if self.device_.type == "cuda" and not torch.cuda.is_available():
             return resolve_device(self.device)
@@ -323,7 +329,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         n, bb = len(source), self.backbone_
         folder = cache_folder(self.memory)
         cache = FeatureCache(folder, self._cache_config()) if folder is not None else None
-        device = self._transform_device()
+        device = self.runtime_device()
         maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32) if bb.crop else [None] * n
         geometry = np.empty((n, 6), dtype=np.int64)
         sizes = np.empty((n, 2), dtype=np.int64)

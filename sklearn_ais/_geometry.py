@@ -15,13 +15,23 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["minmax", "to_original"]
+__all__ = ["minmax", "resize_maps", "to_original"]
 
 _OUTPUTS = ("original", "resized", "input")
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (n, h, w) maps; antialiased when shrinking."""
+def resize_maps(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (n, h, w) maps; antialiased when shrinking.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, h, w)
+    size : (int, int)
+
+    Returns
+    -------
+    resized : Tensor of shape (n, *size)
+    """
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
@@ -87,7 +97,7 @@ def _paste(x: torch.Tensor, geometry: np.ndarray, output: str) -> list:
         if t1 > t0 and l1 > l0:
             canvas[:, t0:t1, l0:l1] = x[torch.from_numpy(idx)][:, t0 - top : t1 - top, l0 - left : l1 - left]
         if output == "original":
-            canvas = _resize(canvas, (oh, ow))
+            canvas = resize_maps(canvas, (oh, ow))
         for j, i in enumerate(idx):
             out[i] = canvas[j].numpy()
     return out
@@ -165,13 +175,13 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     if output != "input":
         geometry = _check_geometry(geometry, n, output)
     if items is None and sizes is None:  # one batch
-        x = _resize(x, _as_size(input_size, x.shape[-2:]))
+        x = resize_maps(x, _as_size(input_size, x.shape[-2:]))
         return x.numpy() if output == "input" else _stack_if_same(_paste(x, geometry, output))
     # Image by image: maps or network inputs of different sizes.
     items = items if items is not None else [x[i : i + 1] for i in range(n)]
     out = []
     for i, xi in enumerate(items):
-        xi = _resize(xi, sizes[i] if sizes is not None else _as_size(input_size, xi.shape[-2:]))
+        xi = resize_maps(xi, sizes[i] if sizes is not None else _as_size(input_size, xi.shape[-2:]))
         out.append(xi[0].numpy() if output == "input" else _paste(xi, geometry[i : i + 1], output)[0])
     return _stack_if_same(out)
 

@@ -36,9 +36,10 @@ def _figure_block(title: str, fig, caption: str, out_dir, name: str) -> str:
 
 def curve_figure(train_paths, test_paths, chosen_t=None, comparison_label="2OI"):
     """Mean training path and held-out paths along the ranked sweep (log t axis)."""
-    from .plotting import _column_mean_sd, plot_path
+    from ._stats import nan_mean_sd
+    from .plotting import plot_path
 
-    ax = plot_path(_column_mean_sd(np.asarray(train_paths, dtype=np.float64))[0], test_paths,
+    ax = plot_path(nan_mean_sd(np.asarray(train_paths, dtype=np.float64))[0], test_paths,
                    n_selected=None if chosen_t is None else int(round(chosen_t)))
     ax.set_xscale("log")
     ax.set_ylabel(comparison_label)

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-__all__ = ["ALTERNATIVES", "TESTS", "fold_summary", "paired_test", "transform_for_test"]
+__all__ = ["ALTERNATIVES", "TESTS", "fold_summary", "nan_mean_sd", "paired_test", "transform_for_test"]
 
 TESTS = ("corrected_t", "paired_t", "wilcoxon")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -70,6 +70,27 @@ def fold_summary(values) -> tuple[float, float]:
         return np.nan, np.nan
     sem = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
     return float(np.mean(v)), sem
+
+
+def nan_mean_sd(values) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of a 2-D array, ignoring NaN (undefined scores).
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_rows, n_columns)
+
+    Returns
+    -------
+    mean, sd : ndarray of shape (n_columns,)
+        NaN for a column with no finite value (no warning).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(values)
+    count = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.where(ok, values, 0.0).sum(axis=0) / count, np.nan)
+        sd = np.sqrt(np.where(count > 0, (np.where(ok, values - mean, 0.0) ** 2).sum(axis=0) / count, np.nan))
+    return mean, sd
 
 
 def paired_test(

@@ -68,7 +68,7 @@ def _resolve(transformer) -> tuple[Backbone, torch.device]:
     if isinstance(transformer, Backbone):
         return transformer, transformer.device
     check_is_fitted(transformer, "backbone_")
-    return transformer.backbone_, transformer._transform_device()  # as transform: GPU-fitted, unpickled on CPU
+    return transformer.backbone_, transformer.runtime_device()  # as transform: GPU-fitted, unpickled on CPU
 
 
 def _working_copy(model: nn.Module, device, guided: bool) -> nn.Module:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ._map_metrics import top_mask
+from ._stats import nan_mean_sd
 
 __all__ = [
     "plot_ais_histogram",
@@ -308,7 +309,7 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
             raise ValueError(
                 f"cv_path_scores must have shape ({len(path)},) or (n_splits, {len(path)}), got {np.shape(cv_path_scores)}"
             )
-        best, sd = _column_mean_sd(cv)  # NaN (undefined 2OI) where every split is undefined
+        best, sd = nan_mean_sd(cv)  # NaN (undefined 2OI) where every split is undefined
         ax.plot(t, best, color="C1", label="validation")
         if len(cv) > 1:
             ax.fill_between(t, best - sd, best + sd, color="C1", alpha=0.25, linewidth=0)
@@ -319,17 +320,6 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
     ax.set_ylabel("2OI")
     ax.legend(fontsize="small")
     return ax
-
-
-def _column_mean_sd(values):
-    """Column means and standard deviations ignoring NaN; NaN for all-NaN columns, without warnings."""
-    ok = ~np.isnan(values)
-    count = ok.sum(axis=0)
-    filled = np.where(ok, values, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, filled.sum(axis=0) / count, np.nan)
-        sd = np.sqrt(np.where(count > 0, (np.where(ok, values - mean, 0.0) ** 2).sum(axis=0) / count, np.nan))
-    return mean, sd
 
 
 def plot_ais_histogram(scores, ax=None, bins=50):
