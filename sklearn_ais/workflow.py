@@ -297,13 +297,8 @@ def run_analysis(
     -------
     result : AnalysisResult
     """
-    from sklearn.model_selection import RepeatedKFold
-
-    from . import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, __version__
     from ._targets import check_similarity_target
     from .backbones._preprocess import as_image_source
-    from .metrics import relative_risk
-    from .model_selection import cross_validate_alignment
 
     source = as_image_source(images)
     n = len(source)
@@ -312,20 +307,67 @@ def run_analysis(
         raise ValueError(f"got {n} images but {len(ids)} ids")
     H = check_similarity_target(similarity, n, kind)  # all checks before any forward pass
     t0 = time.perf_counter()
+    transformer = _transformer(transformer, backbone, weights, device, crop, verbose)
+    fm, baseline = _extract(transformer, images, ids, H, verbose)
+    res = _cross_validated_selection(fm, H, n_splits, n_repeats, device, verbose)
+    _say("[3/4] selection and per-image heatmaps on all images ...", verbose)
+    from . import AISHeatmapper, AISSelector
+
+    selector = AISSelector(device=device).fit(fm, H)
+    heatmapper = AISHeatmapper(keep=selector.support_, device=device)
+    heatmaps = [np.asarray(h) for h in heatmapper.fit_transform(fm, H)]
+    lines = [
+        f"{n} images, backbone {transformer.backbone_.name} ({fm.n_maps} maps), human {kind} matrix"
+        + (" (simulated observer)" if simulated else ""),
+        f"baseline 2OI, all maps, all images: {baseline:.3f}",
+        f"maps kept when fitted on all images: {int(selector.support_.sum())} of {fm.n_maps} "
+        f"(training 2OI {selector.path_scores_[selector.n_features_to_select_ - 1]:.3f})",
+    ]
+    rr = None
+    if masks is not None:
+        from .metrics import relative_risk
+
+        rr = relative_risk(np.asarray(heatmaps, dtype=float), np.asarray(masks, bool), top=10)
+        lines.append(f"ground truth: top-10% heatmap pixels on the object, median relative risk {np.median(rr):.2f}")
+        _say(f"      {lines[-1]}", verbose)
+    _say(f"[4/4] done in {time.perf_counter() - t0:.0f} s", verbose)
+    return AnalysisResult(
+        ids=ids, baseline=baseline, cv=res, selector=selector, heatmapper=heatmapper, heatmaps=heatmaps,
+        images=[_thumbnail(source[i]) for i in range(n)], title=title, summary_lines=lines,
+        provenance=_provenance(transformer, kind, n_splits, n_repeats, provenance), relative_risk=rr,
+        simulated=simulated,
+    )
+
+
+def _transformer(transformer, backbone, weights, device, crop, verbose):
+    """The fitted transformer of the analysis (built from the backbone settings unless given)."""
+    from . import DNNFeatureMapTransformer
+
     if transformer is None:
-        kw = {} if crop else {"crop": False}
-        transformer = DNNFeatureMapTransformer(backbone=backbone, weights=weights, device=device, verbose=verbose, **kw)
-    transformer.fit(None)
-    name = transformer.backbone_.name
-    _say(f"[1/4] feature maps of {n} images through {name} ...", verbose)
-    fm = transformer.transform(images)
-    fm.ids = ids
+        transformer = DNNFeatureMapTransformer(backbone=backbone, weights=weights, device=device, verbose=verbose,
+                                               **({} if crop else {"crop": False}))
+    return transformer.fit(None)
+
+
+def _extract(transformer, images, ids, H, verbose):
+    """Feature maps of every image (labelled with ``ids``) and the baseline 2OI of all maps."""
     from .metrics import alignment_score
 
+    _say(f"[1/4] feature maps of {len(ids)} images through {transformer.backbone_.name} ...", verbose)
+    fm = transformer.transform(images)
+    fm.ids = ids
     baseline = alignment_score(fm.embed(), H)
     sizes = {tuple(map(int, hw)) for hw in fm.map_sizes}
     size = "x".join(map(str, sizes.pop())) if len(sizes) == 1 else f"{len(sizes)} sizes"
     _say(f"      {fm.n_maps} maps of {size}; baseline 2OI (all maps, all images) = {baseline:.3f}", verbose)
+    return fm, baseline
+
+
+def _cross_validated_selection(fm, H, n_splits, n_repeats, device, verbose):
+    from sklearn.model_selection import RepeatedKFold
+
+    from . import AISSelector
+    from .model_selection import cross_validate_alignment
 
     _say(f"[2/4] AIS selection, {n_splits}-fold x {n_repeats} image-wise cross-validation ...", verbose)
     cv = RepeatedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=0)
@@ -334,39 +376,28 @@ def run_analysis(
     _say(f"      held-out 2OI: all maps {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f}, selected "
          f"{s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (corrected resampled t = "
          f"{s.t_statistic:.2f}, p = {s.p_value:.2g}; plain paired t-test p = {s.p_paired_t:.2g})", verbose)
+    return res
 
-    _say("[3/4] selection and per-image heatmaps on all images ...", verbose)
-    selector = AISSelector(device=device).fit(fm, H)
-    heatmapper = AISHeatmapper(keep=selector.support_, device=device)
-    heatmaps = heatmapper.fit_transform(fm, H)
-    heatmaps = [np.asarray(h) for h in heatmaps]
 
-    lines = [
-        f"{n} images, backbone {name} ({fm.n_maps} maps), human {kind} matrix"
-        + (" (simulated observer)" if simulated else ""),
-        f"baseline 2OI, all maps, all images: {baseline:.3f}",
-        f"maps kept when fitted on all images: {int(selector.support_.sum())} of {fm.n_maps} "
-        f"(training 2OI {selector.path_scores_[selector.n_features_to_select_ - 1]:.3f})",
-    ]
-    rr = None
-    if masks is not None:
-        rr = relative_risk(np.asarray(heatmaps, dtype=float), np.asarray(masks, bool), top=10)
-        lines.append(f"ground truth: top-10% heatmap pixels on the object, median relative risk {np.median(rr):.2f}")
-        _say(f"      {lines[-1]}", verbose)
-    info = {
-        "sklearn_ais version": __version__,
-        "backbone": name,
-        "weights": getattr(transformer.backbone_, "weights", str(weights)),
-        "layer": transformer.layer_,
-        "device": str(transformer.device_),
+def _provenance(transformer, kind, n_splits, n_repeats, extra) -> dict:
+    """What produced the result, flat and printable (the report's provenance block)."""
+    from . import __version__
+
+    p = getattr(transformer, "provenance_", {})
+    prep = p.get("preprocessing", {})
+    versions = p.get("versions", {})
+    return {
+        "sklearn-ais version": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command line": " ".join(display_name(a) for a in sys.argv),
-        **getattr(transformer, "provenance_", {}),
-        **(provenance or {}),
+        "backbone": p.get("backbone", transformer.backbone_.name),
+        "weights": p.get("weights", "unknown"),
+        "weights sha256": p.get("weights_sha256") or "(none: random or in-memory weights)",
+        "layer and head": f"{p.get('layer', transformer.layer_)}; {p.get('head', '')}",
+        "preprocessing": ", ".join(f"{k} {v}" for k, v in prep.items()),
+        "device": p.get("device", str(transformer.device_)),
+        "human matrix": kind,
+        "cross-validation": f"RepeatedKFold(n_splits={n_splits}, n_repeats={n_repeats}, random_state=0), image-wise",
+        "library versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        **(extra or {}),
     }
-    _say(f"[4/4] done in {time.perf_counter() - t0:.0f} s", verbose)
-    thumbs = [_thumbnail(source[i]) for i in range(n)]
-    return AnalysisResult(
-        ids=ids, baseline=baseline, cv=res, selector=selector, heatmapper=heatmapper, heatmaps=heatmaps,
-        images=thumbs, title=title, summary_lines=lines, provenance=info, relative_risk=rr, simulated=simulated,
-    )
