@@ -161,9 +161,11 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         self.device = device
 
     def __sklearn_tags__(self):
+        # fit also takes a 2-D array of units (per-image AIS, nothing to draw); transform needs FeatureMaps.
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
         tags.target_tags.required = True
+        tags.target_tags.single_output = False
+        tags.transformer_tags.preserves_dtype = []
         return tags
 
     def _keep_mask(self, K):

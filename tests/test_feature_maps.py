@@ -11,6 +11,7 @@ from PIL import Image
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils import estimator_checks as _checks
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
@@ -317,3 +318,40 @@ def test_progress_bar_only_when_verbose(capsys):
     assert "batch" not in capsys.readouterr().err
     DNNFeatureMapTransformer(counting_backbone(), batch_size=2, verbose=1).fit(None).transform(X)
     assert "CountingNet feature maps" in capsys.readouterr().err
+
+
+# scikit-learn's estimator checks feed 2-D float arrays; a transformer of images cannot read them (the input tags
+# say so, and scikit-learn then skips every check). The checks of the estimator API need no data: run them here.
+
+API_CHECKS = [
+    _checks.check_estimator_cloneable, _checks.check_estimator_tags_renamed, _checks.check_valid_tag_types,
+    _checks.check_estimator_repr, _checks.check_no_attributes_set_in_init, _checks.check_get_params_invariance,
+    _checks.check_set_params, _checks.check_parameters_default_constructible,
+    _checks.check_do_not_raise_errors_in_init_or_set_params, _checks.check_mixin_order,
+]
+# What the data-driven checks test, and where it is tested with images instead:
+#   check_estimators_fit_returns_self, check_estimators_unfitted -> test_fit_returns_self_and_refuses_unfitted
+#   check_estimators_pickle -> test_pipeline_and_pickle (above), check_fit_idempotent, check_methods_subset_invariance
+#   -> test_batches_and_subsets_give_the_same_maps.
+
+
+@pytest.mark.parametrize("check", API_CHECKS, ids=[c.__name__ for c in API_CHECKS])
+def test_sklearn_api_checks(check):
+    check(type(DNNFeatureMapTransformer()).__name__, DNNFeatureMapTransformer(counting_backbone()))
+
+
+def test_fit_returns_self_and_refuses_unfitted():
+    from sklearn.exceptions import NotFittedError
+
+    t = DNNFeatureMapTransformer(counting_backbone())
+    with pytest.raises(NotFittedError):
+        t.transform(images(1))
+    assert t.fit(images(2)) is t
+
+
+def test_batches_and_subsets_give_the_same_maps():
+    X = images(5)
+    t = DNNFeatureMapTransformer(counting_backbone(), batch_size=2).fit(None)
+    full = t.transform(X).maps
+    np.testing.assert_array_equal(t.fit(None).transform(X).maps, full)  # fit is idempotent
+    np.testing.assert_allclose(t.transform(X[[1, 3]]).maps, full[[1, 3]], atol=1e-6)

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps
 from sklearn_ais.backbones import PoolingHead
@@ -186,8 +187,9 @@ def test_identical_training_images_keep_their_own_scores(rng):
 
 def test_heatmap_of_one_image_equals_the_full_batch_through_a_network(rng):
     """pipe.transform(images[[0]]) with a real network: the one-image batch's maps differ in the last bits."""
-    from sklearn_ais.backbones import get_backbone
     import torch
+
+    from sklearn_ais.backbones import get_backbone
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3),
@@ -214,3 +216,35 @@ def test_signed_weighting_matches_the_definition(rng):
         s = hm.image_scores_[i]
         np.testing.assert_allclose(heat[i], _by_hand(hm, maps, i, s / np.abs(s).sum()), atol=1e-12)
         assert (hm.image_weights(fm)[i] < 0).any() == (s < 0).any()
+
+
+# scikit-learn's checks feed 2-D float arrays: fit takes them (per-image AIS of units), transform cannot draw them.
+_NEEDS_MAPS = "transform draws heatmaps from FeatureMaps (spatial maps); a 2-D array of units has nothing to draw"
+HEATMAPPER_EXPECTED_FAILURES = {name: _NEEDS_MAPS for name in [
+    "check_dict_unchanged", "check_dtype_object", "check_estimators_dtypes", "check_estimators_nan_inf",
+    "check_estimators_pickle", "check_f_contiguous_array_estimator", "check_fit2d_predict1d",
+    "check_fit_idempotent", "check_fit_score_takes_y", "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance", "check_n_features_in_after_fitting", "check_pipeline_consistency",
+    "check_transformer_data_not_an_array", "check_transformer_general",
+]}
+
+
+@parametrize_with_checks([AISHeatmapper(device="cpu")], expected_failed_checks=lambda est: HEATMAPPER_EXPECTED_FAILURES)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_what_the_expected_failures_stand_for(rng):
+    """The behaviours those checks test, on FeatureMaps: pickling, idempotent fit, subset invariance, dtypes."""
+    maps, H = _heat_problem(rng)
+    fm = FeatureMaps(maps, PoolingHead())
+    hm = AISHeatmapper(device="cpu", output="maps").fit(fm, H)
+    heat = hm.transform(fm)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(hm)).transform(fm), heat)
+    np.testing.assert_array_equal(AISHeatmapper(device="cpu", output="maps").fit(fm, H).fit(fm, H).transform(fm), heat)
+    np.testing.assert_array_equal(hm.transform(fm[[3, 5]]), heat[[3, 5]])
+    np.testing.assert_array_equal(hm.transform(fm[::-1]), heat[::-1])
+    f64 = FeatureMaps(maps.astype(np.float64), PoolingHead())
+    np.testing.assert_allclose(AISHeatmapper(device="cpu", output="maps").fit(f64, H).transform(f64), heat, atol=1e-6)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        hm.transform(FeatureMaps(np.where(maps > 0.9, np.nan, maps), PoolingHead()))
