@@ -11,6 +11,15 @@ def resolve_device(device) -> torch.device:
     An explicit CUDA device on a machine without one (e.g. an estimator
     fitted on a GPU machine, unpickled on a laptop) is a ``ValueError`` that
     says so, rather than a driver error from deep inside torch.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"auto"`` (or None), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device.
+
+    Returns
+    -------
+    device : torch.device
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

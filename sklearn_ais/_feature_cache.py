@@ -215,7 +215,17 @@ def cache_config(backbone) -> dict:
 
 
 def config_key(config: dict) -> str:
-    """SHA-256 (hex) of a configuration's canonical JSON."""
+    """SHA-256 (hex) of a configuration's canonical JSON.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-serialisable description of what determines the maps.
+
+    Returns
+    -------
+    key : str
+    """
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
@@ -254,7 +264,17 @@ class FeatureCache:
 
     @staticmethod
     def image_key(pixels: np.ndarray) -> str:
-        """SHA-256 of one preprocessed image (its shape, dtype and bytes)."""
+        """SHA-256 of one preprocessed image (its shape, dtype and bytes).
+
+        Parameters
+        ----------
+        pixels : ndarray
+            One preprocessed image, (3, H, W) float32.
+
+        Returns
+        -------
+        key : str
+        """
         pixels = np.ascontiguousarray(pixels)
         h = hashlib.sha256(f"{pixels.dtype}:{pixels.shape};".encode())
         h.update(pixels.data)

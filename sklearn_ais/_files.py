@@ -35,13 +35,32 @@ class InputFileError(ValueError):
 
 
 def display_name(name) -> str:
-    """A printable version of a file name (undecodable bytes become U+FFFD), safe for HTML, CSV and plots."""
+    """A printable version of a file name (undecodable bytes become U+FFFD), safe for HTML, CSV and plots.
+
+    Parameters
+    ----------
+    name : str, bytes or path-like
+
+    Returns
+    -------
+    text : str
+    """
     text = os.fsdecode(name) if isinstance(name, bytes) else str(name)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def natural_key(name: str):
-    """Sort key of natural order: digit runs compare as numbers (``im2`` < ``im10``), text case-insensitively."""
+    """Sort key of natural order: digit runs compare as numbers (``im2`` < ``im10``), text case-insensitively.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    key : list of tuple
+        Compare keys to sort names.
+    """
     parts = re.split(r"(\d+)", name)
     return [(0, int(p), "") if p.isdigit() else (1, 0, p.casefold()) for p in parts if p] + [(2, 0, name)]
 

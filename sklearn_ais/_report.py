@@ -35,7 +35,21 @@ def _figure_block(title: str, fig, caption: str, out_dir, name: str) -> str:
 
 
 def curve_figure(train_paths, test_paths, chosen_t=None, comparison_label="2OI"):
-    """Mean training path and held-out paths along the ranked sweep (log t axis)."""
+    """Mean training path and held-out paths along the ranked sweep (log t axis).
+
+    Parameters
+    ----------
+    train_paths, test_paths : ndarray of shape (n_folds, n_maps)
+        Training and held-out 2OI along each fold's ranked sweep (NaN where undefined).
+    chosen_t : float, optional
+        The (mean) number of maps kept, marked by a dashed line.
+    comparison_label : str, default="2OI"
+        The y label.
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
     from ._stats import nan_mean_sd
     from .plotting import plot_path
 
@@ -48,6 +62,16 @@ def curve_figure(train_paths, test_paths, chosen_t=None, comparison_label="2OI")
 
 
 def histogram_figure(scores):
+    """Histogram of the global AIS of every map.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_maps,)
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
     from .plotting import plot_ais_histogram
 
     return plot_ais_histogram(scores, bins=60).figure
@@ -63,6 +87,21 @@ def _resize_to(heatmap, shape):
 
 
 def grid_figure(images, heatmaps, titles=None, ncols=8):
+    """Heatmaps over their images, in a grid (heatmaps resized to the thumbnails).
+
+    Parameters
+    ----------
+    images : list of ndarray
+        RGB thumbnails.
+    heatmaps : list of ndarray
+        One per image, any resolution.
+    titles : list of str, optional
+    ncols : int, default=8
+
+    Returns
+    -------
+    fig : matplotlib Figure
+    """
     from .plotting import plot_heatmap_grid
 
     heatmaps = [_resize_to(h, np.shape(im)) for im, h in zip(images, heatmaps)]

@@ -171,7 +171,14 @@ def paired_test(
 
 
 def warn_undefined_folds(n_undefined: int, n_total: int, stacklevel=3):
-    """Folds with an undefined held-out 2OI are left out of means and tests: say so."""
+    """Folds with an undefined held-out 2OI are left out of means and tests: say so.
+
+    Parameters
+    ----------
+    n_undefined, n_total : int
+        Folds whose held-out score is NaN, and all folds.
+    stacklevel : int, default=3
+    """
     if n_undefined:
         warnings.warn(
             f"{n_undefined} of {n_total} folds have an undefined held-out 2OI (NaN: a constant model similarity "

@@ -86,6 +86,16 @@ def as_float_matrix(M, name: str) -> np.ndarray:
     Honoured: NumPy masked arrays (masked = NaN), pandas' nullable dtypes
     (``pd.NA`` = NaN), booleans and integers. Refused with a ``TypeError``
     naming ``name``: sparse matrices, complex and non-numeric values.
+
+    Parameters
+    ----------
+    M : array-like, DataFrame, Series or masked array
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    values : ndarray, float64
     """
     from scipy import sparse
 
@@ -230,7 +240,16 @@ def _kind_mismatch_message(detected: str, y_kind: str) -> str:
 
 
 def sample_ids(X):
-    """Image ids carried by ``X``: ``FeatureMaps.ids``, the index of a DataFrame, else None."""
+    """Image ids carried by ``X``: ``FeatureMaps.ids``, the index of a DataFrame, else None.
+
+    Parameters
+    ----------
+    X : FeatureMaps, DataFrame or array-like
+
+    Returns
+    -------
+    ids : ndarray or None
+    """
     if isinstance(X, pd.DataFrame):
         return X.index.to_numpy()
     ids = getattr(X, "ids", None)

@@ -31,7 +31,16 @@ MIN_IMAGES = 4
 
 
 def is_feature_maps(X) -> bool:
-    """True for :class:`~sklearn_ais.FeatureMaps` (without importing torch here)."""
+    """True for :class:`~sklearn_ais.FeatureMaps` (without importing torch here).
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    bool
+    """
     from ._containers import FeatureMaps
 
     return isinstance(X, FeatureMaps)
@@ -60,7 +69,19 @@ def check_feature_maps(X, min_images: int = MIN_IMAGES):
 
 
 def refuse_masked(X, name: str = "X"):
-    """A masked array's mask would be dropped by ``np.asarray``: refuse it."""
+    """A masked array's mask would be dropped by ``np.asarray``: refuse it.
+
+    Parameters
+    ----------
+    X : object
+    name : str, default="X"
+        Name used in the error message.
+
+    Raises
+    ------
+    TypeError
+        ``X`` is a masked array.
+    """
     if np.ma.isMaskedArray(X):
         raise TypeError(
             f"{name} is a masked array, but a masked activation has no agreed meaning (missing? zero?): fill it "
@@ -178,5 +199,14 @@ def check_image_cv(cv, random_state=0, *, default=None):
 
 
 def default_repeated_cv(random_state=0):
-    """The seed paper's protocol: 5 image-wise folds x 8 repeats."""
+    """The seed paper's protocol: 5 image-wise folds x 8 repeats.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None, default=0
+
+    Returns
+    -------
+    cv : RepeatedKFold
+    """
     return RepeatedKFold(n_splits=5, n_repeats=8, random_state=random_state)

@@ -38,7 +38,16 @@ _CLI_TERMS = [
 
 
 def cli_terms(message: str) -> str:
-    """Rewrite a library message in command-line terms (options instead of Python parameters)."""
+    """Rewrite a library message in command-line terms (options instead of Python parameters).
+
+    Parameters
+    ----------
+    message : str
+
+    Returns
+    -------
+    message : str
+    """
     for pattern, repl in _CLI_TERMS:
         message = re.sub(pattern, repl, message)
     return message
@@ -232,7 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``sklearn-ais`` command; returns the exit status."""
+    """Entry point of the ``sklearn-ais`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 for an error in what was asked, 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

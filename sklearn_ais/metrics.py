@@ -95,6 +95,20 @@ def alignment_score(embeddings, human_similarity, similarity: str = "pearson", c
     >>> E = np.random.default_rng(0).normal(size=(10, 5))
     >>> alignment_score(E, np.corrcoef(E))
     1.0
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (n_images, n_features)
+    human_similarity : array-like of shape (n_images, n_images)
+        NaN marks a missing pair.
+    similarity : {"pearson", "cosine"}, default="pearson"
+        Model similarity of two embedding rows.
+    comparison : str, default="spearman"
+        Correlation of the upper triangles.
+
+    Returns
+    -------
+    r : float
     """
     E = np.asarray(embeddings, dtype=np.float64)
     if E.ndim != 2:

@@ -152,6 +152,16 @@ class RepeatedPairKFold:
         self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None):
+        """Number of splits: ``n_splits * n_repeats``.
+
+        Parameters
+        ----------
+        X, y, groups : ignored
+
+        Returns
+        -------
+        n_splits : int
+        """
         return self.n_splits * self.n_repeats
 
     def split(self, X, y=None, groups=None):

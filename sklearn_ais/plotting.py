@@ -45,7 +45,16 @@ COMPARISON_LABELS = {
 
 def plain_text(text) -> str:
     """User text (file names, labels) for matplotlib: ``$`` escaped, so ``$x$`` is never read as mathtext,
-    and undecodable bytes of file names replaced."""
+    and undecodable bytes of file names replaced.
+
+    Parameters
+    ----------
+    text : object
+
+    Returns
+    -------
+    text : str
+    """
     from ._files import display_name
 
     return display_name(text).replace("$", r"\$")

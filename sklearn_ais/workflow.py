@@ -168,7 +168,16 @@ class AnalysisResult:
     simulated: bool = False
 
     def to_html(self, out_dir=None) -> str:
-        """The self-contained HTML report (figures embedded); figures also written to ``out_dir`` if given."""
+        """The self-contained HTML report (figures embedded); figures also written to ``out_dir`` if given.
+
+        Parameters
+        ----------
+        out_dir : path-like, optional
+
+        Returns
+        -------
+        html : str
+        """
         from ._report import render_report
 
         return render_report(self, out_dir)

@@ -17,6 +17,19 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
     dimension ``D`` (for FeatureMaps: the head's output size, which equals the
     number of maps for pooling heads); otherwise checks it. ``min_samples``:
     fewest images accepted (a similarity analysis needs 4; a transform 1).
+
+    Parameters
+    ----------
+    estimator : estimator
+        Receives (or is checked against) ``n_features_in_``.
+    X : FeatureMaps or array-like of shape (n_images, n_features)
+    reset : bool
+        True in ``fit``.
+    min_samples : int, default=4
+
+    Returns
+    -------
+    E : ndarray of shape (n_images, n_features), float64
     """
     if is_feature_maps(X):
         check_feature_maps(X, min_samples)
@@ -35,12 +48,36 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
 
 
 def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:
-    """Correlation of the upper triangles of a model similarity matrix and a human one (NaN ignored)."""
+    """Correlation of the upper triangles of a model similarity matrix and a human one (NaN ignored).
+
+    Parameters
+    ----------
+    model_similarity : array-like of shape (n, n)
+    H : ndarray of shape (n, n)
+        Validated human similarity matrix (NaN = missing).
+    comparison : str, default="spearman"
+
+    Returns
+    -------
+    r : float
+    """
     return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), upper_triangle(H), comparison)
 
 
 def embedding_2oi(E, H, similarity: str = "pearson", comparison: str = "spearman") -> float:
-    """2OI of embeddings ``E`` (n, D) with a validated human matrix ``H``."""
+    """2OI of embeddings ``E`` (n, D) with a validated human matrix ``H``.
+
+    Parameters
+    ----------
+    E : array-like of shape (n, D)
+    H : ndarray of shape (n, n)
+    similarity : {"pearson", "cosine"}, default="pearson"
+    comparison : str, default="spearman"
+
+    Returns
+    -------
+    r : float
+    """
     return compare_upper(similarity_matrix(E, similarity), H, comparison)
 
 
@@ -48,6 +85,15 @@ def image_cv(cv, random_state=None):
     """Inner image-wise splitter: an int means ``KFold(cv, shuffle=True, random_state=random_state)``.
 
     Shuffling matters: image sets are often ordered by category.
+
+    Parameters
+    ----------
+    cv : None, int, splitter or iterable
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    cv : splitter over images
     """
     cv = check_image_cv(cv, random_state)
     if getattr(cv, "splits_pairs", False):
@@ -59,7 +105,18 @@ def image_cv(cv, random_state=None):
 
 
 def split_images(cv, n: int):
-    """List of (train, validation) image index arrays of an inner splitter."""
+    """List of (train, validation) image index arrays of an inner splitter.
+
+    Parameters
+    ----------
+    cv : splitter
+    n : int
+        Number of images.
+
+    Returns
+    -------
+    splits : list of (ndarray, ndarray)
+    """
     return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]
 
 
@@ -123,7 +180,16 @@ class SimilarityAligner(TransformerMixin, BaseEstimator):
         return tags
 
     def predict_similarity(self, X) -> np.ndarray:  # pragma: no cover - abstract
-        """The model similarity matrix (n_images, n_images) of ``X`` after alignment."""
+        """The model similarity matrix (n_images, n_images) of ``X`` after alignment.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_images, n_features) or FeatureMaps
+
+        Returns
+        -------
+        S : ndarray of shape (n_images, n_images)
+        """
         raise NotImplementedError
 
     def score(self, X, y, sample_weight=None):

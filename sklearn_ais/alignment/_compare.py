@@ -258,11 +258,29 @@ class AlignmentComparison:
         yield self.summary
 
     def to_markdown(self, digits: int = 3) -> str:
-        """Markdown table of held-out 2OI (mean ± s.e.) per backbone and method."""
+        """Markdown table of held-out 2OI (mean ± s.e.) per backbone and method.
+
+        Parameters
+        ----------
+        digits : int, default=3
+
+        Returns
+        -------
+        table : str
+        """
         return _markdown(self.summary, self.noise_ceiling, digits)
 
     def plot(self, ax=None):
-        """Bar plot of the held-out 2OI (see :func:`sklearn_ais.plotting.plot_comparison`)."""
+        """Bar plot of the held-out 2OI (see :func:`sklearn_ais.plotting.plot_comparison`).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+
+        Returns
+        -------
+        ax : matplotlib Axes
+        """
         from ..plotting import plot_comparison
 
         return plot_comparison(self, ax=ax)

@@ -49,6 +49,16 @@ class Head:
     kind = "generic"
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Embeddings of maps: the override point of a new head.
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n, D)
+        """
         raise NotImplementedError
 
     def __call__(self, maps, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -100,6 +110,16 @@ class PoolingHead(Head):
         self.activation = activation
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pooled (optionally activated) maps: one coordinate per map.
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n, K)
+        """
         x = _ACTIVATIONS[self.activation](maps)
         return x.mean(dim=(2, 3)) if self.pool == "avg" else x.amax(dim=(2, 3))
 
@@ -145,7 +165,16 @@ class MLPHead(Head):
         return int(np.prod(self.output_size))
 
     def pooled(self, maps: torch.Tensor) -> torch.Tensor:
-        """Per-map pooled values, (n, K, P)."""
+        """Per-map pooled values, (n, K, P).
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+
+        Returns
+        -------
+        pooled : Tensor of shape (n, K, P)
+        """
         x = maps
         if self.maxpool:
             x = F.max_pool2d(x, kernel_size=self.maxpool, stride=self.maxpool)
@@ -153,21 +182,60 @@ class MLPHead(Head):
         return x.flatten(2)
 
     def first_layer(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The first linear layer's pre-activation (before its ReLU).
+
+        Parameters
+        ----------
+        pooled : Tensor of shape (n, K, P)
+
+        Returns
+        -------
+        pre : Tensor of shape (n, D1)
+        """
         w = self.weight.to(device=pooled.device, dtype=pooled.dtype)
         b = self.bias.to(device=pooled.device, dtype=pooled.dtype)
         return pooled.flatten(1) @ w.T + b
 
     def rest_on(self, device, dtype) -> nn.Module:
-        """``rest`` on ``device``/``dtype`` (see ``Head._module_on``)."""
+        """``rest`` on ``device``/``dtype`` (see ``Head._module_on``).
+
+        Parameters
+        ----------
+        device : torch.device or str
+        dtype : torch.dtype
+
+        Returns
+        -------
+        rest : nn.Module
+        """
         return self._module_on(self.rest, device, dtype)
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pool, first layer, rest of the head.
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n, D)
+        """
         pooled = self.pooled(maps)
         pre = self.first_layer(pooled)
         return self.rest_on(maps.device, maps.dtype)(pre)
 
     def block_weight(self, n_maps: int) -> torch.Tensor:
-        """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k."""
+        """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k.
+
+        Parameters
+        ----------
+        n_maps : int
+
+        Returns
+        -------
+        weight : Tensor of shape (D1, n_maps, P)
+        """
         if self.weight.shape[1] != n_maps * self.n_pooled:
             raise ValueError(
                 f"this head's first layer reads {self.weight.shape[1]} inputs, but {n_maps} maps pooled to "
@@ -198,6 +266,16 @@ class ModuleHead(Head):
             module.eval()
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:
+        """The module's output, flattened to 2-D.
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n, D)
+        """
         module = self.module
         if isinstance(module, nn.Module):
             module = self._module_on(module, maps.device, maps.dtype)

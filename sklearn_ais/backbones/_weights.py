@@ -84,12 +84,30 @@ class WeightsSource:
 
 
 def is_default_alias(weights) -> bool:
-    """True for ``"DEFAULT"`` / ``"imagenet"`` (any case)."""
+    """True for ``"DEFAULT"`` / ``"imagenet"`` (any case).
+
+    Parameters
+    ----------
+    weights : object
+
+    Returns
+    -------
+    bool
+    """
     return isinstance(weights, str) and weights.lower() in _DEFAULT_ALIASES
 
 
 def file_sha256(path) -> str:
-    """SHA-256 (hex) of a file's content, read in 1 MiB blocks."""
+    """SHA-256 (hex) of a file's content, read in 1 MiB blocks.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    digest : str
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -98,7 +116,16 @@ def file_sha256(path) -> str:
 
 
 def tensors_sha256(state_dict: Mapping) -> str:
-    """SHA-256 (hex) of a state dict's names, dtypes, shapes and bytes (in order)."""
+    """SHA-256 (hex) of a state dict's names, dtypes, shapes and bytes (in order).
+
+    Parameters
+    ----------
+    state_dict : mapping of str to Tensor
+
+    Returns
+    -------
+    digest : str
+    """
     h = hashlib.sha256()
     for name, t in state_dict.items():
         t = t.detach().cpu().contiguous()
@@ -152,7 +179,19 @@ def read_state_dict(path) -> dict:
 
 
 def as_state_dict(obj, what: str) -> dict:
-    """``obj`` as a flat state dict (see :func:`read_state_dict`); ``what`` names it in errors."""
+    """``obj`` as a flat state dict (see :func:`read_state_dict`); ``what`` names it in errors.
+
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned, or a mapping.
+    what : str
+        How errors name it.
+
+    Returns
+    -------
+    state_dict : dict of str to Tensor
+    """
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -206,7 +245,16 @@ def user_weights(weights) -> tuple[dict | None, WeightsSource | None]:
 
 
 def what_of(source: WeightsSource | None) -> str:
-    """How error messages name the weights of ``source``."""
+    """How error messages name the weights of ``source``.
+
+    Parameters
+    ----------
+    source : WeightsSource or None
+
+    Returns
+    -------
+    name : str
+    """
     if source is None:
         return "the weights"
     if source.kind == "file":
@@ -219,7 +267,15 @@ def what_of(source: WeightsSource | None) -> str:
 
 
 def load_strict(model: nn.Module, state_dict: Mapping, what: str):
-    """Load ``state_dict`` into ``model``: every key and shape must match (a few mismatches are listed)."""
+    """Load ``state_dict`` into ``model``: every key and shape must match (a few mismatches are listed).
+
+    Parameters
+    ----------
+    model : nn.Module
+    state_dict : mapping of str to Tensor
+    what : str
+        How errors name the weights.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

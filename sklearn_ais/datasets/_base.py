@@ -144,6 +144,19 @@ def fetch_files(dataset: str, remotes, data_home=None, download=True) -> dict[st
     against their sha256 (once per process and file version); a mismatch
     raises :class:`DataUnavailableError` rather than silently overwriting a
     file the user put there.
+
+    Parameters
+    ----------
+    dataset : str
+        Sub-folder of the data folder.
+    remotes : sequence of RemoteFile
+    data_home : str or path-like, optional
+    download : bool, default=True
+
+    Returns
+    -------
+    paths : dict of str to Path
+        By file name.
     """
     folder = get_data_home(data_home) / dataset
     paths, missing = {}, []
