@@ -31,7 +31,7 @@ MIN_IMAGES = 4
 
 
 def is_feature_maps(X) -> bool:
-    """True for :class:`~sklearn_ais.FeatureMaps` (without importing torch here).
+    """True for :class:`~sklearn_ais.FeatureMaps` (recognised by its interface: this layer sits below it).
 
     Parameters
     ----------
@@ -41,9 +41,7 @@ def is_feature_maps(X) -> bool:
     -------
     bool
     """
-    from ._containers import FeatureMaps
-
-    return isinstance(X, FeatureMaps)
+    return all(hasattr(X, a) for a in ("maps", "head", "n_maps", "embed", "all_finite"))
 
 
 def check_feature_maps(X, min_images: int = MIN_IMAGES):
