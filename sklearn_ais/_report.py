@@ -1,4 +1,10 @@
-"""A self-contained HTML report of one analysis (figures embedded as PNG)."""
+"""A self-contained HTML report of one analysis (figures embedded as PNG), meant to be read and cited.
+
+Sections: a summary; what was computed, in plain words with the formulas; the held-out result and its test;
+the cross-validation curve; the distribution of AIS; every image's heatmap (page after page); the image
+order; the provenance of every number (package version, backbone, weights and their checksum,
+preprocessing, device, command line, input checksums, date).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Heatmaps per page of the report's grid (all images are shown, page after page).
+# Heatmaps per page of the report's grid (all images are shown, page after page), in rows of GRID_COLUMNS.
 GRID_PAGE = 48
+GRID_COLUMNS = 6
+
+SECTIONS = ("summary", "what-was-computed", "held-out", "cv_curve", "ais_histogram", "heatmap_grid", "image-order",
+            "provenance")
 
 
 def _png(fig) -> str:
@@ -54,7 +64,8 @@ def curve_figure(train_paths, test_paths, chosen_t=None, comparison_label="2OI")
     from .plotting import plot_path
 
     ax = plot_path(nan_mean_sd(np.asarray(train_paths, dtype=np.float64))[0], test_paths,
-                   n_selected=None if chosen_t is None else int(round(chosen_t)))
+                   n_selected=None if chosen_t is None else int(round(chosen_t)),
+                   xlabel="top-ranked maps kept, t (log scale)")
     ax.set_xscale("log")
     ax.set_ylabel(comparison_label)
     ax.figure.set_size_inches(6.5, 3.6)
@@ -74,7 +85,8 @@ def histogram_figure(scores):
     """
     from .plotting import plot_ais_histogram
 
-    return plot_ais_histogram(scores, bins=60).figure
+    finite = np.asarray(scores, dtype=np.float64)
+    return plot_ais_histogram(finite[np.isfinite(finite)], bins=60).figure
 
 
 def _resize_to(heatmap, shape):
@@ -86,8 +98,8 @@ def _resize_to(heatmap, shape):
     return np.asarray(Image.fromarray(h).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
-def grid_figure(images, heatmaps, titles=None, ncols=8):
-    """Heatmaps over their images, in a grid (heatmaps resized to the thumbnails).
+def grid_figure(images, heatmaps, titles=None, ncols=GRID_COLUMNS):
+    """Heatmaps over their images, in a grid (heatmaps resized to the thumbnails), with a colour bar.
 
     Parameters
     ----------
@@ -96,7 +108,7 @@ def grid_figure(images, heatmaps, titles=None, ncols=8):
     heatmaps : list of ndarray
         One per image, any resolution.
     titles : list of str, optional
-    ncols : int, default=8
+    ncols : int, default=6
 
     Returns
     -------
@@ -106,6 +118,82 @@ def grid_figure(images, heatmaps, titles=None, ncols=8):
 
     heatmaps = [_resize_to(h, np.shape(im)) for im, h in zip(images, heatmaps)]
     return plot_heatmap_grid(images, heatmaps, ncols=ncols, titles=titles)
+
+
+def _what_was_computed(result) -> str:
+    s, sel = result.cv.summary, result.selector
+    comparison = {"spearman": "Spearman rank correlation ρ", "pearson": "Pearson correlation r",
+                  "pearson_r2": "squared Pearson correlation r²"}.get(sel.comparison, sel.comparison)
+    items = [
+        "<b>Model similarity.</b> Each image goes through the network up to its last convolutional layer; the "
+        "layer's K feature maps are turned into an embedding by the network's own head, and the model similarity "
+        f"of two images is the {html.escape(sel.similarity)} correlation of their embeddings.",
+        "<b>Second-order isomorphism (2OI).</b> The agreement of the model with the people: the "
+        f"{comparison} between the upper triangles (every pair of images once) of the model's and the human "
+        "similarity matrices. 2OI = 1 means the same ordering of pairs.",
+        "<b>Alignment importance score (AIS).</b> AIS<sub>k</sub> = 2OI(all maps) − 2OI(map k set to 0 in every "
+        "image): how much of the agreement map k carries. Positive: the map helps; about 0: it does not matter.",
+        "<b>Ranked sweep.</b> Maps are ranked by AIS; the 2OI of the top t maps is computed for every t, and the "
+        "number kept is the t with the best 2OI on the training images.",
+        f"<b>Cross-validation.</b> {html.escape(result.provenance.get('cross-validation', 'image-wise folds'))}: "
+        "maps are ranked and t is chosen on the training images of each fold only; the held-out 2OI is computed "
+        "on the test images, with all maps and with the selected maps.",
+        f"<b>Test.</b> Selected vs all maps, fold by fold, on Fisher z values: the corrected resampled t-test "
+        "(Nadeau &amp; Bengio, 2003; Bouckaert &amp; Frank, 2004), whose variance accounts for the training images "
+        "the folds share; the plain paired t-test, which ignores it, is shown beside it.",
+        "<b>Heatmaps.</b> Per-image AIS: map k set to 0 in image i only, and the correlation of row i of the two "
+        "matrices (the n − 1 other images). The heatmap of image i is the sum of its selected maps weighted by "
+        "their positive per-image AIS, upsampled onto the original image (the network's resize and crop undone) "
+        "and scaled to [0, 1] within the image: colours compare regions of one image, not images.",
+    ]
+    if result.relative_risk is not None:
+        items.append(
+            "<b>Relative risk.</b> The fraction of an image's top-10 % heatmap pixels that fall on the object, "
+            "divided by the object's share of the image: 1 = no better than chance, above 1 = the heatmap points "
+            "at the object."
+        )
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def _held_out(result) -> str:
+    s, sel = result.cv.summary, result.selector
+    table = pd.DataFrame(
+        {
+            "held-out 2OI (mean over folds)": [s.test_score_full, s.test_score_selected],
+            "s.e. across folds": [s.test_score_full_sem, s.test_score_selected_sem],
+            "maps (mean over folds)": [f"{sel.n_features_in_:d}", f"{s.n_selected_mean:.1f}"],
+        },
+        index=["all maps", "AIS-selected maps"],
+    )
+    text = (
+        f"<p>Selected vs all maps over {int(s.n_folds)} folds: corrected resampled t-test t = {s.t_statistic:.2f}, "
+        f"p = {s.p_value:.2g}; the plain paired t-test (optimistic: the folds share training images) gives "
+        f"p = {s.p_paired_t:.2g}. Training 2OI of the selected maps: {s.train_score_selected:.3f}.</p>"
+    )
+    if s.test_score_selected > s.train_score_selected:
+        text += (
+            "<p><i>The held-out 2OI is above the training 2OI.</i> With few images per test fold the held-out "
+            "correlation is computed on few pairs and varies a lot from fold to fold (see the s.e.); it does not "
+            "mean the model generalises better than it fits.</p>"
+        )
+    return table.to_html(float_format=lambda v: f"{v:.3f}") + text
+
+
+def _heatmap_pages(result, titles, out_dir) -> list[str]:
+    n = len(result.images)
+    blocks = []
+    for page, start in enumerate(range(0, n, GRID_PAGE)):
+        stop = min(start + GRID_PAGE, n)
+        name = "heatmap_grid" if page == 0 else f"heatmap_grid_{page + 1}"
+        blocks.append(_figure_block(
+            f"Where the aligned information is: images {start + 1}-{stop} of {n}",
+            grid_figure(result.images[start:stop], result.heatmaps[start:stop], titles[start:stop]),
+            "Per-image AIS heatmaps of the selected maps over each image (inferno colour scale: dark = low, bright "
+            "= high), each scaled to [0, 1] within its own image. Every image's heatmap at its original resolution "
+            "is in heatmaps.npz.",
+            out_dir, name,
+        ))
+    return blocks
 
 
 def render_report(result, out_dir=None) -> str:
@@ -122,68 +210,46 @@ def render_report(result, out_dir=None) -> str:
     html : str
     """
     from ._files import display_name
+    from .plotting import COMPARISON_LABELS
 
-    s = result.cv.summary
-    sel = result.selector
-    table = pd.DataFrame(
-        {
-            "held-out 2OI (mean over folds)": [s.test_score_full, s.test_score_selected],
-            "s.e. across folds": [s.test_score_full_sem, s.test_score_selected_sem],
-            "maps (mean over folds)": [f"{sel.n_features_in_:d}", f"{s.n_selected_mean:.1f}"],
-        },
-        index=["all maps", "AIS-selected maps"],
-    )
+    s, sel = result.cv.summary, result.selector
     titles = [display_name(i) for i in result.ids]
-    blocks = [
+    label = f"2OI ({COMPARISON_LABELS.get(sel.comparison, sel.comparison)})"
+    figures = [
         _figure_block(
-            "Cross-validation curve",
-            curve_figure(result.cv.train_paths, result.cv.test_paths, s.n_selected_mean),
-            "2OI when only the top-t maps, ranked on each fold's training part, are kept: training (mean over "
-            "folds) and held-out ('validation', mean ± s.d. over folds); dashed: mean number kept.",
-            out_dir,
-            "cv_curve",
+            "Cross-validation curve", curve_figure(result.cv.train_paths, result.cv.test_paths, s.n_selected_mean, label),
+            f"{label} when only the top-t maps, ranked on each fold's training images, are kept: training (mean "
+            "over folds) and held-out ('validation', mean ± s.d. over folds); dashed: mean number of maps kept.",
+            out_dir, "cv_curve",
         ),
         _figure_block(
-            "Alignment importance of every map",
-            histogram_figure(sel.scores_),
-            "AIS on all images: positive = ablating the map lowers alignment with the human judgments.",
-            out_dir,
-            "ais_histogram",
+            "Alignment importance of every map", histogram_figure(sel.scores_),
+            "AIS of every map on all images (the drop in 2OI when the map is set to 0): positive = the map helps "
+            "the alignment with the human judgments.", out_dir, "ais_histogram",
         ),
+        *_heatmap_pages(result, titles, out_dir),
     ]
-    n = len(result.images)
-    for page, start in enumerate(range(0, n, GRID_PAGE)):
-        stop = min(start + GRID_PAGE, n)
-        name = "heatmap_grid" if page == 0 else f"heatmap_grid_{page + 1}"
-        blocks.append(
-            _figure_block(
-                f"Where the aligned information is (images {start + 1}-{stop} of {n})",
-                grid_figure(result.images[start:stop], result.heatmaps[start:stop], titles[start:stop]),
-                "Per-image AIS heatmaps of the selected maps over each image; each heatmap is scaled to [0, 1] "
-                "within its own image.",
-                out_dir,
-                name,
-            )
-        )
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in result.summary_lines)
     order = "".join(f"<li>{html.escape(t)}</li>" for t in titles)
-    blocks.append(f'<details id="image-order"><summary>Image order ({n} images)</summary><ol start="0">{order}</ol></details>')
     provenance = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(display_name(v))}</td></tr>"
         for k, v in result.provenance.items()
     )
     title = html.escape(display_name(result.title))
+    banner = ('<p class="banner">The human matrix of this report comes from a <b>simulated observer</b> (a '
+              "synthetic task), not from people.</p>") if result.simulated else ""
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in result.summary_lines)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222;line-height:1.4}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}}
-figure{{margin:2em 0}}img{{max-width:100%}}figcaption{{color:#555;font-size:90%}}</style></head>
-<body><h1>{title}</h1><ul>{lines}</ul>
-<h2>Held-out alignment: all maps vs AIS-selected maps</h2>
-{table.to_html(float_format=lambda v: f"{v:.3f}")}
-<p>Selected vs all maps over {int(s.n_folds)} folds, on Fisher z values: corrected resampled t-test (Nadeau &amp;
-Bengio, 2003, for repeated cross-validation) t = {s.t_statistic:.2f}, p = {s.p_value:.2g}; the plain paired t-test,
-which ignores that the folds share training images and is optimistic, gives p = {s.p_paired_t:.2g}.</p>
-{"".join(blocks)}
+#provenance td,#provenance th{{text-align:left;font-size:90%}}figure{{margin:2em 0}}img{{max-width:100%}}
+figcaption{{color:#555;font-size:90%}}.banner{{background:#fff3cd;border:1px solid #e0c060;padding:8px}}</style>
+</head><body><h1>{title}</h1>{banner}
+<section id="summary"><ul>{lines}</ul></section>
+<section id="what-was-computed"><h2>What was computed</h2>{_what_was_computed(result)}</section>
+<section id="held-out"><h2>Held-out alignment: all maps vs AIS-selected maps</h2>{_held_out(result)}</section>
+{"".join(figures)}
+<details id="image-order"><summary>Image order ({len(titles)} images; the order of every per-image output)</summary>
+<ol start="0">{order}</ol></details>
 <section id="provenance"><h2>Provenance</h2><table>{provenance}</table></section>
 </body></html>"""

@@ -143,11 +143,22 @@ def _check_readable(images):
             raise InputFileError(f"{display_name(path)}: not a readable image ({type(exc).__name__})") from None
 
 
+def _images_checksum(arg, images) -> str:
+    """The images' provenance: the folder (or file) and one sha256 over the files' own, in the order used."""
+    if not isinstance(images, list):
+        return f"{arg} (sha256 {_sha256(arg)})"
+    digest = hashlib.sha256()
+    for path in images:
+        digest.update(_sha256(path).encode())
+    return f"{arg}: {len(images)} files (sha256 of their sha256s in natural order {digest.hexdigest()})"
+
+
 def _run(args):
     images, ids, S, weights = _validate_run(args)
     from .workflow import run_analysis
 
-    inputs = {"similarity file": f"{args.similarity} (sha256 {_sha256(args.similarity)})"}
+    inputs = {"similarity file": f"{args.similarity} (sha256 {_sha256(args.similarity)})",
+              "images": _images_checksum(args.images, images)}
     result = run_analysis(
         images, S, ids=ids, backbone=args.backbone, weights=weights, device=args.device, kind=args.kind,
         n_splits=args.cv, n_repeats=args.repeats, crop=not args.no_crop, title=f"AIS analysis of {args.images}",

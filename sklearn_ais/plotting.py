@@ -100,7 +100,7 @@ def _as_heatmap(heatmap, shape, name="heatmap") -> np.ndarray:
     return h
 
 
-def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="jet"):
+def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
     """Draw a heatmap over an image.
 
     Parameters
@@ -114,7 +114,10 @@ def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="jet"):
         Default: a new figure.
     alpha : float, default=0.5
         Opacity of the heatmap.
-    cmap : str or Colormap, default="jet"
+    cmap : str or Colormap, default="inferno"
+        A perceptually uniform colormap by default: lightness grows with the
+        value, and no hue of the map can be mistaken for an object's colour
+        (as with ``"jet"`` over coloured objects).
 
     Returns
     -------
@@ -206,7 +209,7 @@ def plot_top_contours(image, maps, top=(5, 10, 15), ax=None, colors=None, linest
     return ax
 
 
-def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="jet"):
+def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="inferno", colorbar=True):
     """Overlays of heatmaps on their images, in a grid.
 
     Parameters
@@ -221,11 +224,14 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="j
         One per image.
     alpha, cmap
         See :func:`plot_overlay`.
+    colorbar : bool, default=True
+        A colour bar for the [0, 1] scale, labelled "heatmap (scaled to
+        [0, 1] within each image)".
 
     Returns
     -------
     fig : matplotlib Figure
-        With one Axes per image.
+        With one Axes per image (and one for the colour bar).
 
     Examples
     --------
@@ -235,8 +241,8 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="j
     >>> from sklearn_ais.plotting import plot_heatmap_grid
     >>> rng = np.random.default_rng(0)
     >>> fig = plot_heatmap_grid(rng.random((5, 16, 16, 3)), rng.random((5, 16, 16)), ncols=3)
-    >>> len(fig.axes)
-    5
+    >>> len(fig.axes)  # five panels and the colour bar
+    6
     """
     import matplotlib.pyplot as plt
 
@@ -254,12 +260,20 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="j
     # Panels 2 inches wide, as tall as the typical image's aspect ratio asks.
     aspect = float(np.median([np.shape(im)[0] / np.shape(im)[1] for im in images]))
     fig = plt.figure(figsize=(2 * ncols, (2 * aspect + (0.3 if titles is not None else 0)) * nrows))
+    axes = []
     for i in range(n):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         plot_overlay(images[i], heatmaps[i], ax=ax, alpha=alpha, cmap=cmap)
         if titles is not None:
-            ax.set_title(plain_text(titles[i]), fontsize="small")
+            ax.set_title(plain_text(titles[i]), fontsize=9)
+        axes.append(ax)
     fig.tight_layout()
+    if colorbar:
+        from matplotlib import cm, colors
+
+        mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap)
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01, shrink=min(1.0, 3.0 / nrows + 0.2))
+        bar.set_label("heatmap (scaled to [0, 1] within each image)")
     return fig
 
 
@@ -370,8 +384,8 @@ def plot_ais_histogram(scores, ax=None, bins=50):
 
     ax.xaxis.set_major_locator(MaxNLocator(5))  # AIS values are small: long tick labels would collide
     ax.axvline(0, color="0.2", linestyle="--", linewidth=1)
-    ax.set_xlabel("alignment importance score")
-    ax.set_ylabel("count")
+    ax.set_xlabel("alignment importance score (Δ2OI when the map is set to 0)")
+    ax.set_ylabel("number of maps")
     return ax
 
 

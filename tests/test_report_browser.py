@@ -137,3 +137,23 @@ def test_demo_report_screenshot_is_not_blank(demo_report, tmp_path):
     # The heatmap grid: hundreds of screen rows that are mostly coloured overlays.
     rows_with_colour = int((colour.mean(axis=1) > 0.2).sum())
     assert rows_with_colour > 200, f"only {rows_with_colour} strongly coloured rows: heatmap grid missing?"
+
+
+@pytest.mark.slow
+def test_demo_report_has_every_section_provenance_and_heatmap(demo_report):
+    """What a reader needs to cite it: every section, the provenance block, one heatmap per image (also as data)."""
+    from sklearn_ais._report import SECTIONS
+
+    page = demo_report.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f'id="{section}"' in page, section
+    for field in ("sklearn-ais version", "weights sha256", "preprocessing", "device", "command line", "date",
+                  "library versions"):
+        assert f"<th>{field}</th>" in page, field
+    assert "simulated observer" in page and "2OI" in page and "Relative risk" in page
+    order = re.search(r'<details id="image-order">.*?</details>', page, re.S).group(0)
+    n = order.count("<li>")
+    assert n == 48
+    with np.load(demo_report.parent / "heatmaps.npz") as f:
+        heat = [k for k in f.files if k.startswith("heatmap_")]
+        assert len(heat) == n and len(f["ids"]) == n and f["heatmap_0"].shape == (128, 128)
