@@ -121,7 +121,7 @@ def grid_figure(images, heatmaps, titles=None, ncols=GRID_COLUMNS):
 
 
 def _what_was_computed(result) -> str:
-    s, sel = result.cv.summary, result.selector
+    sel = result.selector
     comparison = {"spearman": "Spearman rank correlation ρ", "pearson": "Pearson correlation r",
                   "pearson_r2": "squared Pearson correlation r²"}.get(sel.comparison, sel.comparison)
     items = [
@@ -138,7 +138,7 @@ def _what_was_computed(result) -> str:
         f"<b>Cross-validation.</b> {html.escape(result.provenance.get('cross-validation', 'image-wise folds'))}: "
         "maps are ranked and t is chosen on the training images of each fold only; the held-out 2OI is computed "
         "on the test images, with all maps and with the selected maps.",
-        f"<b>Test.</b> Selected vs all maps, fold by fold, on Fisher z values: the corrected resampled t-test "
+        "<b>Test.</b> Selected vs all maps, fold by fold, on Fisher z values: the corrected resampled t-test "
         "(Nadeau &amp; Bengio, 2003; Bouckaert &amp; Frank, 2004), whose variance accounts for the training images "
         "the folds share; the plain paired t-test, which ignores it, is shown beside it.",
         "<b>Heatmaps.</b> Per-image AIS: map k set to 0 in image i only, and the correlation of row i of the two "
