@@ -52,9 +52,10 @@ _STACK_BUDGET = 1 << 27
 # Upper bound on elements of the largest temporary of one chunk (float64:
 # 8 bytes each, argsort adds int64 indices): about 200 MB of working memory.
 _ELEMENT_BUDGET = 1 << 23
-# The pooled kernels are a few memory-bound passes over (chunk, n, n) blocks:
-# blocks of 16 MB run ~25 % faster than 64 MB ones (measured, n = 120).
+# The pooled kernels work on chunks of candidates of about this many n x n elements,
+# a block of rows at a time (_ROW_BLOCK elements per temporary: 512 KB, in L2).
 _POOLED_BUDGET = 1 << 21
+_ROW_BLOCK = 1 << 16
 # A row that keeps less than this fraction of its energy after an ablation (one
 # map carried nearly all of it) has lost too many digits in the rank-one
 # downdate: its similarities are recomputed directly (rare; exact).
@@ -330,27 +331,21 @@ class _PooledProblem(_Problem):
     def _upper_from_delta(self, dE, ks=None):
         """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
 
-        Built as dense (C, n, n) blocks, ``Z = (r r^T) * G - U V^T`` with ``r = v^-1/2`` (0 for a constant
-        row) and a rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, ``U = [d, e]``,
-        ``V = [e, d - e (K-1)/K]``, scaled by r) or rank-1 (cosine) correction: a few dense passes and one
-        batched GEMM instead of some twenty gathers and element-wise passes over (C, m).
+        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
+        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
+        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
         """
-        C, n = dE.shape
         dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
         alive = self._alive(v, raw)
         r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
-        Z = self.G[None] * r[:, :, None]
-        Z *= r[:, None, :]
         b = r * dE
         if self.pearson:
             a = r * dD
-            U = torch.stack([a, b], dim=2)
-            V = torch.stack([b, a - ((self.K - 1) / self.K) * b], dim=2)
+            terms = ((a, b), (b, a - ((self.K - 1) / self.K) * b))
         else:
-            U = V = b[:, :, None]
-        Z.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
-        Zu = self._upper_of(Z)  # within round-off of [-1, 1]: ranks and ties need no clamp
+            terms = ((b, b),)
+        Zu = self._scaled_upper(len(dE), lambda r0, r1: self.G[None, r0:r1, r0:], r, terms)
         if ks is not None:
             for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
                 rows = torch.nonzero(flagged[c]).flatten()
@@ -358,6 +353,59 @@ class _PooledProblem(_Problem):
                 keep[ks[c]] = 0
                 Ek = self.E * keep
                 self._set_rows(Zu[c], rows, self._direct_rows(Ek[rows], Ek))
+        return Zu
+
+    def _row_blocks(self, C):
+        """Row blocks for C candidates: ``(r0, r1, lo, hi, cols)`` per block, where rows r0..r1 of the
+        n x n matrix fill positions lo..hi of the upper triangle and ``cols`` are the flat indices of
+        their upper parts in the rectangle ``[r0:r1, r0:n]``. On CPU a block's temporaries stay in L2
+        (about ``_ROW_BLOCK`` elements); on other devices one block holds every row."""
+        n = self.n
+        rows = n if self.device.type != "cpu" else max(1, _ROW_BLOCK // max(1, C * n))
+        cache = self.__dict__.setdefault("_blocks", {})
+        if rows not in cache:
+            blocks, lo = [], 0
+            for r0 in range(0, n - 1, rows):
+                r1 = min(n - 1, r0 + rows)  # the last row has no upper part
+                w = n - r0
+                cols = np.concatenate([i * w + np.arange(i + 1, w) for i in range(r1 - r0)])
+                blocks.append((r0, r1, lo, lo + len(cols), cols if self.device.type == "cpu"
+                               else torch.as_tensor(cols, device=self.device)))
+                lo += len(cols)
+            cache[rows] = blocks
+        return cache[rows]
+
+    def _scaled_upper(self, C, gram_block, r, terms):
+        """Upper triangles (C, n_pairs) of ``Z = gram * r_i r_j - sum_t x_t,i y_t,j``.
+
+        Parameters
+        ----------
+        C : int
+            Number of candidates.
+        gram_block : callable
+            ``gram_block(r0, r1)`` returns the Gram rectangle ``[r0:r1, r0:n]``, (1 or C, r1 - r0, n - r0).
+        r : tensor of shape (C, n)
+            Row scales.
+        terms : sequence of (x, y) tensors of shape (C, n)
+            Rank-one corrections.
+
+        Returns
+        -------
+        Zu : tensor of shape (C, n_pairs)
+            Element-wise single operations only, so a candidate's bits do not depend on C or on
+            the blocks. Within round-off of [-1, 1]: ranks and ties need no clamp.
+        """
+        Zu = torch.empty(C, self.n * (self.n - 1) // 2, dtype=self.E.dtype, device=self.device)
+        for r0, r1, lo, hi, cols in self._row_blocks(C):
+            Z = gram_block(r0, r1) * r[:, r0:r1, None]
+            Z *= r[:, None, r0:]
+            for x, y in terms:
+                Z -= x[:, r0:r1, None] * y[:, None, r0:]
+            Z = Z.reshape(C, -1)
+            if isinstance(cols, np.ndarray):  # numpy's take is ~3x torch's indexing for this gather
+                Zu[:, lo:hi] = torch.from_numpy(np.take(Z.numpy(), cols, axis=1))
+            else:
+                Zu[:, lo:hi] = torch.index_select(Z, 1, cols)
         return Zu
 
     def _set_rows(self, zu, rows, z):
@@ -383,7 +431,6 @@ class _PooledProblem(_Problem):
         Cauchy-Schwarz the centred energy of a row keeping t < K maps is at least
         (1 - t / K) of its raw energy. t = K (all maps) is the base, computed from
         the centred statistics."""
-        i, j = self.iu
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         want = np.zeros(self.K + 1, dtype=bool)
@@ -396,34 +443,48 @@ class _PooledProblem(_Problem):
         n = self.n
         s = torch.zeros(n, dtype=self.E.dtype, device=self.device)
         q = torch.zeros_like(s)
-        G = torch.zeros(n, n, dtype=self.E.dtype, device=self.device)
+        G = torch.zeros(n, n, dtype=self.E.dtype, device=self.device)  # running Gram matrix (upper part)
         step = _chunk(self.K, 3 * n * n, _POOLED_BUDGET)
         for a in range(0, last, step):
             b = min(a + step, last)
             Eo = self.Et[order[a:b]]  # (C, n) maps in ranked order
             cs = torch.cumsum(Eo, 0) + s
             cq = torch.cumsum(Eo * Eo, 0) + q
-            cG = torch.mul(Eo[:, :, None], Eo[:, None, :])  # outer products, then in place:
-            cG[0] += G  # the previous chunk's sum enters every prefix through the first term
-            _prefix_sum_(cG)  # dense prefix Gram matrices
-            s, q, G = cs[-1].clone(), cq[-1].clone(), cG[-1].clone()
+            s, q = cs[-1].clone(), cq[-1].clone()
             sel = np.nonzero(want[a + 1 : b + 1])[0]
-            if len(sel):
-                if len(sel) < b - a:
-                    sel_t = torch.as_tensor(sel, device=self.device)
-                    cs, cq, cG = cs[sel_t], cq[sel_t], cG[sel_t]
-                v = cq - cs * cs / self.K if self.pearson else cq
-                alive = self._alive(v, cq)
-                r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
-                cG *= r[:, :, None]
-                cG *= r[:, None, :]
-                if self.pearson:  # num_ij = G_ij - s_i s_j / K
-                    u = r * cs / math.sqrt(self.K)
-                    cG.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
-                Zu = self._upper_of(cG)
+            Zu = self._prefix_uppers(Eo, G, cs[sel], cq[sel], sel)
+            if Zu is not None:
                 for c, val in zip(sel, target.correlate(Zu).cpu().numpy()):
                     out[a + 1 + c] = val
         return np.array([out[int(t)] for t in ts])
+
+    def _prefix_uppers(self, Eo, G, cs, cq, sel):
+        """Upper triangles of the prefix RSMs at steps ``sel`` of a chunk of ranked maps ``Eo`` (C, n),
+        from the running Gram matrix ``G`` (its upper rectangles are brought up to date: + all of Eo).
+
+        ``cs``, ``cq`` are the row sums and energies at those steps. Returns None when no step is wanted.
+        """
+        C = len(Eo)
+        sel_t = torch.as_tensor(sel, device=self.device)
+        v = cq - cs * cs / self.K if self.pearson else cq
+        r = torch.where(self._alive(v, cq), v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
+        terms = ()
+        if self.pearson:  # num_ij = G_ij - s_i s_j / K
+            u = r * cs / math.sqrt(self.K)
+            terms = ((u, u),)
+
+        def prefix_grams(r0, r1):
+            cG = Eo[:, r0:r1, None] * Eo[:, None, r0:]  # outer products, then
+            cG[0] += G[r0:r1, r0:]  # the previous chunk's sum enters every prefix through the first term
+            cG = torch.cumsum(cG, dim=0)  # dense prefix Gram rectangles (sequential sums)
+            G[r0:r1, r0:] = cG[-1]
+            return cG if len(sel) == C else cG[sel_t]
+
+        if not len(sel):  # nothing to score: only bring G up to date
+            for r0, r1, *_ in self._row_blocks(C):
+                prefix_grams(r0, r1)
+            return None
+        return self._scaled_upper(len(sel), prefix_grams, r, terms)
 
     def per_image(self, H, comparison, rows=None):
         rows_list = list(range(self.n) if rows is None else rows)
@@ -527,9 +588,9 @@ class _MLPProblem(_Problem):
         r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
         G *= r[:, None, :]
-        if pearson:  # centred: G_ij - s_i s_j / D
+        if pearson:  # centred: G_ij - s_i s_j / D (single roundings: a candidate's bits do not depend on B)
             u = r * s / math.sqrt(D)
-            G.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
+            G -= u[:, :, None] * u[:, None, :]
         return self._upper_of(G).clamp_(-1.0, 1.0), lossy
 
     def _lossy(self, raw, s, D):
@@ -712,6 +773,8 @@ class _GenericProblem(_Problem):
         with torch.inference_mode():
             self.E0 = fm.head.embed(self.maps).double()
         _check_finite_embeddings(self.E0)
+        self.alive = self.maps.flatten(2).abs().amax(-1) > 0  # (n, K): ablating a zero map changes nothing
+        self._base = None
 
     def _make_subset(self, idx):
         return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)
@@ -732,15 +795,23 @@ class _GenericProblem(_Problem):
         return E.reshape(C, self.n, -1)
 
     def _base_upper(self):
-        return self._rsm_uppers(self.E0[None])
+        if self._base is None:
+            self._base = self._rsm_uppers(self.E0[None])
+        return self._base
 
     def _loo_uppers(self, maps):
+        """Brute force in batches; a map that is zero in every image changes nothing, so its
+        candidate is the base triangle itself (a batched head need not repeat the base's bits)."""
         step = _chunk(len(maps), self.maps.numel())
+        dead = ~self.alive.any(dim=0)  # (K,)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             masks = torch.ones(len(ks), self.K, device=self.device)
             masks[torch.arange(len(ks)), ks] = 0
-            yield a, self._rsm_uppers(self._masked_batch(masks))
+            Zu = self._rsm_uppers(self._masked_batch(masks))
+            if bool(dead[ks].any()):
+                Zu[dead[ks]] = self._base_upper()[0]
+            yield a, Zu
 
     def sweep(self, order, target, ts):
         order = torch.as_tensor(np.asarray(order), device=self.device)
@@ -772,6 +843,7 @@ class _GenericProblem(_Problem):
                 with torch.inference_mode():
                     Et = _standardize_rows(self.fm.head.embed(x).double(), center=center)
                 ablated[r, a : a + len(ks)] = tv.correlate((Et @ std0[o].T).clamp(-1, 1)).cpu().numpy()
+            ablated[r, ~self.alive[t].cpu().numpy()] = base[r]  # a map that is zero in image t changes nothing
         return base, ablated
 
 
