@@ -297,11 +297,6 @@ class _PooledProblem(_Problem):
             return self.E
         return self.E * torch.as_tensor(np.asarray(keep, dtype=np.float64), device=self.device)
 
-    @staticmethod
-    def _z(num, v_i, v_j, alive_i, alive_j):
-        den = (v_i.clamp_min(1e-300) * v_j.clamp_min(1e-300)).sqrt()
-        return torch.where(alive_i & alive_j, num / den, torch.zeros_like(num)).clamp(-1.0, 1.0)
-
     def _alive(self, v, raw):
         """Rows with information: centred energy above round-off of the raw one (Pearson), non-zero (cosine)."""
         return v > _REL_EPS * raw if self.pearson else v > 0
@@ -337,8 +332,7 @@ class _PooledProblem(_Problem):
         """
         dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
-        alive = self._alive(v, raw)
-        r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
+        r = self._inv_sqrt(v, raw)
         b = r * dE
         if self.pearson:
             a = r * dD
@@ -396,16 +390,33 @@ class _PooledProblem(_Problem):
             the blocks. Within round-off of [-1, 1]: ranks and ties need no clamp.
         """
         Zu = torch.empty(C, self.n * (self.n - 1) // 2, dtype=self.E.dtype, device=self.device)
-        for r0, r1, lo, hi, cols in self._row_blocks(C):
-            Z = gram_block(r0, r1) * r[:, r0:r1, None]
-            Z *= r[:, None, r0:]
+        blocks = self._row_blocks(C)
+        if self.device.type != "cpu":
+            for r0, r1, lo, hi, cols in blocks:
+                Z = gram_block(r0, r1) * r[:, r0:r1, None]
+                Z *= r[:, None, r0:]
+                for x, y in terms:
+                    Z -= x[:, r0:r1, None] * y[:, None, r0:]
+                Zu[:, lo:hi] = torch.index_select(Z.reshape(C, -1), 1, cols)
+            return Zu
+        # CPU: the same operations in numpy, into two reused block buffers (numpy's take is ~3x
+        # torch's indexing for the gather, and writes straight into the triangle of one candidate).
+        Zn, rn = Zu.numpy(), r.numpy()
+        terms = [(x.numpy(), y.numpy()) for x, y in terms]
+        size = max(C * (r1 - r0) * (self.n - r0) for r0, r1, *_ in blocks)
+        buf, tmp = np.empty(size), np.empty(size)
+        for r0, r1, lo, hi, cols in blocks:
+            shape = (C, r1 - r0, self.n - r0)
+            Z, T = buf[: math.prod(shape)].reshape(shape), tmp[: math.prod(shape)].reshape(shape)
+            np.multiply(gram_block(r0, r1).numpy(), rn[:, r0:r1, None], out=Z)
+            Z *= rn[:, None, r0:]
             for x, y in terms:
-                Z -= x[:, r0:r1, None] * y[:, None, r0:]
-            Z = Z.reshape(C, -1)
-            if isinstance(cols, np.ndarray):  # numpy's take is ~3x torch's indexing for this gather
-                Zu[:, lo:hi] = torch.from_numpy(np.take(Z.numpy(), cols, axis=1))
+                np.multiply(x[:, r0:r1, None], y[:, None, r0:], out=T)
+                Z -= T
+            if C == 1:
+                np.take(Z.reshape(-1), cols, out=Zn[0, lo:hi], mode="clip")
             else:
-                Zu[:, lo:hi] = torch.index_select(Z, 1, cols)
+                Zn[:, lo:hi] = np.take(Z.reshape(C, -1), cols, axis=1)
         return Zu
 
     def _set_rows(self, zu, rows, z):
@@ -467,13 +478,17 @@ class _PooledProblem(_Problem):
         C = len(Eo)
         sel_t = torch.as_tensor(sel, device=self.device)
         v = cq - cs * cs / self.K if self.pearson else cq
-        r = torch.where(self._alive(v, cq), v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
+        r = self._inv_sqrt(v, cq)
         terms = ()
         if self.pearson:  # num_ij = G_ij - s_i s_j / K
             u = r * cs / math.sqrt(self.K)
             terms = ((u, u),)
 
         def prefix_grams(r0, r1):
+            if C == 1:  # G + e e^T, in place (the same sum as the prefix below)
+                Gb = G[r0:r1, r0:]
+                Gb += Eo[0, r0:r1, None] * Eo[0, None, r0:]
+                return Gb[None]
             cG = Eo[:, r0:r1, None] * Eo[:, None, r0:]  # outer products, then
             cG[0] += G[r0:r1, r0:]  # the previous chunk's sum enters every prefix through the first term
             cG = torch.cumsum(cG, dim=0)  # dense prefix Gram rectangles (sequential sums)
@@ -487,33 +502,45 @@ class _PooledProblem(_Problem):
         return self._scaled_upper(len(sel), prefix_grams, r, terms)
 
     def per_image(self, H, comparison, rows=None):
+        """Row t with map k ablated in image t only: ``num_tj = G_tj - e_tk (D or E)[j, k]`` for every
+        j (all n columns; the diagonal is masked out of the target), scaled by the rows' ``v^-1/2``.
+        Row 0 of each batch is the base (nothing ablated): the same arithmetic, so a map that is
+        zero in image t has a per-image AIS of exactly 0. Cost per image: (K + 1) x n element-wise
+        updates and the ranking of K + 1 rows."""
         rows_list = list(range(self.n) if rows is None else rows)
         base = np.zeros(len(rows_list))
         ablated = np.zeros((len(rows_list), self.K))
         zero = torch.zeros(1, dtype=self.E.dtype, device=self.device)
-        if self.pearson:
-            v_all, alive_all = self.vD, self._alive(self.vD, self.q)
-        else:
-            v_all, alive_all = self.q, self._alive(self.q, self.q)
-        for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
-            o = torch.as_tensor(others, device=self.device)
+        v_all, raw_all = (self.vD, self.q) if self.pearson else (self.q, self.q)
+        r_all = self._inv_sqrt(v_all, raw_all)
+        # (K + 1, n): row 0 zero (nothing ablated), row k + 1 map k's (centred) values in every image
+        src = torch.cat([torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device),
+                         self.Dt if self.pearson else self.Et])
+        Z = torch.empty_like(src)
+        for r, t in enumerate(rows_list):
+            row = np.array(H[t], dtype=np.float64)
+            row[t] = np.nan  # the diagonal never enters a comparison
+            tv = TargetVector(row, comparison, device=self.device, similarities=True)
             e_t = torch.cat([zero, self.E[t]])  # index 0: nothing ablated
             d_t = torch.cat([zero, self.D[t]]) if self.pearson else None
             v_t, raw_t, flagged = self._ablated_rows(e_t, d_t, t)
-            # k ablated in row t only: num_tj loses e_tk * (D or E)[j, k]
-            cols = torch.cat([torch.zeros(1, len(o), dtype=self.E.dtype, device=self.device),
-                              (self.D if self.pearson else self.E)[o].T])
-            num = self.G[t, o][None] - e_t[:, None] * cols
-            alive_t = self._alive(v_t, raw_t)
-            Zrow = self._z(num, v_t[:, None], v_all[o][None], alive_t[:, None], alive_all[o][None])
+            torch.mul(src, e_t[:, None], out=Z)
+            torch.sub(self.G[t][None], Z, out=Z)
+            Z *= self._inv_sqrt(v_t, raw_t)[:, None]
+            Z *= r_all[None]
+            Z.clamp_(-1.0, 1.0)
             flagged = torch.nonzero(flagged).flatten()
             if len(flagged):  # map k carried nearly all of row t's energy: recompute directly
                 e = self.E[t][None].repeat(len(flagged), 1)
                 e[torch.arange(len(flagged), device=self.device), flagged - 1] = 0
-                Zrow[flagged] = self._direct_rows(e, self.E[o])
-            rs = tv.correlate(Zrow).cpu().numpy()
+                Z[flagged] = self._direct_rows(e, self.E)
+            rs = tv.correlate(Z).cpu().numpy()
             base[r], ablated[r] = rs[0], rs[1:]
         return base, ablated
+
+    def _inv_sqrt(self, v, raw):
+        """``v^-1/2`` of rows with information, 0 for constant rows."""
+        return torch.where(self._alive(v, raw), v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
 
 
 # ---------------------------------------------------------------------------

@@ -388,6 +388,14 @@ class _KeyedSort(_NumpySorted):
     def dense(self, lo, hi):
         return (self.keys[:, lo:hi] & self.mask).view(np.int64)
 
+    def links(self, lo, hi):
+        """As the base class, without unpacking the grid in the common case: sorted neighbours whose
+        keys differ by at least ``(TIE_GAP + 1) << bits`` are more than TIE_GAP grid steps apart."""
+        k = self.keys[:, lo:hi]
+        if not (np.diff(k, axis=1) < np.uint64((TIE_GAP + 1) << self.bits)).any():
+            return None
+        return super().links(lo, hi)
+
     def grid(self, lo, hi):
         return (self.keys[:, lo:hi] >> np.uint64(self.bits)).view(np.int64)
 
