@@ -188,7 +188,22 @@ class _Problem:
         return None
 
     def leave_one_out(self, target: TargetVector, maps=None) -> tuple[float, np.ndarray]:
-        """(base score, score with each map in ``maps`` ablated in every image)."""
+        """Scores with each map ablated in every image (global AIS = base - score).
+
+        Parameters
+        ----------
+        target : TargetVector
+            The human upper triangle, from :meth:`target`.
+        maps : array-like of int, default=None
+            Maps to ablate (all by default).
+
+        Returns
+        -------
+        base : float
+            Score with every map; computed by the candidates' arithmetic, so a
+            dead map's score equals it exactly.
+        scores : ndarray of shape (len(maps),)
+        """
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
         out = np.empty(len(maps))
         cached = self._cached_loo()
@@ -216,11 +231,44 @@ class _Problem:
         return base, out
 
     def sweep(self, order, target: TargetVector, ts) -> np.ndarray:
-        """Score when only maps ``order[:t]`` are kept, for each t in ``ts``."""
+        """Scores along the ranked sweep.
+
+        Parameters
+        ----------
+        order : array-like of int, shape (K,)
+            Maps in ranked order.
+        target : TargetVector
+        ts : array-like of int
+            Numbers of kept maps (1 .. K).
+
+        Returns
+        -------
+        scores : ndarray of shape (len(ts),)
+            Score when only maps ``order[:t]`` are kept, for each t in ``ts``.
+        """
         raise NotImplementedError
 
     def per_image(self, H: np.ndarray, comparison: str, rows=None) -> tuple[np.ndarray, np.ndarray]:
-        """Row-wise base scores (n,) and ablated row scores (n, K)."""
+        """Per-image scores: row t of the RSM (diagonal excluded) against the human row, with each map
+        ablated in image t only.
+
+        Parameters
+        ----------
+        H : ndarray of shape (n, n)
+            Human similarities (NaN = missing).
+        comparison : str
+            One of ``COMPARISONS``.
+        rows : sequence of int, default=None
+            Images to score (all by default).
+
+        Returns
+        -------
+        base : ndarray of shape (len(rows),)
+            Row scores with every map.
+        ablated : ndarray of shape (len(rows), K)
+            Row scores with map k ablated in that image; equal to ``base`` exactly where map k is zero
+            in the image.
+        """
         raise NotImplementedError
 
     # Shared ----------------------------------------------------------------
@@ -875,7 +923,21 @@ class _GenericProblem(_Problem):
 
 
 def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
-    """Prepare the kernels for ``X`` (FeatureMaps or a 2-D (n, K) array)."""
+    """Prepare the kernels for ``X``.
+
+    Parameters
+    ----------
+    X : FeatureMaps or array-like of shape (n, K)
+        Feature maps with their head, or an embedding whose columns are the units.
+    similarity : {"pearson", "cosine"}, default="pearson"
+    device : str or torch.device, default="cpu"
+        Where the kernels run (``"cuda"``: the same computation on the GPU, with the same results).
+
+    Returns
+    -------
+    problem : _Problem
+        Pooled (rank-one updates), MLP (first-layer update) or generic (batched brute force) kernels.
+    """
     if isinstance(X, FeatureMaps):
         if isinstance(X.head, PoolingHead):
             return _PooledProblem(X.embed(), similarity, device)

@@ -773,7 +773,8 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
     target : array-like of shape (m,)
         NaN marks a missing entry. At least 3 observed entries, not all
         equal, and no +/-inf.
-    comparison : {"spearman", "pearson"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+        See the module docstring.
 
     Returns
     -------
@@ -812,9 +813,19 @@ def _check_correlation_inputs(candidates, target, cname, tname):
 def correlation(a, b, comparison: str = "spearman") -> float:
     """Correlation of two vectors, ignoring positions where ``b`` is NaN.
 
-    ``a`` (model side) must be finite where ``b`` is observed; ``b`` (human
-    side) needs at least 3 observed entries that are not all equal (else
-    ``ValueError``). A constant ``a`` correlates 0, with a warning.
+    Parameters
+    ----------
+    a : array-like of shape (m,)
+        Model side; finite where ``b`` is observed. A constant ``a``
+        correlates 0, with a warning.
+    b : array-like of shape (m,)
+        Human side; at least 3 observed entries that are not all equal
+        (else ``ValueError``).
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+
+    Returns
+    -------
+    r : float
     """
     a = _real_array(a, "a (model side)")
     if a.ndim != 1:

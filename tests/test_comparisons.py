@@ -132,3 +132,23 @@ def test_torch_route_gives_the_same_bits_as_the_cpu_routes(monkeypatch, comparis
     cpu = tv.correlate(c)
     monkeypatch.setattr(sim, "_CPU_SORT", "torch")
     assert torch.equal(tv.correlate(c), cpu)
+
+
+@pytest.mark.parametrize("comparison", NEW)
+def test_estimators_take_the_new_comparisons(comparison):
+    """AISSelector and AISHeatmapper accept every comparison and equal the naive algorithm with it."""
+    from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+    from sklearn_ais.backbones import PoolingHead
+
+    from ._reference import naive_ais, naive_image_scores
+
+    rng = np.random.default_rng(6)
+    X = (np.maximum(rng.normal(size=(12, 6)), 0) + 0.05).astype(np.float32).astype(np.float64)  # maps are float32
+    A = rng.normal(size=(12, 12))
+    H = np.round((A + A.T) / 2, 1)  # human ties
+    sel = AISSelector(comparison=comparison, device="cpu").fit(X, H)
+    base, ais = naive_ais(X, H, "pearson", comparison)
+    assert sel.baseline_score_ == pytest.approx(base, abs=1e-12)
+    np.testing.assert_allclose(sel.scores_, ais, atol=1e-12)
+    hm = AISHeatmapper(comparison=comparison, device="cpu").fit(FeatureMaps(X[:, :, None, None], PoolingHead()), H)
+    np.testing.assert_allclose(hm.image_scores_, naive_image_scores(X, H, "pearson", comparison), atol=1e-9)
