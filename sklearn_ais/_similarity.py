@@ -329,9 +329,10 @@ class _NumpySorted:
     def dot(self, lo, hi, target):
         """(nb,) ``sum(a_p b_p)`` over sorted positions lo..hi, int64 (exact: callers bound hi - lo)."""
         d = self.dense(lo, hi)
-        if target.tied:
-            return target.b_of(d) @ target.a[lo:hi]
-        return 2 * (d @ target.a[lo:hi])  # sum(a) = 0 over a row: b's offset drops out
+        b = target.b_of(d) if target.tied else d
+        # one row: numpy's 1-D int64 dot is ~2x its (1, k) @ (k,) matmul
+        dot = np.dot(b[0], target.a[lo:hi])[None] if len(b) == 1 else b @ target.a[lo:hi]
+        return dot if target.tied else 2 * dot  # sum(a) = 0 over a row: b's offset drops out
 
     def links(self, lo, hi):
         """(rows, p) of sorted neighbours p, p + 1 (lo <= p < hi - 1) that tie under the rule, or None."""
@@ -361,6 +362,7 @@ class _KeyedSort(_NumpySorted):
         self.bits = target.bits
         self.mask = np.uint64((1 << self.bits) - 1)
         grid_buf, keys_buf = buffers  # reused across blocks: no page faults per block
+        self.gaps = grid_buf.view(np.uint64)  # reused by links() once the keys are built
         keys = keys_buf[: self.nb]
         dense = target.dense.astype(np.uint64)
         for s0 in range(0, m, seg):
@@ -379,10 +381,13 @@ class _KeyedSort(_NumpySorted):
     @staticmethod
     def lowest_grid(target, cb, similarities):
         """The block's smallest grid index when its keys fit in 64 bits (values in [-1, 1]), else None."""
-        lo, hi = cb.min(), cb.max()
+        lo = cb.min()
+        lowest = tie_grid(lo)
+        if similarities and (target.bits <= 20 or (lowest > 0 and target.bits <= 21)):
+            return lowest  # grid indices lie in [0, 2**43] ([1, 2**43] above -1): the span fits, no max pass
+        hi = cb.max()
         if not similarities and (lo < -1 or hi > 1):
             return None
-        lowest = tie_grid(lo)
         return lowest if int(tie_grid(hi) - lowest).bit_length() + target.bits <= 64 else None
 
     def dense(self, lo, hi):
@@ -392,7 +397,9 @@ class _KeyedSort(_NumpySorted):
         """As the base class, without unpacking the grid in the common case: sorted neighbours whose
         keys differ by at least ``(TIE_GAP + 1) << bits`` are more than TIE_GAP grid steps apart."""
         k = self.keys[:, lo:hi]
-        if not (np.diff(k, axis=1) < np.uint64((TIE_GAP + 1) << self.bits)).any():
+        gaps = self.gaps[: k.shape[0], : k.shape[1] - 1]
+        np.subtract(k[:, 1:], k[:, :-1], out=gaps)
+        if gaps.size == 0 or gaps.min() >= np.uint64((TIE_GAP + 1) << self.bits):
             return None
         return super().links(lo, hi)
 
