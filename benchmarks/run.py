@@ -637,18 +637,37 @@ def things_point(cfg, device):
     tv = probe.target(upper_triangle(H), "spearman")
     floor_before = _sort_timings(probe, tv, cfg["floor_repeats"])
     del probe
+    from sklearn_ais import _similarity as sim
+
+    in_fit = dict(n=0, wall=0.0, cpu=0.0)
+    plain_sort = sim._KeyedSort._sort
+
+    def counted_sort(self):  # the sorts our own fit performs, timed where they run
+        w0, c0 = time.perf_counter(), time.process_time()
+        plain_sort(self)
+        in_fit["wall"] += time.perf_counter() - w0
+        in_fit["cpu"] += time.process_time() - c0
+        in_fit["n"] += 1
+
+    sim._KeyedSort._sort = counted_sort
     cpu0 = own_cpu_s()
-    t, _, sel = timed(lambda: AISSelector(device=str(device)).fit(X, H), 1, device)
+    try:
+        t, _, sel = timed(lambda: AISSelector(device=str(device)).fit(X, H), 1, device)
+    finally:
+        sim._KeyedSort._sort = plain_sort
     res.update(ours_s=t, ours_cpu_s=own_cpu_s() - cpu0, peak_rss_fit_mb=rss_peak_mb(),
-               peak_gpu_mb=gpu_peak_mb(device))
+               peak_gpu_mb=gpu_peak_mb(device), sorts_in_fit=in_fit["n"], sort_in_fit_s=in_fit["wall"],
+               sort_in_fit_cpu_s=in_fit["cpu"])
     log(f"case 6: fit {t:.1f} s")
     probe = mk(X, "pearson", str(device))
     floor_after = _sort_timings(probe, tv, cfg["floor_repeats"])
     res["sorts"] = dict(before=floor_before, after=floor_after)
-    per_sort = float(np.mean([floor_before.get("fresh_quicksort_s", np.nan), floor_after.get("fresh_quicksort_s", np.nan)]))
-    res["floor_per_sort_s"] = per_sort
-    res["floor_s"] = (2 * K + 1) * per_sort  # every candidate (base, K leave-one-out, K sweep steps) is one sort of m keys
-    res["ours_over_floor"] = t / res["floor_s"]
+    # The floor: the sorts of m keys our fit performed (one per candidate: base, K leave-one-out, K sweep
+    # steps), timed where they ran, so that they saw the same machine load as the rest of the fit.
+    res["floor_s"], res["floor_cpu_s"] = res["sort_in_fit_s"], res["sort_in_fit_cpu_s"]
+    res["floor_per_sort_s"] = res["sort_in_fit_s"] / max(1, res["sorts_in_fit"])
+    res["ours_over_floor"] = t / res["floor_s"] if res["floor_s"] else float("nan")
+    res["ours_over_floor_cpu"] = res["ours_cpu_s"] / res["floor_cpu_s"] if res["floor_cpu_s"] else float("nan")
     # agreement on a subset, batched naive (zero the map, corrcoef, scipy)
     ais = sel.scores_
     order = np.argsort(-ais, kind="stable")
@@ -769,6 +788,7 @@ def evaluate_targets(results):
     r = results.get("6")
     if r and "ours_s" in r:
         out["6"] = dict(le_3min=r["ours_s"] <= 180, le_2x_sort_floor=r["ours_over_floor"] <= 2.0,
+                        le_2x_sort_floor_cpu=r["ours_over_floor_cpu"] <= 2.0,
                         peak_rss_le_4gb=r["peak_rss_mb"] <= 4096, alpha_le_2_3=r.get("time_exponent", 9) <= 2.3,
                         agreement=r["agreement_ok"])
     r = results.get("7")
@@ -835,8 +855,9 @@ def print_table(results, targets, quick):
             lines.append(f"{'   (CPU time of our process)':<34} {_fmt_s(r.get('ours_cpu_s')):>10}   "
                          "(wall time above; the difference is time other processes held the cores)")
             lines.append(f"{'   sorting floor':<34} {_fmt_s(r['floor_s']):>10}   ours/floor = {r['ours_over_floor']:.2f}"
-                         f"  ({2 * r['K'] + 1} sorts of m = {r['m_pairs']:,} uint64 keys, "
-                         f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, numpy's sort, measured in-process)")
+                         f" (CPU time: {_fmt_s(r['floor_cpu_s'])}, ours/floor = {r['ours_over_floor_cpu']:.2f}); "
+                         f"{r['sorts_in_fit']} sorts of m = {r['m_pairs']:,} uint64 keys, "
+                         f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit")
             srt = r["sorts"]["after"]
             if "fresh_quicksort_s" in srt:
                 lines.append(f"{'   presorting (per sort)':<34} fresh {srt['fresh_quicksort_s'] * 1e3:.1f} ms; in base order:"
