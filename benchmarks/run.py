@@ -801,6 +801,36 @@ def evaluate_targets(results):
     return out
 
 
+def _case6_rows(r, row, lines):
+    """Table rows of case 6 (THINGS-sized): fit, sorting floor, presorting, per-image, scaling."""
+    row(f"6: THINGS n={r['n']} K={r['K']} AIS+sweep", r["ours_s"], None, "", r["peak_rss_fit_mb"],
+        r["max_abs_diff"])
+    lines.append(f"{'   (CPU time of our process)':<34} {_fmt_s(r.get('ours_cpu_s')):>10}   "
+                 "(wall time above; the difference is time other processes held the cores)")
+    lines.append(f"{'   sorting floor':<34} {_fmt_s(r['floor_s']):>10}   ours/floor = {r['ours_over_floor']:.2f}"
+                 f" (CPU time: {_fmt_s(r['floor_cpu_s'])}, ours/floor = {r['ours_over_floor_cpu']:.2f}); "
+                 f"{r['sorts_in_fit']} sorts of m = {r['m_pairs']:,} uint64 keys, "
+                 f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit")
+    srt = r["sorts"]["after"]
+    if "fresh_quicksort_s" in srt:
+        lines.append(f"{'   presorting (per sort)':<34} fresh {srt['fresh_quicksort_s'] * 1e3:.1f} ms; in base order:"
+                     f" gather {srt['gather_to_base_order_s'] * 1e3:.1f} ms + quicksort "
+                     f"{srt['presorted_quicksort_s'] * 1e3:.1f} ms / merge sort "
+                     f"{srt['presorted_mergesort_s'] * 1e3:.1f} ms (fresh merge sort "
+                     f"{srt['fresh_mergesort_s'] * 1e3:.1f} ms, torch {srt['torch_sort_s'] * 1e3:.1f} ms; "
+                     f"mean displacement {srt['displacement_mean']:.0f} positions)")
+    if "per_image_s" in r:
+        row("6: THINGS per-image AIS", r["per_image_s"], None, "", r["peak_rss_mb"],
+            r.get("max_abs_diff_per_image"))
+    for p in r["points"][:-1]:
+        if "ours_s" in p:
+            row(f"6: GAP K={r['K']} n={p['n']}", p["ours_s"], None, "", p["peak_rss_mb"])
+    if "time_exponent" in r:
+        ns = [p["n"] for p in r["points"] if "ours_s" in p]
+        lines.append(f"{'   fitted exponent (log-log)':<34} time ~ n^{r['time_exponent']:.2f} over n = "
+                     f"{min(ns)} .. {max(ns)} (CPU time ~ n^{r.get('cpu_time_exponent', float('nan')):.2f})")
+
+
 def print_table(results, targets, quick):
     hdr = (f"{'case':<34} {'ours':>10} {'naive':>10} {'naive src':>9} {'ratio':>8} {'peak RSS':>9} "
            f"{'max|d2OI|':>10} {'naive-fp':>9} {'ranks':>10}")
@@ -850,32 +880,7 @@ def print_table(results, targets, quick):
         if "error" in r:
             lines.append(f"{'6':<34} ERROR: {r['error']}")
         else:
-            row(f"6: THINGS n={r['n']} K={r['K']} AIS+sweep", r["ours_s"], None, "", r["peak_rss_fit_mb"],
-                r["max_abs_diff"])
-            lines.append(f"{'   (CPU time of our process)':<34} {_fmt_s(r.get('ours_cpu_s')):>10}   "
-                         "(wall time above; the difference is time other processes held the cores)")
-            lines.append(f"{'   sorting floor':<34} {_fmt_s(r['floor_s']):>10}   ours/floor = {r['ours_over_floor']:.2f}"
-                         f" (CPU time: {_fmt_s(r['floor_cpu_s'])}, ours/floor = {r['ours_over_floor_cpu']:.2f}); "
-                         f"{r['sorts_in_fit']} sorts of m = {r['m_pairs']:,} uint64 keys, "
-                         f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit")
-            srt = r["sorts"]["after"]
-            if "fresh_quicksort_s" in srt:
-                lines.append(f"{'   presorting (per sort)':<34} fresh {srt['fresh_quicksort_s'] * 1e3:.1f} ms; in base order:"
-                             f" gather {srt['gather_to_base_order_s'] * 1e3:.1f} ms + quicksort "
-                             f"{srt['presorted_quicksort_s'] * 1e3:.1f} ms / merge sort "
-                             f"{srt['presorted_mergesort_s'] * 1e3:.1f} ms (fresh merge sort "
-                             f"{srt['fresh_mergesort_s'] * 1e3:.1f} ms, torch {srt['torch_sort_s'] * 1e3:.1f} ms; "
-                             f"mean displacement {srt['displacement_mean']:.0f} positions)")
-            if "per_image_s" in r:
-                row("6: THINGS per-image AIS", r["per_image_s"], None, "", r["peak_rss_mb"],
-                    r.get("max_abs_diff_per_image"))
-            for p in r["points"][:-1]:
-                if "ours_s" in p:
-                    row(f"6: GAP K={r['K']} n={p['n']}", p["ours_s"], None, "", p["peak_rss_mb"])
-            if "time_exponent" in r:
-                ns = [p["n"] for p in r["points"] if "ours_s" in p]
-                lines.append(f"{'   fitted exponent (log-log)':<34} time ~ n^{r['time_exponent']:.2f} over n = "
-                             f"{min(ns)} .. {max(ns)} (CPU time ~ n^{r.get('cpu_time_exponent', float('nan')):.2f})")
+            _case6_rows(r, row, lines)
     r = results.get("5")
     if r:
         if "error" in r:
