@@ -249,3 +249,23 @@ def test_torch_rank_route_through_the_kernels_gives_the_same_bits(rng, monkeypat
         monkeypatch.setattr(sim, "_CPU_SORT", "numpy")
         np.testing.assert_array_equal(a.scores_, b.scores_)
         np.testing.assert_array_equal(a.path_scores_, b.path_scores_)
+
+
+def test_leave_one_out_stack_is_not_kept_beyond_its_budget(rng, monkeypatch):
+    """At large n the K x n_pairs stack would not fit: the parent keeps nothing, subsets compute
+    their own leave-one-out (still equal to the naive algorithm)."""
+    import sklearn_ais._ablation as ab
+
+    n, K = 10, 4
+    X = np.maximum(rng.normal(size=(n, K)), 0) + 0.1
+    H = _human(rng, n)
+    monkeypatch.setattr(ab, "_STACK_BUDGET", K * n * (n - 1) // 2 - 1)  # one element short
+    parent = make_problem(X, "pearson")
+    parent.cache_loo = True
+    parent.leave_one_out(parent.target(H[np.triu_indices(n, 1)], "spearman"))
+    assert parent._loo_stack is None and parent.loo_stack() is None
+    idx = np.arange(7)
+    sub = parent.subset(idx)
+    Hs = H[np.ix_(idx, idx)]
+    base, loo = sub.leave_one_out(sub.target(Hs[np.triu_indices(7, 1)], "spearman"))
+    np.testing.assert_allclose(base - loo, naive_ais(X[idx], Hs, "pearson", "spearman")[1], atol=1e-9)
