@@ -387,8 +387,8 @@ class _KeyedSort(_NumpySorted):
         """The block's smallest grid index when its keys fit in 64 bits (values in [-1, 1]), else None."""
         lo = cb.min()
         lowest = tie_grid(lo)
-        if similarities and (target.bits <= 20 or (lowest > 0 and target.bits <= 21)):
-            return lowest  # grid indices lie in [0, 2**43] ([1, 2**43] above -1): the span fits, no max pass
+        if similarities and target.bits <= 20:
+            return lowest  # similarities within round-off of [-1, 1]: the grid span is below 2**44, no max pass
         hi = cb.max()
         if not similarities and (lo < -1 or hi > 1):
             return None
