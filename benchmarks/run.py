@@ -60,6 +60,9 @@ FULL = {
     "case4": dict(gap=dict(n=120, K=2048, hw=7, batch1_maps=4),
                   vgg=dict(n=120, K=512, hw=14, batch1_maps=1, head="vgg16")),
     "case5": dict(ns=[60, 120, 240, 480, 960], K=2048, hw=7, budget_s=300, size_limit_s=200),
+    "case6": dict(n=1854, K=1280, ns=[240, 480, 960], floor_repeats=5, agree_maps=3, agree_ts=3, agree_rows=2,
+                  per_image=True),
+    "case7": dict(n=1000, K=512, hw=14, repeats=1, batch1_maps=1, agree_maps=4, agree_ts=3, head="vgg16"),
 }
 QUICK = {
     "case1": dict(n=40, K=128, hw=7, repeats=3, batch1_maps=8, agree_maps="all", agree_ts="all"),
@@ -68,11 +71,14 @@ QUICK = {
     "case4": dict(gap=dict(n=40, K=64, hw=7, batch1_maps=4),
                   vgg=dict(n=30, K=32, hw=14, batch1_maps=2, head="tiny")),
     "case5": dict(ns=[20, 40, 80], K=128, hw=7, budget_s=10, size_limit_s=10),
+    "case6": dict(n=160, K=64, ns=[40, 80], floor_repeats=3, agree_maps=3, agree_ts=3, agree_rows=2, per_image=True),
+    "case7": dict(n=40, K=32, hw=14, repeats=1, batch1_maps=2, agree_maps=4, agree_ts=4, head="tiny"),
 }
 TINY = {
     "case1": dict(n=16, K=24, hw=3, repeats=1, batch1_maps=4, agree_maps="all", agree_ts="all"),
     "case2": dict(n=12, K=8, hw=4, repeats=1, batch1_maps=2, agree_maps="all", agree_ts="all", head="tiny"),
     "case3": dict(n=12, K=8, hw=4, repeats=1, batch1_rows=2, batch1_maps=4, agree_rows=3, head="tiny"),
+    "case6": dict(n=40, K=12, ns=[16, 24], floor_repeats=1, agree_maps=3, agree_ts=3, agree_rows=2, per_image=True),
 }
 
 TARGETS = {
@@ -81,6 +87,9 @@ TARGETS = {
     "case3": "ours >= 50x faster than naive",
     "case4": "VGG16 protocol < 10 min",
     "case5": "time no worse than quadratic in n (slope <= 2)",
+    "case6": "n = 1854, K = 1280 global AIS + sweep <= 3 min, <= 2x the sorting floor, peak RSS <= 4 GB, "
+             "time ~ n^alpha with alpha <= 2.3 (n = 240 .. 1854)",
+    "case7": "VGG16 head at n = 1000: reported (no target)",
 }
 
 
@@ -262,7 +271,7 @@ def pick_maps(order, q, rng):
     mid = K // 2 - part // 2
     chosen = list(order[:part]) + list(order[mid : mid + part]) + list(order[-part:])
     rest = np.setdiff1d(np.arange(K), chosen)
-    chosen += list(rng.choice(rest, size=min(len(rest), q - len(chosen)), replace=False))
+    chosen += list(rng.choice(rest, size=max(0, min(len(rest), q - len(chosen))), replace=False))
     return np.unique(np.asarray(chosen, dtype=np.int64))
 
 
@@ -316,6 +325,7 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
         sel_holder["sel"] = AISSelector(device=str(device)).fit(X, H)
 
     times = []
+    cpu0 = own_cpu_s()
     for _ in range(cfg["repeats"]):
         t, _, _ = timed(ours, 1, device)
         times.append(t)
@@ -325,6 +335,7 @@ def _selector_case(name, cfg, device, head_kind=None, floor=False, seed=0):
     log(f"{name}: ours {times}")
     res["ours_s"] = float(np.median(times))
     res["ours_times_s"] = times
+    res["ours_cpu_s"] = (own_cpu_s() - cpu0) / cfg["repeats"]  # includes the GEMM-floor samples of case 2
     res["peak_rss_mb"] = rss_peak_mb()
     res["peak_gpu_mb"] = gpu_peak_mb(device)
     res["baseline_2oi"] = float(sel.baseline_score_)
@@ -532,9 +543,10 @@ def scale_point(n, K, hw, device, repeats):
     H = make_human(rng, maps)
     X = FeatureMaps(maps, PoolingHead("avg"))
     rss0 = rss_now_mb()
+    cpu0 = own_cpu_s()
     t, times, _ = timed(lambda: AISSelector(device=str(device)).fit(X, H), repeats, device)
-    return dict(n=n, K=K, ours_s=t, ours_times_s=times, rss_setup_mb=rss0, peak_rss_mb=rss_peak_mb(),
-                peak_gpu_mb=gpu_peak_mb(device))
+    return dict(n=n, K=K, ours_s=t, ours_times_s=times, ours_cpu_s=(own_cpu_s() - cpu0) / repeats,
+                rss_setup_mb=rss0, peak_rss_mb=rss_peak_mb(), peak_gpu_mb=gpu_peak_mb(device))
 
 
 def case5(cfg, device, threads=1):
@@ -571,7 +583,147 @@ def case5(cfg, device, threads=1):
     return res
 
 
-CASES = {"1": case1, "2": case2, "3": case3, "4": case4, "5": case5}
+def _sort_timings(problem, target, repeats):
+    """Seconds per sort of one candidate's m keys: fresh (numpy's sort, the floor) and the presorted
+    alternatives of issue 17 (keys gathered into the base order, then quicksort / adaptive merge sort)."""
+    from sklearn_ais import _similarity as sim
+
+    base = problem._base_upper().cpu().numpy()
+    cand = next(iter(problem._loo_uppers(np.array([problem.K // 2]))))[1].cpu().numpy()
+    out = {}
+    keys = {}
+    for name, z in (("base", base), ("candidate", cand)):
+        lowest = sim._KeyedSort.lowest_grid(target.ranks, z, True)
+        if lowest is None:
+            return dict(error="keys do not fit: the argsort route is taken")
+        buf = (np.empty((1, min(sim._SEGMENT, z.shape[1]))), np.empty(z.shape, dtype=np.uint64))
+        keys[name] = sim._KeyedSort(target.ranks, z, lowest, min(sim._SEGMENT, z.shape[1]), buf).keys[0].copy()
+    # unsort the candidate's keys back to triangle order (as the kernels produce them) ...
+    z = cand[0]
+    lowest = sim._KeyedSort.lowest_grid(target.ranks, cand, True)
+    g = (np.trunc(z * sim.TIE_GRID + (sim.TIE_GRID + 0.5)) - lowest).astype(np.uint64)
+    fresh = (g << np.uint64(target.ranks.bits)) | target.ranks.dense.astype(np.uint64)
+    base_order = np.argsort(base[0], kind="stable")
+
+    def t(fn):
+        return timed(fn, repeats)[0]
+
+    out["fresh_quicksort_s"] = t(lambda: np.sort(fresh))
+    out["gather_to_base_order_s"] = t(lambda: fresh[base_order])
+    pre = fresh[base_order]
+    out["presorted_quicksort_s"] = t(lambda: np.sort(pre))
+    out["presorted_mergesort_s"] = t(lambda: np.sort(pre, kind="stable"))
+    out["fresh_mergesort_s"] = t(lambda: np.sort(fresh, kind="stable"))
+    out["torch_sort_s"] = t(lambda: torch.sort(torch.from_numpy(fresh.view(np.int64))))
+    pos = np.empty(len(fresh), dtype=np.int64)
+    pos[np.argsort(pre, kind="stable")] = np.arange(len(fresh))
+    d = np.abs(pos - np.arange(len(fresh)))
+    out["displacement_mean"], out["displacement_p99"] = float(d.mean()), float(np.percentile(d, 99))
+    return out
+
+
+def things_point(cfg, device):
+    """Case-6 worker at n = cfg['n']: fit (global AIS + full sweep), the sorting floor, agreement on
+    a subset, per-image AIS; all in one process, RSS read after each step."""
+    from sklearn_ais._ablation import make_problem as mk
+    from sklearn_ais._similarity import upper_triangle
+
+    rng = np.random.default_rng(0)
+    n, K = cfg["n"], cfg["K"]
+    maps = make_maps(rng, n, K, 1)
+    H = make_human(rng, maps)
+    X = FeatureMaps(maps, PoolingHead("avg"))
+    res = dict(case="6: THINGS-sized GAP", n=n, K=K, m_pairs=n * (n - 1) // 2, device=str(device),
+               rss_setup_mb=rss_now_mb())
+    probe = mk(X, "pearson", str(device))
+    tv = probe.target(upper_triangle(H), "spearman")
+    floor_before = _sort_timings(probe, tv, cfg["floor_repeats"])
+    del probe
+    from sklearn_ais import _similarity as sim
+
+    in_fit = dict(n=0, wall=0.0, cpu=0.0)
+    plain_sort = sim._KeyedSort._sort
+
+    def counted_sort(self):  # the sorts our own fit performs, timed where they run
+        w0, c0 = time.perf_counter(), time.process_time()
+        plain_sort(self)
+        in_fit["wall"] += time.perf_counter() - w0
+        in_fit["cpu"] += time.process_time() - c0
+        in_fit["n"] += 1
+
+    sim._KeyedSort._sort = counted_sort
+    cpu0 = own_cpu_s()
+    try:
+        t, _, sel = timed(lambda: AISSelector(device=str(device)).fit(X, H), 1, device)
+    finally:
+        sim._KeyedSort._sort = plain_sort
+    res.update(ours_s=t, ours_cpu_s=own_cpu_s() - cpu0, peak_rss_fit_mb=rss_peak_mb(),
+               peak_gpu_mb=gpu_peak_mb(device), sorts_in_fit=in_fit["n"], sort_in_fit_s=in_fit["wall"],
+               sort_in_fit_cpu_s=in_fit["cpu"])
+    log(f"case 6: fit {t:.1f} s")
+    probe = mk(X, "pearson", str(device))
+    floor_after = _sort_timings(probe, tv, cfg["floor_repeats"])
+    res["sorts"] = dict(before=floor_before, after=floor_after)
+    # The floor: the sorts of m keys our fit performed (one per candidate: base, K leave-one-out, K sweep
+    # steps), timed where they ran, so that they saw the same machine load as the rest of the fit.
+    res["floor_s"], res["floor_cpu_s"] = res["sort_in_fit_s"], res["sort_in_fit_cpu_s"]
+    res["floor_per_sort_s"] = res["sort_in_fit_s"] / max(1, res["sorts_in_fit"])
+    res["ours_over_floor"] = t / res["floor_s"] if res["floor_s"] else float("nan")
+    res["ours_over_floor_cpu"] = res["ours_cpu_s"] / res["floor_cpu_s"] if res["floor_cpu_s"] else float("nan")
+    # agreement on a subset, batched naive (zero the map, corrcoef, scipy)
+    ais = sel.scores_
+    order = np.argsort(-ais, kind="stable")
+    ks = np.unique(np.r_[order[0], order[K // 2], order[-1]])[: cfg["agree_maps"]]
+    ts = np.unique(np.r_[1, sel.n_features_to_select_, K // 2])[: cfg["agree_ts"]]
+    base_n, vals_n = naive.naive_loo(maps, X.head, H, ks, batch1=False)
+    sw_n = naive.naive_sweep(maps, X.head, H, order, ts, batch1=False)
+    diffs = np.r_[abs(base_n - sel.baseline_score_), np.abs(vals_n - (sel.baseline_score_ - ais[ks])),
+                  np.abs(sw_n - sel.path_scores_[ts - 1])]
+    res.update(max_abs_diff=float(diffs.max()), agree_maps=len(ks), agree_ts=len(ts))
+    if cfg.get("per_image"):
+        cpu0 = own_cpu_s()
+        t_pi, _, (pb, pa) = timed(lambda: probe.per_image(H, "spearman"), 1, device)
+        res.update(per_image_s=t_pi, per_image_cpu_s=own_cpu_s() - cpu0, peak_rss_mb=rss_peak_mb())
+        log(f"case 6: per-image {t_pi:.1f} s")
+        rows = list(np.linspace(0, n - 1, cfg["agree_rows"]).round().astype(int))
+        b_n, v_n = naive.naive_per_image(maps, X.head, H, rows, ks, batch1=False)
+        d_pi = np.r_[np.abs(b_n - pb[rows]), np.abs(v_n - pa[np.ix_(rows, ks)]).ravel()]
+        res["max_abs_diff_per_image"] = float(d_pi.max())
+        diffs = np.r_[diffs, d_pi]
+    else:
+        res["peak_rss_mb"] = rss_peak_mb()
+    res["agreement_ok"] = bool(diffs.max() <= AGREE_TOL)
+    return res
+
+
+def case6(cfg, device, threads=1):
+    """THINGS-sized: the full point at n = 1854 and the scaling fit over cfg['ns'] + [n]."""
+    res = _subprocess(["--worker", "things", "--n", str(cfg["n"]), "--K", str(cfg["K"]), "--device", str(device),
+                       "--threads", str(threads)] + (["--quick"] if cfg is QUICK["case6"] else []))
+    points = []
+    for n in cfg["ns"]:
+        p = _subprocess(["--worker", "scale", "--n", str(n), "--K", str(cfg["K"]), "--hw", "1",
+                         "--repeats", "1", "--device", str(device), "--threads", str(threads)])
+        p.setdefault("n", n)
+        points.append(p)
+    if "ours_s" in res:
+        points.append(dict(n=cfg["n"], K=cfg["K"], ours_s=res["ours_s"], ours_cpu_s=res["ours_cpu_s"],
+                           peak_rss_mb=res["peak_rss_fit_mb"]))
+    res["points"] = points
+    ok = [p for p in points if "ours_s" in p]
+    if len(ok) >= 2:
+        ln = np.log([p["n"] for p in ok])
+        res["time_exponent"] = float(np.polyfit(ln, np.log([p["ours_s"] for p in ok]), 1)[0])
+        res["cpu_time_exponent"] = float(np.polyfit(ln, np.log([p["ours_cpu_s"] for p in ok]), 1)[0])
+    return res
+
+
+def case7(cfg, device):
+    return _selector_case(f"7: VGG16 global AIS + sweep, n={cfg['n']}", cfg, device, head_kind=cfg.get("head", "vgg16"),
+                          floor=True)
+
+
+CASES = {"1": case1, "2": case2, "3": case3, "4": case4, "5": case5, "6": case6, "7": case7}
 
 
 # ---------------------------------------------------------------------------
@@ -635,11 +787,50 @@ def evaluate_targets(results):
     r = results.get("4")
     if r and "vgg" in r and "ours_s" in r["vgg"]:
         out["4"] = dict(vgg_lt_10min=r["vgg"]["ours_s"] < 600)
+    r = results.get("6")
+    if r and "ours_s" in r:
+        out["6"] = dict(le_3min=r["ours_s"] <= 180, le_2x_sort_floor=r["ours_over_floor"] <= 2.0,
+                        le_2x_sort_floor_cpu=r["ours_over_floor_cpu"] <= 2.0,
+                        peak_rss_le_4gb=r["peak_rss_mb"] <= 4096, alpha_le_2_3=r.get("time_exponent", 9) <= 2.3,
+                        agreement=r["agreement_ok"])
+    r = results.get("7")
+    if r and "speedup" in r:
+        out["7"] = dict(agreement=r["agreement_ok"])
     r = results.get("5")
     if r and "time_exponent" in r:
         out["5"] = dict(time_exponent_le_2=r["time_exponent"] <= 2.0 + 0.05,
                         time_exponent_le_n2logn=r["time_exponent"] <= r["n2logn_reference_exponent"] + 0.05)
     return out
+
+
+def _case6_rows(r, row, lines):
+    """Table rows of case 6 (THINGS-sized): fit, sorting floor, presorting, per-image, scaling."""
+    row(f"6: THINGS n={r['n']} K={r['K']} AIS+sweep", r["ours_s"], None, "", r["peak_rss_fit_mb"],
+        r["max_abs_diff"])
+    lines.append(f"{'   (CPU time of our process)':<34} {_fmt_s(r.get('ours_cpu_s')):>10}   "
+                 "(wall time above; the difference is time other processes held the cores)")
+    lines.append(f"{'   sorting floor':<34} {_fmt_s(r['floor_s']):>10}   ours/floor = {r['ours_over_floor']:.2f}"
+                 f" (CPU time: {_fmt_s(r['floor_cpu_s'])}, ours/floor = {r['ours_over_floor_cpu']:.2f}); "
+                 f"{r['sorts_in_fit']} sorts of m = {r['m_pairs']:,} uint64 keys, "
+                 f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit")
+    srt = r["sorts"]["after"]
+    if "fresh_quicksort_s" in srt:
+        lines.append(f"{'   presorting (per sort)':<34} fresh {srt['fresh_quicksort_s'] * 1e3:.1f} ms; in base order:"
+                     f" gather {srt['gather_to_base_order_s'] * 1e3:.1f} ms + quicksort "
+                     f"{srt['presorted_quicksort_s'] * 1e3:.1f} ms / merge sort "
+                     f"{srt['presorted_mergesort_s'] * 1e3:.1f} ms (fresh merge sort "
+                     f"{srt['fresh_mergesort_s'] * 1e3:.1f} ms, torch {srt['torch_sort_s'] * 1e3:.1f} ms; "
+                     f"mean displacement {srt['displacement_mean']:.0f} positions)")
+    if "per_image_s" in r:
+        row("6: THINGS per-image AIS", r["per_image_s"], None, "", r["peak_rss_mb"],
+            r.get("max_abs_diff_per_image"))
+    for p in r["points"][:-1]:
+        if "ours_s" in p:
+            row(f"6: GAP K={r['K']} n={p['n']}", p["ours_s"], None, "", p["peak_rss_mb"])
+    if "time_exponent" in r:
+        ns = [p["n"] for p in r["points"] if "ours_s" in p]
+        lines.append(f"{'   fitted exponent (log-log)':<34} time ~ n^{r['time_exponent']:.2f} over n = "
+                     f"{min(ns)} .. {max(ns)} (CPU time ~ n^{r.get('cpu_time_exponent', float('nan')):.2f})")
 
 
 def print_table(results, targets, quick):
@@ -658,7 +849,7 @@ def print_table(results, targets, quick):
             return None
         return "identical" if r["ranking_identical"] else f"{r['discordant_pairs']} disc."
 
-    for key in ("1", "2", "3"):
+    for key in ("1", "2", "3", "7"):
         r = results.get(key)
         if not r:
             continue
@@ -669,7 +860,7 @@ def print_table(results, targets, quick):
             r.get("naive_self_diff"))
         row("   vs batched naive (info)", r["ours_s"], r["naive_batched_s"],
             "measured" if r["naive_batched_kind"].startswith("measured") else "scaled", None)
-        if key == "2":
+        if key in ("2", "7"):
             if "dense_sweep_floor_s" in r:
                 lines.append(f"{'   (floor counting every sweep row)':<34} {_fmt_s(r['dense_sweep_floor_s']):>10}   "
                              f"ours/floor = {r['ours_over_dense_sweep_floor']:.2f}  ({r['fc7_rows_loo'] + r['n'] * r['K']} "
@@ -686,6 +877,12 @@ def print_table(results, targets, quick):
             for k in ("gap", "vgg"):
                 c = r[k]
                 row(f"4: CV 5x8 {k.upper()} ({c.get('folds', c.get('folds_total'))} folds)", c["ours_s"], c["naive_s"], "estimate", c["peak_rss_mb"])
+    r = results.get("6")
+    if r:
+        if "error" in r:
+            lines.append(f"{'6':<34} ERROR: {r['error']}")
+        else:
+            _case6_rows(r, row, lines)
     r = results.get("5")
     if r:
         if "error" in r:
@@ -758,6 +955,8 @@ def main(argv=None):
     if args.worker:
         if args.worker == "scale":
             out = scale_point(args.n, args.K, args.hw, device, args.repeats)
+        elif args.worker == "things":
+            out = things_point(sizes["case6"], device)
         else:
             out = run_case_inprocess(args.worker, sizes, device)
         with open(args.json_out, "w") as f:
@@ -776,6 +975,8 @@ def main(argv=None):
         tk = time.perf_counter()
         if k == "5":
             results[k] = case5(sizes["case5"], device, args.threads)
+        elif k == "6":
+            results[k] = case6(sizes["case6"], device, args.threads)
         else:
             wargs = ["--worker", k, "--device", device] + (["--quick"] if args.quick else [])
             wargs += ["--threads", str(args.threads)]

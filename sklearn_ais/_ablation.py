@@ -52,9 +52,10 @@ _STACK_BUDGET = 1 << 27
 # Upper bound on elements of the largest temporary of one chunk (float64:
 # 8 bytes each, argsort adds int64 indices): about 200 MB of working memory.
 _ELEMENT_BUDGET = 1 << 23
-# The pooled kernels are a few memory-bound passes over (chunk, n, n) blocks:
-# blocks of 16 MB run ~25 % faster than 64 MB ones (measured, n = 120).
+# The pooled kernels work on chunks of candidates of about this many n x n elements,
+# a block of rows at a time (_ROW_BLOCK elements per temporary: 512 KB, in L2).
 _POOLED_BUDGET = 1 << 21
+_ROW_BLOCK = 1 << 16
 # A row that keeps less than this fraction of its energy after an ablation (one
 # map carried nearly all of it) has lost too many digits in the rank-one
 # downdate: its similarities are recomputed directly (rare; exact).
@@ -187,7 +188,22 @@ class _Problem:
         return None
 
     def leave_one_out(self, target: TargetVector, maps=None) -> tuple[float, np.ndarray]:
-        """(base score, score with each map in ``maps`` ablated in every image)."""
+        """Scores with each map ablated in every image (global AIS = base - score).
+
+        Parameters
+        ----------
+        target : TargetVector
+            The human upper triangle, from :meth:`target`.
+        maps : array-like of int, default=None
+            Maps to ablate (all by default).
+
+        Returns
+        -------
+        base : float
+            Score with every map; computed by the candidates' arithmetic, so a
+            dead map's score equals it exactly.
+        scores : ndarray of shape (len(maps),)
+        """
         maps = np.arange(self.K) if maps is None else np.asarray(maps)
         out = np.empty(len(maps))
         cached = self._cached_loo()
@@ -215,11 +231,44 @@ class _Problem:
         return base, out
 
     def sweep(self, order, target: TargetVector, ts) -> np.ndarray:
-        """Score when only maps ``order[:t]`` are kept, for each t in ``ts``."""
+        """Scores along the ranked sweep.
+
+        Parameters
+        ----------
+        order : array-like of int, shape (K,)
+            Maps in ranked order.
+        target : TargetVector
+        ts : array-like of int
+            Numbers of kept maps (1 .. K).
+
+        Returns
+        -------
+        scores : ndarray of shape (len(ts),)
+            Score when only maps ``order[:t]`` are kept, for each t in ``ts``.
+        """
         raise NotImplementedError
 
     def per_image(self, H: np.ndarray, comparison: str, rows=None) -> tuple[np.ndarray, np.ndarray]:
-        """Row-wise base scores (n,) and ablated row scores (n, K)."""
+        """Per-image scores: row t of the RSM (diagonal excluded) against the human row, with each map
+        ablated in image t only.
+
+        Parameters
+        ----------
+        H : ndarray of shape (n, n)
+            Human similarities (NaN = missing).
+        comparison : str
+            One of ``COMPARISONS``.
+        rows : sequence of int, default=None
+            Images to score (all by default).
+
+        Returns
+        -------
+        base : ndarray of shape (len(rows),)
+            Row scores with every map.
+        ablated : ndarray of shape (len(rows), K)
+            Row scores with map k ablated in that image; equal to ``base`` exactly where map k is zero
+            in the image.
+        """
         raise NotImplementedError
 
     # Shared ----------------------------------------------------------------
@@ -296,11 +345,6 @@ class _PooledProblem(_Problem):
             return self.E
         return self.E * torch.as_tensor(np.asarray(keep, dtype=np.float64), device=self.device)
 
-    @staticmethod
-    def _z(num, v_i, v_j, alive_i, alive_j):
-        den = (v_i.clamp_min(1e-300) * v_j.clamp_min(1e-300)).sqrt()
-        return torch.where(alive_i & alive_j, num / den, torch.zeros_like(num)).clamp(-1.0, 1.0)
-
     def _alive(self, v, raw):
         """Rows with information: centred energy above round-off of the raw one (Pearson), non-zero (cosine)."""
         return v > _REL_EPS * raw if self.pearson else v > 0
@@ -330,27 +374,20 @@ class _PooledProblem(_Problem):
     def _upper_from_delta(self, dE, ks=None):
         """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
 
-        Built as dense (C, n, n) blocks, ``Z = (r r^T) * G - U V^T`` with ``r = v^-1/2`` (0 for a constant
-        row) and a rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, ``U = [d, e]``,
-        ``V = [e, d - e (K-1)/K]``, scaled by r) or rank-1 (cosine) correction: a few dense passes and one
-        batched GEMM instead of some twenty gathers and element-wise passes over (C, m).
+        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
+        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
+        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
         """
-        C, n = dE.shape
         dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
-        alive = self._alive(v, raw)
-        r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
-        Z = self.G[None] * r[:, :, None]
-        Z *= r[:, None, :]
+        r = self._inv_sqrt(v, raw)
         b = r * dE
         if self.pearson:
             a = r * dD
-            U = torch.stack([a, b], dim=2)
-            V = torch.stack([b, a - ((self.K - 1) / self.K) * b], dim=2)
+            terms = ((a, b), (b, a - ((self.K - 1) / self.K) * b))
         else:
-            U = V = b[:, :, None]
-        Z.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
-        Zu = self._upper_of(Z)  # within round-off of [-1, 1]: ranks and ties need no clamp
+            terms = ((b, b),)
+        Zu = self._scaled_upper(len(dE), lambda r0, r1: self.G[None, r0:r1, r0:], r, terms)
         if ks is not None:
             for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
                 rows = torch.nonzero(flagged[c]).flatten()
@@ -358,6 +395,82 @@ class _PooledProblem(_Problem):
                 keep[ks[c]] = 0
                 Ek = self.E * keep
                 self._set_rows(Zu[c], rows, self._direct_rows(Ek[rows], Ek))
+        return Zu
+
+    @property
+    def _pooled_budget(self):
+        """Elements of a chunk's dense temporaries: 16 MB on CPU (cache), 32x that on a GPU, where
+        larger chunks batch more candidates into each sort."""
+        return _POOLED_BUDGET if self.device.type == "cpu" else _POOLED_BUDGET << 5
+
+    def _row_blocks(self, C):
+        """Row blocks for C candidates: ``(r0, r1, lo, hi, cols)`` per block, where rows r0..r1 of the
+        n x n matrix fill positions lo..hi of the upper triangle and ``cols`` are the flat indices of
+        their upper parts in the rectangle ``[r0:r1, r0:n]``. On CPU a block's temporaries stay in L2
+        (about ``_ROW_BLOCK`` elements); on other devices one block holds every row."""
+        n = self.n
+        rows = n if self.device.type != "cpu" else max(1, _ROW_BLOCK // max(1, C * n))
+        cache = self.__dict__.setdefault("_blocks", {})
+        if rows not in cache:
+            blocks, lo = [], 0
+            for r0 in range(0, n - 1, rows):
+                r1 = min(n - 1, r0 + rows)  # the last row has no upper part
+                w = n - r0
+                cols = np.concatenate([i * w + np.arange(i + 1, w) for i in range(r1 - r0)])
+                blocks.append((r0, r1, lo, lo + len(cols), cols if self.device.type == "cpu"
+                               else torch.as_tensor(cols, device=self.device)))
+                lo += len(cols)
+            cache[rows] = blocks
+        return cache[rows]
+
+    def _scaled_upper(self, C, gram_block, r, terms):
+        """Upper triangles (C, n_pairs) of ``Z = gram * r_i r_j - sum_t x_t,i y_t,j``.
+
+        Parameters
+        ----------
+        C : int
+            Number of candidates.
+        gram_block : callable
+            ``gram_block(r0, r1)`` returns the Gram rectangle ``[r0:r1, r0:n]``, (1 or C, r1 - r0, n - r0).
+        r : tensor of shape (C, n)
+            Row scales.
+        terms : sequence of (x, y) tensors of shape (C, n)
+            Rank-one corrections.
+
+        Returns
+        -------
+        Zu : tensor of shape (C, n_pairs)
+            Element-wise single operations only, so a candidate's bits do not depend on C or on
+            the blocks. Within round-off of [-1, 1]: ranks and ties need no clamp.
+        """
+        Zu = torch.empty(C, self.n * (self.n - 1) // 2, dtype=self.E.dtype, device=self.device)
+        blocks = self._row_blocks(C)
+        if self.device.type != "cpu":
+            for r0, r1, lo, hi, cols in blocks:
+                Z = gram_block(r0, r1) * r[:, r0:r1, None]
+                Z *= r[:, None, r0:]
+                for x, y in terms:
+                    Z -= x[:, r0:r1, None] * y[:, None, r0:]
+                Zu[:, lo:hi] = torch.index_select(Z.reshape(C, -1), 1, cols)
+            return Zu
+        # CPU: the same operations in numpy, into two reused block buffers (numpy's take is ~3x
+        # torch's indexing for the gather, and writes straight into the triangle of one candidate).
+        Zn, rn = Zu.numpy(), r.numpy()
+        terms = [(x.numpy(), y.numpy()) for x, y in terms]
+        size = max(C * (r1 - r0) * (self.n - r0) for r0, r1, *_ in blocks)
+        buf, tmp = np.empty(size), np.empty(size)
+        for r0, r1, lo, hi, cols in blocks:
+            shape = (C, r1 - r0, self.n - r0)
+            Z, T = buf[: math.prod(shape)].reshape(shape), tmp[: math.prod(shape)].reshape(shape)
+            np.multiply(gram_block(r0, r1).numpy(), rn[:, r0:r1, None], out=Z)
+            Z *= rn[:, None, r0:]
+            for x, y in terms:
+                np.multiply(x[:, r0:r1, None], y[:, None, r0:], out=T)
+                Z -= T
+            if C == 1:
+                np.take(Z.reshape(-1), cols, out=Zn[0, lo:hi], mode="clip")
+            else:
+                Zn[:, lo:hi] = np.take(Z.reshape(C, -1), cols, axis=1)
         return Zu
 
     def _set_rows(self, zu, rows, z):
@@ -373,7 +486,7 @@ class _PooledProblem(_Problem):
         return self._upper_from_delta(torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device))
 
     def _loo_uppers(self, maps):
-        step = _chunk(len(maps), 3 * self.n * self.n, _POOLED_BUDGET)
+        step = _chunk(len(maps), 3 * self.n * self.n, self._pooled_budget)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             yield a, self._upper_from_delta(self.Et[ks], ks)
@@ -383,7 +496,6 @@ class _PooledProblem(_Problem):
         Cauchy-Schwarz the centred energy of a row keeping t < K maps is at least
         (1 - t / K) of its raw energy. t = K (all maps) is the base, computed from
         the centred statistics."""
-        i, j = self.iu
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         want = np.zeros(self.K + 1, dtype=bool)
@@ -396,63 +508,93 @@ class _PooledProblem(_Problem):
         n = self.n
         s = torch.zeros(n, dtype=self.E.dtype, device=self.device)
         q = torch.zeros_like(s)
-        G = torch.zeros(n, n, dtype=self.E.dtype, device=self.device)
-        step = _chunk(self.K, 3 * n * n, _POOLED_BUDGET)
+        G = torch.zeros(n, n, dtype=self.E.dtype, device=self.device)  # running Gram matrix (upper part)
+        step = _chunk(self.K, 3 * n * n, self._pooled_budget)
         for a in range(0, last, step):
             b = min(a + step, last)
             Eo = self.Et[order[a:b]]  # (C, n) maps in ranked order
             cs = torch.cumsum(Eo, 0) + s
             cq = torch.cumsum(Eo * Eo, 0) + q
-            cG = torch.mul(Eo[:, :, None], Eo[:, None, :])  # outer products, then in place:
-            cG[0] += G  # the previous chunk's sum enters every prefix through the first term
-            _prefix_sum_(cG)  # dense prefix Gram matrices
-            s, q, G = cs[-1].clone(), cq[-1].clone(), cG[-1].clone()
+            s, q = cs[-1].clone(), cq[-1].clone()
             sel = np.nonzero(want[a + 1 : b + 1])[0]
-            if len(sel):
-                if len(sel) < b - a:
-                    sel_t = torch.as_tensor(sel, device=self.device)
-                    cs, cq, cG = cs[sel_t], cq[sel_t], cG[sel_t]
-                v = cq - cs * cs / self.K if self.pearson else cq
-                alive = self._alive(v, cq)
-                r = torch.where(alive, v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
-                cG *= r[:, :, None]
-                cG *= r[:, None, :]
-                if self.pearson:  # num_ij = G_ij - s_i s_j / K
-                    u = r * cs / math.sqrt(self.K)
-                    cG.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
-                Zu = self._upper_of(cG)
+            Zu = self._prefix_uppers(Eo, G, cs[sel], cq[sel], sel)
+            if Zu is not None:
                 for c, val in zip(sel, target.correlate(Zu).cpu().numpy()):
                     out[a + 1 + c] = val
         return np.array([out[int(t)] for t in ts])
 
+    def _prefix_uppers(self, Eo, G, cs, cq, sel):
+        """Upper triangles of the prefix RSMs at steps ``sel`` of a chunk of ranked maps ``Eo`` (C, n),
+        from the running Gram matrix ``G`` (its upper rectangles are brought up to date: + all of Eo).
+
+        ``cs``, ``cq`` are the row sums and energies at those steps. Returns None when no step is wanted.
+        """
+        C = len(Eo)
+        sel_t = torch.as_tensor(sel, device=self.device)
+        v = cq - cs * cs / self.K if self.pearson else cq
+        r = self._inv_sqrt(v, cq)
+        terms = ()
+        if self.pearson:  # num_ij = G_ij - s_i s_j / K
+            u = r * cs / math.sqrt(self.K)
+            terms = ((u, u),)
+
+        def prefix_grams(r0, r1):
+            if C == 1:  # G + e e^T, in place (the same sum as the prefix below)
+                Gb = G[r0:r1, r0:]
+                Gb += Eo[0, r0:r1, None] * Eo[0, None, r0:]
+                return Gb[None]
+            cG = Eo[:, r0:r1, None] * Eo[:, None, r0:]  # outer products, then
+            cG[0] += G[r0:r1, r0:]  # the previous chunk's sum enters every prefix through the first term
+            cG = torch.cumsum(cG, dim=0)  # dense prefix Gram rectangles (sequential sums)
+            G[r0:r1, r0:] = cG[-1]
+            return cG if len(sel) == C else cG[sel_t]
+
+        if not len(sel):  # nothing to score: only bring G up to date
+            for r0, r1, *_ in self._row_blocks(C):
+                prefix_grams(r0, r1)
+            return None
+        return self._scaled_upper(len(sel), prefix_grams, r, terms)
+
     def per_image(self, H, comparison, rows=None):
+        """Row t with map k ablated in image t only: ``num_tj = G_tj - e_tk (D or E)[j, k]`` for every
+        j (all n columns; the diagonal is masked out of the target), scaled by the rows' ``v^-1/2``.
+        Row 0 of each batch is the base (nothing ablated): the same arithmetic, so a map that is
+        zero in image t has a per-image AIS of exactly 0. Cost per image: (K + 1) x n element-wise
+        updates and the ranking of K + 1 rows."""
         rows_list = list(range(self.n) if rows is None else rows)
         base = np.zeros(len(rows_list))
         ablated = np.zeros((len(rows_list), self.K))
         zero = torch.zeros(1, dtype=self.E.dtype, device=self.device)
-        if self.pearson:
-            v_all, alive_all = self.vD, self._alive(self.vD, self.q)
-        else:
-            v_all, alive_all = self.q, self._alive(self.q, self.q)
-        for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
-            o = torch.as_tensor(others, device=self.device)
+        v_all, raw_all = (self.vD, self.q) if self.pearson else (self.q, self.q)
+        r_all = self._inv_sqrt(v_all, raw_all)
+        # (K + 1, n): row 0 zero (nothing ablated), row k + 1 map k's (centred) values in every image
+        src = torch.cat([torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device),
+                         self.Dt if self.pearson else self.Et])
+        Z = torch.empty_like(src)
+        for r, t in enumerate(rows_list):
+            row = np.array(H[t], dtype=np.float64)
+            row[t] = np.nan  # the diagonal never enters a comparison
+            tv = TargetVector(row, comparison, device=self.device, similarities=True)
             e_t = torch.cat([zero, self.E[t]])  # index 0: nothing ablated
             d_t = torch.cat([zero, self.D[t]]) if self.pearson else None
             v_t, raw_t, flagged = self._ablated_rows(e_t, d_t, t)
-            # k ablated in row t only: num_tj loses e_tk * (D or E)[j, k]
-            cols = torch.cat([torch.zeros(1, len(o), dtype=self.E.dtype, device=self.device),
-                              (self.D if self.pearson else self.E)[o].T])
-            num = self.G[t, o][None] - e_t[:, None] * cols
-            alive_t = self._alive(v_t, raw_t)
-            Zrow = self._z(num, v_t[:, None], v_all[o][None], alive_t[:, None], alive_all[o][None])
+            torch.mul(src, e_t[:, None], out=Z)
+            torch.sub(self.G[t][None], Z, out=Z)
+            Z *= self._inv_sqrt(v_t, raw_t)[:, None]
+            Z *= r_all[None]
+            Z.clamp_(-1.0, 1.0)
             flagged = torch.nonzero(flagged).flatten()
             if len(flagged):  # map k carried nearly all of row t's energy: recompute directly
                 e = self.E[t][None].repeat(len(flagged), 1)
                 e[torch.arange(len(flagged), device=self.device), flagged - 1] = 0
-                Zrow[flagged] = self._direct_rows(e, self.E[o])
-            rs = tv.correlate(Zrow).cpu().numpy()
+                Z[flagged] = self._direct_rows(e, self.E)
+            rs = tv.correlate(Z).cpu().numpy()
             base[r], ablated[r] = rs[0], rs[1:]
         return base, ablated
+
+    def _inv_sqrt(self, v, raw):
+        """``v^-1/2`` of rows with information, 0 for constant rows."""
+        return torch.where(self._alive(v, raw), v.clamp_min(1e-300).rsqrt(), torch.zeros_like(v))
 
 
 # ---------------------------------------------------------------------------
@@ -527,9 +669,9 @@ class _MLPProblem(_Problem):
         r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
         G *= r[:, None, :]
-        if pearson:  # centred: G_ij - s_i s_j / D
+        if pearson:  # centred: G_ij - s_i s_j / D (single roundings: a candidate's bits do not depend on B)
             u = r * s / math.sqrt(D)
-            G.addcmul_(u[:, :, None], u[:, None, :], value=-1.0)
+            G -= u[:, :, None] * u[:, None, :]
         return self._upper_of(G).clamp_(-1.0, 1.0), lossy
 
     def _lossy(self, raw, s, D):
@@ -714,6 +856,12 @@ class _GenericProblem(_Problem):
         with torch.inference_mode():
             self.E0 = self._embed(self.maps).double()
         _check_finite_embeddings(self.E0)
+        # (n, K): ablating a map that is zero in an image changes nothing there
+        if fm.ragged:
+            self.alive = torch.stack([m.flatten(1).abs().amax(-1) > 0 for m in self.maps])
+        else:
+            self.alive = self.maps.flatten(2).abs().amax(-1) > 0
+        self._base = None
 
     def _embed(self, maps):
         """Embeddings of a (n, K, h, w) batch, or of a list of (K, h_i, w_i) maps image by image."""
@@ -746,15 +894,23 @@ class _GenericProblem(_Problem):
         return E.reshape(C, self.n, -1)
 
     def _base_upper(self):
-        return self._rsm_uppers(self.E0[None])
+        if self._base is None:
+            self._base = self._rsm_uppers(self.E0[None])
+        return self._base
 
     def _loo_uppers(self, maps):
+        """Brute force in batches; a map that is zero in every image changes nothing, so its
+        candidate is the base triangle itself (a batched head need not repeat the base's bits)."""
         step = _chunk(len(maps), self._numel)
+        dead = ~self.alive.any(dim=0)  # (K,)
         for a in range(0, len(maps), step):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             masks = torch.ones(len(ks), self.K, device=self.device)
             masks[torch.arange(len(ks)), ks] = 0
-            yield a, self._rsm_uppers(self._masked_batch(masks))
+            Zu = self._rsm_uppers(self._masked_batch(masks))
+            if bool(dead[ks].any()):
+                Zu[dead[ks]] = self._base_upper()[0]
+            yield a, Zu
 
     def sweep(self, order, target, ts):
         order = torch.as_tensor(np.asarray(order), device=self.device)
@@ -786,11 +942,26 @@ class _GenericProblem(_Problem):
                 with torch.inference_mode():
                     Et = _standardize_rows(self.fm.head.embed(x).double(), center=center)
                 ablated[r, a : a + len(ks)] = tv.correlate((Et @ std0[o].T).clamp(-1, 1)).cpu().numpy()
+            ablated[r, ~self.alive[t].cpu().numpy()] = base[r]  # a map that is zero in image t changes nothing
         return base, ablated
 
 
 def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
-    """Prepare the kernels for ``X`` (FeatureMaps or a 2-D (n, K) array)."""
+    """Prepare the kernels for ``X``.
+
+    Parameters
+    ----------
+    X : FeatureMaps or array-like of shape (n, K)
+        Feature maps with their head, or an embedding whose columns are the units.
+    similarity : {"pearson", "cosine"}, default="pearson"
+    device : str or torch.device, default="cpu"
+        Where the kernels run (``"cuda"``: the same computation on the GPU, with the same results).
+
+    Returns
+    -------
+    problem : _Problem
+        Pooled (rank-one updates), MLP (first-layer update) or generic (batched brute force) kernels.
+    """
     if isinstance(X, FeatureMaps):
         if isinstance(X.head, PoolingHead):
             return _PooledProblem(X.embed(), similarity, device)

@@ -6,42 +6,67 @@ Conventions used throughout the package:
   rows. ``"pearson"`` is the Pearson correlation of two rows (``np.corrcoef``),
   ``"cosine"`` the cosine of the angle between them. A row with zero variance
   (Pearson) or zero norm (cosine) carries no information: its similarity to
-  every other row is defined as 0 (``np.corrcoef`` would return NaN).
+  every other row is defined as 0 (``np.corrcoef`` would return NaN). An RSM
+  is exactly symmetric (its lower triangle is a copy of the upper one).
 * Two matrices are compared on their strict upper triangles (diagonal
   excluded). Human pairs that are NaN are missing and are ignored.
-* ``"spearman"`` uses average ranks for ties, exactly as
-  :func:`scipy.stats.spearmanr`. When either side is constant the
-  correlation is undefined; for a *model* side we return 0 (no information),
-  the human side is validated to be non-constant before any work starts.
-  Model similarities are placed on a grid of step 2**-42 (about 2.3e-13)
-  and two values tie when they are neighbours in sorted order at most
-  ``TIE_GAP`` = 4 grid steps apart (about 9e-13, transitively), so that
-  pairs that are mathematically tied (e.g. every pair of a one-map
+* Comparisons (``COMPARISONS``):
+
+  - ``"pearson"``: Pearson's r; ``"pearson_r2"``: its square (the seed
+    paper's 2OI = r^2, so AIS_k = r^2(all maps) - r^2(map k zeroed)). The two
+    rank maps differently only when r changes sign or is negative: with a
+    negative baseline r, a map whose removal makes r more negative has a
+    negative AIS under ``"pearson"`` but a positive one under
+    ``"pearson_r2"`` (r^2 grows).
+  - ``"spearman"``: average ranks for ties, exactly as
+    :func:`scipy.stats.spearmanr`.
+  - ``"rho_a"``: Spearman without tie correction, as rsatoolbox's
+    ``rho-a``: ``12 sum((R_x - (m+1)/2)(R_y - (m+1)/2)) / (m^3 - m)`` on
+    average ranks (equal to ``"spearman"`` without ties).
+  - ``"kendall_tau_a"``: Kendall's tau-a (Nili et al. 2014; rsatoolbox's
+    ``tau-a``): (concordant - discordant) / (m (m - 1) / 2); a pair tied on
+    either side counts 0.
+
+  When either side is constant the correlation is undefined; for a *model*
+  side we return 0 (no information), the human side is validated to be
+  non-constant before any work starts.
+* The tie rule of the model side (all rank comparisons, and the constant test
+  of the Pearson ones): model similarities are placed on a grid of step
+  2**-42 (about 2.3e-13) and two values tie when they are neighbours in sorted
+  order at most ``TIE_GAP`` = 4 grid steps apart (about 9e-13, transitively),
+  so that pairs that are mathematically tied (e.g. every pair of a one-map
   embedding) are tied whatever route computed them: round-off is ~1e-15,
-  far below the gap, and no rounding boundary can split a tie.
-  For ``"pearson"`` the same rule decides when the model side is constant
-  (all values one tie run -> correlation 0); otherwise the unrounded
-  values are used.
+  far below the gap, and no rounding boundary can split a tie. Human values
+  tie when they are exactly equal. For ``"pearson"`` the rule only decides
+  when the model side is constant (all values one tie run -> correlation
+  0); otherwise the unrounded values are used.
 * A row of embeddings (or of human values) is constant when its centred
   energy is below 1e-12 of its raw energy (coefficient of variation below
   ~1e-6): such rows are round-off away from constant in float32/float64
   work and get similarity 0.
+* Bits do not depend on the batch: every value a kernel returns for one
+  candidate is computed from that candidate alone, by element-wise operations
+  and row sums in a fixed order (:func:`_row_sum`) or in exact integer
+  arithmetic (rank comparisons), never by a matrix product whose kernel
+  depends on how many rows it is given. So a dead map's AIS is exactly 0 and
+  memory layout, chunk sizes, thread counts and the device (CPU or CUDA) do
+  not change a result.
 
 Everything that is evaluated many times (leave-one-out and sweep candidates)
-goes through :func:`batched_correlation`, a torch kernel that handles a
-``(B, m)`` batch of candidate vectors against one target vector.
+goes through :meth:`TargetVector.correlate`, which handles a ``(B, m)`` batch
+of candidate vectors against one target vector.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 
 SIMILARITIES = ("pearson", "cosine")
-COMPARISONS = ("spearman", "pearson")
+COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a")
+_RANK_COMPARISONS = ("spearman", "kendall_tau_a", "rho_a")
 
 # A row whose centred energy is below this fraction of its raw energy is
 # constant up to round-off (float64 cancellation leaves ~1e-16).
@@ -51,12 +76,13 @@ _REL_EPS = 1e-12
 # or not, gets the same bits), and sorted neighbours <= TIE_GAP steps apart tie.
 TIE_GRID = 2.0**42
 TIE_GAP = 4
-# CPU sort keys pack (grid index: 44 bits) << bits | 2 * target rank into one uint64.
-_GRID_BITS = 44  # grid indices 0 .. 2**43 (model similarities in [-1, 1])
 # Rows go in blocks of about this many elements (1 MB of float64); a row longer than
 # that goes through the element-wise passes in segments of _SEGMENT (256 KB of int64).
 _BLOCK_ELEMENTS = 1 << 17
 _SEGMENT = 1 << 15
+# Where CPU candidates are ranked: "numpy" (sort keys, fastest on CPU) or "torch"
+# (the code path CUDA candidates take; selectable on CPU to test it). Same results.
+_CPU_SORT = "numpy"
 
 
 def tie_grid(c):
@@ -96,8 +122,8 @@ def similarity_matrix(embeddings, similarity: str = "pearson") -> np.ndarray:
     Returns
     -------
     rsm : ndarray of shape (n_images, n_images)
-        Symmetric, float64, unit diagonal. Rows without variance (or norm)
-        have similarity 0 to every other row.
+        Exactly symmetric, float64, unit diagonal. Rows without variance (or
+        norm) have similarity 0 to every other row.
 
     Examples
     --------
@@ -112,15 +138,59 @@ def similarity_matrix(embeddings, similarity: str = "pearson") -> np.ndarray:
 
 
 def rsm_torch(E: torch.Tensor, similarity: str) -> torch.Tensor:
-    """Batched RSMs: ``E`` is (B, n, D); returns (B, n, n) with unit diagonal."""
+    """Batched RSMs.
+
+    Parameters
+    ----------
+    E : tensor of shape (B, n, D)
+        Embeddings (float64).
+    similarity : {"pearson", "cosine"}
+
+    Returns
+    -------
+    Z : tensor of shape (B, n, n)
+        Unit diagonal; the lower triangle is a copy of the upper one (a matrix
+        product need not give ``Z[i, j]`` and ``Z[j, i]`` the same last bit).
+    """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     En = _standardize_rows(E, center=similarity == "pearson")
-    Z = En @ En.transpose(-1, -2)
-    Z = Z.clamp(-1.0, 1.0)
-    idx = torch.arange(Z.shape[-1], device=Z.device)
-    Z[..., idx, idx] = 1.0
+    upper = torch.triu((En @ En.transpose(-1, -2)).clamp(-1.0, 1.0), diagonal=1)
+    Z = upper + upper.transpose(-1, -2)  # x + 0: exact
+    Z.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return Z
+
+
+def _row_sum(x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """Sum along the last axis in a fixed pairwise order (any device).
+
+    A tree of element-wise additions: each step adds the second half of the
+    remaining elements onto the first. The bits of a row's sum therefore
+    depend on that row's values only, not on the number of rows, the memory
+    layout, the thread count or the device (``torch.sum`` and matrix-vector
+    products pick their kernels, and so their rounding, by shape).
+
+    Parameters
+    ----------
+    x : tensor of shape (..., m)
+    overwrite : bool, default=False
+        Use ``x`` as the work buffer (it is destroyed).
+
+    Returns
+    -------
+    s : tensor of shape (...)
+    """
+    width = x.shape[-1]
+    if width == 0:
+        return x.new_zeros(x.shape[:-1])
+    x = x if overwrite else x.clone()
+    while width > 1:
+        half = width // 2
+        x[..., :half] += x[..., half : 2 * half]
+        if width % 2:  # the odd last element moves up to join the next step
+            x[..., half] = x[..., 2 * half]
+        width = half + width % 2
+    return x[..., 0].clone()
 
 
 def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +237,8 @@ def _standardize_rows(x: torch.Tensor, center: bool = True, rel_eps: float = _RE
     """Centre each row (optionally) and scale it to unit norm.
 
     A row whose centred energy is negligible relative to its own magnitude
-    (constant up to round-off) or that is all zero becomes 0.
+    (constant up to round-off) or that is all zero becomes 0. Row sums go
+    through :func:`_row_sum`: a row's result does not depend on the batch.
 
     When squares would overflow (values ~1e200) or underflow (~1e-200), which
     would turn valid rows into "constant" ones, every row is first divided by
@@ -176,25 +247,417 @@ def _standardize_rows(x: torch.Tensor, center: bool = True, rel_eps: float = _RE
     """
     if x.shape[-1] == 0:
         return x
-    scale = (x * x).sum(dim=-1, keepdim=True)
+    scale = _row_sum(x * x, overwrite=True)[..., None]
     if bool(((scale < 1e-250) | ~torch.isfinite(scale)).any()):  # rare: squares over/underflow
         _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
         x = torch.ldexp(x, -exponent)
-        scale = (x * x).sum(dim=-1, keepdim=True)
+        scale = _row_sum(x * x, overwrite=True)[..., None]
     if center:
-        x = x - x.mean(dim=-1, keepdim=True)
-    sq = (x * x).sum(dim=-1, keepdim=True)
+        x = x - _row_sum(x)[..., None] / x.shape[-1]
+    sq = _row_sum(x * x, overwrite=True)[..., None]
     alive = (sq > rel_eps * scale) & (sq > 0)
     inv = torch.where(alive, sq.clamp_min(torch.finfo(x.dtype).tiny).rsqrt(), torch.zeros_like(sq))
     return x * inv
 
 
+# ---------------------------------------------------------------------------
+# Rank comparisons: the human side, prepared once
+# ---------------------------------------------------------------------------
+class _TargetRanks:
+    """Ranks of the observed human values, in the integer forms the rank comparisons use.
+
+    ``dense`` (m,) is the dense rank of each value (0 .. u - 1, equal values
+    equal); ``b_of_dense`` (u,) maps a dense rank to ``b = 2 R - (m + 1)``,
+    the centred doubled average rank (an integer); ``tied`` says whether any
+    two human values are equal (if not, ``b = 2 dense - (m - 1)``).
+
+    Parameters
+    ----------
+    values : ndarray of shape (m,)
+        Observed human values (float64, no NaN).
+    """
+
+    def __init__(self, values):
+        m = len(values)
+        _, dense, counts = np.unique(values, return_inverse=True, return_counts=True)
+        start = np.cumsum(counts) - counts
+        self.m = m
+        self.dense = dense.astype(np.int64).ravel()
+        self.b_of_dense = 2 * start + counts + 1 - (m + 1)  # 2 * average rank - (m + 1)
+        self.tied = bool((counts > 1).any())
+        self.bits = max(1, (len(counts) - 1).bit_length())
+        # Integer sums reach m^3: int64 while m^3 - m fits, Python integers (exact) beyond.
+        self.acc = np.int64 if m**3 - m < 2**63 else object
+        b = self.b_of_dense[self.dense].astype(self.acc)
+        self.sum_b2 = float((b * b).sum())
+        self.tie_pairs = int((counts * (counts - 1) // 2).sum())  # pairs tied on the human side
+        self.a = 2 * np.arange(m, dtype=np.int64) - (m - 1)  # centred doubled ranks of sorted positions
+        self._on = {}
+
+    def b_of(self, dense):
+        """``b`` of dense ranks (numpy or torch, int64)."""
+        if not self.tied:
+            return 2 * dense - (self.m - 1)
+        table = self.b_of_dense if isinstance(dense, np.ndarray) else self.on(dense.device)[2]
+        return table[dense]
+
+    def on(self, device):
+        """(dense, a, b_of_dense) as tensors on ``device`` (copied once)."""
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = tuple(torch.as_tensor(x, device=device) for x in (self.dense, self.a, self.b_of_dense))
+        return self._on[key]
+
+    def full_sum_a2_3(self, nb):
+        """(nb,) ``3 sum(a^2) = m^3 - m`` of rows without model ties (``acc`` dtype)."""
+        m = self.m
+        return np.full(nb, self.acc(m) ** 3 - m if self.acc is np.int64 else m**3 - m, dtype=self.acc)
+
+
+# ---------------------------------------------------------------------------
+# Rank comparisons: sorting a block of candidate rows (three strategies)
+# ---------------------------------------------------------------------------
+# A sorter ranks a block of nb candidate rows by the model tie rule and exposes,
+# for the sorted positions lo..hi of every row: ``dot`` (sum of a_p b_p, exact),
+# ``links`` (sorted neighbours that tie), and the dense human ranks in sorted
+# order (``dense_full``, ``dense_at``). Inside a run of equal grid indices the
+# keyed sort orders by human rank, the others arbitrarily: no statistic below
+# depends on the order inside a model tie run.
+class _NumpySorted:
+    """Shared part of the two CPU sorters: element-wise passes in numpy."""
+
+    def dot(self, lo, hi, target):
+        """(nb,) ``sum(a_p b_p)`` over sorted positions lo..hi, int64 (exact: callers bound hi - lo)."""
+        d = self.dense(lo, hi)
+        b = target.b_of(d) if target.tied else d
+        # one row: numpy's 1-D int64 dot is ~2x its (1, k) @ (k,) matmul
+        dot = np.dot(b[0], target.a[lo:hi])[None] if len(b) == 1 else b @ target.a[lo:hi]
+        return dot if target.tied else 2 * dot  # sum(a) = 0 over a row: b's offset drops out
+
+    def links(self, lo, hi):
+        """(rows, p) of sorted neighbours p, p + 1 (lo <= p < hi - 1) that tie under the rule, or None."""
+        g = self.grid(lo, hi)
+        tie = (g[:, 1:] - g[:, :-1]) <= TIE_GAP
+        if not tie.any():
+            return None
+        row, p = np.nonzero(tie)
+        return row, p + lo
+
+    def dense_at(self, rows, pos):
+        return self.dense_full()[rows, pos]
+
+
+class _KeyedSort(_NumpySorted):
+    """CPU: each row sorted once as uint64 keys ``(grid - block minimum) << bits | dense human rank``.
+
+    After the sort the keys' low bits are the human ranks in model order (no
+    gather) and the high bits the grid indices. The keys fit when the block's
+    grid span and the human ranks share 64 bits: always up to m = 2**20 pairs,
+    and at THINGS size (m ~ 1.7e6) whenever the block's similarities span
+    less than 2 (not both -1 and +1).
+    """
+
+    def __init__(self, target, cb, lowest, seg, buffers):
+        self.nb, m = cb.shape
+        self.bits = target.bits
+        self.mask = np.uint64((1 << self.bits) - 1)
+        grid_buf, keys_buf = buffers  # reused across blocks: no page faults per block
+        self.gaps = grid_buf.view(np.uint64)  # reused by links() once the keys are built
+        keys = keys_buf[: self.nb]
+        dense = target.dense.astype(np.uint64)
+        for s0 in range(0, m, seg):
+            s1 = min(m, s0 + seg)
+            g = grid_buf[: self.nb, : s1 - s0]
+            np.multiply(cb[:, s0:s1], TIE_GRID, out=g)  # exact (a power of two)
+            g += TIE_GRID + 0.5  # as tie_grid; positive, so the conversion truncates
+            g -= lowest  # exact: an integer below g, in the grid's float range
+            k = keys[:, s0:s1]
+            np.copyto(k, g, casting="unsafe")
+            k <<= np.uint64(self.bits)
+            k |= dense[s0:s1]
+        self.keys = keys
+        self._sort()
+
+    def _sort(self):
+        """The floor of every rank comparison: one sort per row (numpy's quicksort, AVX2/AVX-512)."""
+        self.keys.sort(axis=1)
+
+    @staticmethod
+    def lowest_grid(target, cb, similarities):
+        """The block's smallest grid index when its keys fit in 64 bits (values in [-1, 1]), else None."""
+        lo = cb.min()
+        lowest = tie_grid(lo)
+        if similarities and target.bits <= 20:
+            return lowest  # similarities within round-off of [-1, 1]: the grid span is below 2**44, no max pass
+        hi = cb.max()
+        if not similarities and (lo < -1 or hi > 1):
+            return None
+        return lowest if int(tie_grid(hi) - lowest).bit_length() + target.bits <= 64 else None
+
+    def dense(self, lo, hi):
+        return (self.keys[:, lo:hi] & self.mask).view(np.int64)
+
+    def links(self, lo, hi):
+        """As the base class, without unpacking the grid in the common case: sorted neighbours whose
+        keys differ by at least ``(TIE_GAP + 1) << bits`` are more than TIE_GAP grid steps apart."""
+        k = self.keys[:, lo:hi]
+        gaps = self.gaps[: k.shape[0], : k.shape[1] - 1]
+        np.subtract(k[:, 1:], k[:, :-1], out=gaps)
+        if gaps.size == 0 or gaps.min() >= np.uint64((TIE_GAP + 1) << self.bits):
+            return None
+        return super().links(lo, hi)
+
+    def grid(self, lo, hi):
+        return (self.keys[:, lo:hi] >> np.uint64(self.bits)).view(np.int64)
+
+    def dense_full(self):
+        return self.dense(0, self.keys.shape[1])
+
+    def dense_at(self, rows, pos):
+        flat = self.keys.reshape(-1)  # a contiguous slice of the buffer
+        return (flat[rows * self.keys.shape[1] + pos] & self.mask).view(np.int64)
+
+
+class _ArgSort(_NumpySorted):
+    """CPU fallback (keys do not fit, or values outside [-1, 1]): argsort of the grid, then gathers."""
+
+    def __init__(self, target, cb):
+        self.nb = cb.shape[0]
+        q = tie_grid(cb)
+        order = np.argsort(q, axis=1)
+        self.q = np.take_along_axis(q, order, axis=1)
+        self.d = target.dense[order]
+
+    def dense(self, lo, hi):
+        return self.d[:, lo:hi]
+
+    def grid(self, lo, hi):
+        return self.q[:, lo:hi]
+
+    def dense_full(self):
+        return self.d
+
+
+class _TorchSort:
+    """Any device (the CUDA path): ``torch.sort`` of the grid, batched over the block's rows.
+
+    ``dot`` sums int64 products in segments short enough never to overflow:
+    the same integers as the CPU sorters, so the same results bit for bit.
+    """
+
+    def __init__(self, target, c):
+        self.nb, m = c.shape
+        self.q, order = torch.sort(tie_grid(c), dim=1)
+        dense, self.a, _ = target.on(c.device)
+        self.d = dense[order]
+        self.seg = max(1, min(m, 2**62 // max(1, 2 * m * m)))  # |sum over a segment| < 2**62
+
+    def dot(self, lo, hi, target):
+        out = np.zeros(self.nb, dtype=target.acc)
+        for s0 in range(lo, hi, self.seg):
+            s1 = min(hi, s0 + self.seg)
+            part = (target.b_of(self.d[:, s0:s1]) * self.a[s0:s1]).sum(dim=1)
+            out = out + part.cpu().numpy().astype(target.acc)
+        return out
+
+    def links(self, lo, hi):
+        g = self.q[:, lo:hi]
+        tie = (g[:, 1:] - g[:, :-1]) <= TIE_GAP
+        if not bool(tie.any()):
+            return None
+        row, p = torch.nonzero(tie, as_tuple=True)
+        return row.cpu().numpy(), p.cpu().numpy() + lo
+
+    def dense_full(self):
+        return self.d
+
+    def dense_at(self, rows, pos):
+        dev = self.d.device
+        return self.d[torch.as_tensor(rows, device=dev), torch.as_tensor(pos, device=dev)].cpu().numpy()
+
+
+def _rank_tallies(sorter, target, seg):
+    """Spearman's integer sums for a sorted block.
+
+    With ``a_p = 2 p - (m - 1)`` (centred doubled ranks of sorted positions)
+    and ``b`` the same for the human values, ``dot = sum(a b)`` over the
+    model's average ranks and ``sum_a2_3 = 3 sum(a^2)``. A model tie run over
+    sorted positions f..l gives its elements ``a = f + l - (m - 1)`` and lowers
+    ``3 sum(a^2)`` by ``L^3 - L`` (L = l - f + 1), as ``scipy.stats.rankdata``
+    + Pearson would.
+
+    Returns
+    -------
+    dot, sum_a2_3 : ndarray of shape (nb,)
+        Exact integers (``target.acc``).
+    runs : tuple of ndarray or None
+        ``(row, p)`` of the tie links (sorted neighbours p and p + 1 tie),
+        sorted by row then p; None without model ties.
+    """
+    m = target.m
+    dot = np.zeros(sorter.nb, dtype=target.acc)
+    link_rows, link_pos = [], []
+    for s0 in range(0, m, seg):
+        s1 = min(m, s0 + seg)
+        dot += np.asarray(sorter.dot(s0, s1, target)).astype(target.acc)
+        found = sorter.links(max(s0 - 1, 0), s1)
+        if found is not None:
+            link_rows.append(found[0])
+            link_pos.append(found[1])
+    sum_a2_3 = target.full_sum_a2_3(sorter.nb)
+    runs = None
+    if link_rows:  # segments in order, one row per block when there are several: sorted by (row, p)
+        runs = _tie_runs(np.concatenate(link_rows), np.concatenate(link_pos))
+        _correct_ties(dot, sum_a2_3, runs, sorter, target)
+    return dot, sum_a2_3, runs
+
+
+def _tie_runs(row, p):
+    """Runs of consecutive tie links (sorted by row, then p): (row, first, last sorted position) per run."""
+    new = np.ones(len(p), dtype=bool)  # a link starts a new run unless it continues the previous one
+    new[1:] = (row[1:] != row[:-1]) | (p[1:] != p[:-1] + 1)
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(p)] - 1
+    return row[starts], p[starts], p[ends] + 1
+
+
+def _run_elements(first, count):
+    """Positions ``first[r] + 0 .. first[r] + count[r] - 1`` of every run r, and each one's run index."""
+    run = np.repeat(np.arange(len(first)), count)
+    return run, first[run] + (np.arange(len(run)) - np.repeat(np.cumsum(count) - count, count))
+
+
+def _sum_by_row(values, row, out):
+    """``out[row[i]] += values[i]`` for ``row`` sorted (exact integer sums)."""
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    out[row[starts]] += np.add.reduceat(values, starts)
+
+
+def _correct_ties(dot, sum_a2_3, runs, sorter, target):
+    """Average ranks over the model tie runs: ``dot`` gains ``sum((f + l - 2p) b_p)`` per run,
+    ``3 sum(a^2)`` loses ``L^3 - L``."""
+    run_row, first, last = runs
+    length = last - first + 1
+    elem_run, elem_pos = _run_elements(first, length)
+    b = target.b_of(np.asarray(sorter.dense_at(run_row[elem_run], elem_pos)))
+    contrib = ((first[elem_run] + last[elem_run] - 2 * elem_pos) * b).astype(dot.dtype)  # |sum| <= m^3 per run
+    _sum_by_row(np.add.reduceat(contrib, np.cumsum(length) - length), run_row, dot)
+    length = length.astype(sum_a2_3.dtype)  # Python integers for the longest rows: L^3 overflows int64
+    _sum_by_row(-(length**3 - length), run_row, sum_a2_3)
+
+
+# ---------------------------------------------------------------------------
+# Kendall's tau-a: discordant pairs by merge levels (numpy or torch)
+# ---------------------------------------------------------------------------
+def _inversions(d, bits):
+    """Strict inversions (pairs p < q with d_p > d_q) of each row of ``d`` (nb, m), exact.
+
+    Bottom-up merge levels, each one sort: at level L the rows are sorted
+    within blocks of 2**L, and sorting the keys ``block << (bits + L + 1) |
+    d << (L + 1) | local position`` merges pairs of blocks. A right-half
+    element that moves from local position o to p' passes exactly o - p'
+    larger left-half elements (equal ones stay in front: ties are not
+    inversions); left-half elements only move right. O(m log m) per row,
+    vectorised over the rows; keys need log2(m) + bits <= 63 bits.
+
+    Parameters
+    ----------
+    d : int64 ndarray or tensor of shape (nb, m)
+        Non-negative values below ``2**bits``.
+    bits : int
+
+    Returns
+    -------
+    inversions : int64 ndarray of shape (nb,)
+    """
+    numpy_side = isinstance(d, np.ndarray)
+    m = d.shape[1]
+    pos = np.arange(m, dtype=np.int64) if numpy_side else torch.arange(m, device=d.device)
+    total = np.zeros(d.shape[0], dtype=np.int64)
+    s, shift = d, 1
+    while (1 << (shift - 1)) < m:
+        local = pos & ((1 << shift) - 1)
+        keys = ((pos >> shift) << (bits + shift)) | (s << shift) | local
+        keys = np.sort(keys, axis=1) if numpy_side else torch.sort(keys, dim=1).values
+        moved = (keys & ((1 << shift) - 1)) - local
+        passed = (moved * (moved > 0)).sum(1)
+        total += passed if numpy_side else passed.cpu().numpy()
+        s = (keys >> shift) & ((1 << bits) - 1)
+        shift += 1
+    return total
+
+
+def _order_runs(sub, local_row, first, length, bits):
+    """Human ranks ascending inside each model tie run of rows ``sub`` (numpy, (r, m)).
+
+    Returns the reordered rows and, per row, the pairs tied on both sides
+    (equal human rank inside one model run).
+    """
+    nr, m = sub.shape
+    starts = np.ones((nr, m), dtype=bool)  # first element of each run (and every singleton)
+    inner_run, inner = _run_elements(first + 1, length - 1)
+    starts[local_row[inner_run], inner] = False
+    pos = np.arange(m, dtype=np.int64)
+    run_start = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)
+    keys = np.sort((run_start << bits) | sub, axis=1)
+    new_group = np.ones((nr, m), dtype=bool)
+    new_group[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    group_start = np.maximum.accumulate(np.where(new_group, pos, 0), axis=1)
+    return keys & ((1 << bits) - 1), (pos - group_start).sum(axis=1)  # groups of g: 0 + 1 + .. + g - 1
+
+
+def _kendall_counts(sorter, runs, target):
+    """Per row of a sorted block: (model tie pairs, joint tie pairs, discordant pairs).
+
+    Inside a model tie run the human ranks are first put in ascending order
+    (the sorter orders a run by grid index), so that no pair inside a run
+    counts as discordant.
+    """
+    d = sorter.dense_full()
+    model_ties = np.zeros(sorter.nb, dtype=np.int64)
+    joint = np.zeros(sorter.nb, dtype=np.int64)
+    if runs is not None:  # rows with model ties: rare, done on the host
+        run_row, first, last = runs
+        length = last - first + 1
+        _sum_by_row(length * (length - 1) // 2, run_row, model_ties)
+        rows = np.unique(run_row)
+        on_host = isinstance(d, np.ndarray)
+        sub = d[rows] if on_host else d[torch.as_tensor(rows, device=d.device)].cpu().numpy()
+        sub, joint[rows] = _order_runs(sub, np.searchsorted(rows, run_row), first, length, target.bits)
+        d = d.copy() if on_host else d.clone()
+        if on_host:
+            d[rows] = sub
+        else:
+            d[torch.as_tensor(rows, device=d.device)] = torch.as_tensor(sub, device=d.device)
+    return model_ties, joint, _inversions(d, target.bits)
+
+
+# ---------------------------------------------------------------------------
+# The target
+# ---------------------------------------------------------------------------
 class TargetVector:
     """A human vector prepared once for many comparisons.
 
-    ``values`` is the observed part (NaNs removed), ``mask`` the boolean mask of
-    observed entries in the full vector, ``prepared`` its standardized ranks
-    (Spearman) or standardized values (Pearson).
+    Parameters
+    ----------
+    values : array-like of shape (m_full,)
+        Human values; NaN marks a missing entry.
+    comparison : str
+        One of ``COMPARISONS``.
+    device : str or torch.device, default="cpu"
+    dtype : torch.dtype, default=torch.float64
+    similarities : bool, default=False
+        The candidates are model similarities (in [-1, 1] up to round-off):
+        no range check.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (m_full,)
+        Observed entries.
+    n_observed : int
+    prepared : tensor of shape (n_observed,)
+        Standardized values (Pearson comparisons) or standardized ranks.
+    is_constant : bool
     """
 
     def __init__(self, values, comparison: str, device="cpu", dtype=torch.float64, similarities=False):
@@ -203,25 +666,32 @@ class TargetVector:
         values = np.asarray(values, dtype=np.float64)
         self.mask = ~np.isnan(values)
         self.comparison = comparison
-        # Candidates are known to lie in [-1, 1] up to round-off (model similarities): no range check.
         self.similarities = similarities
         self.device = device
         self.dtype = dtype
         self.mask_t = torch.as_tensor(self.mask, device=device)
         self.n_observed = int(self.mask.sum())
         v = torch.as_tensor(values[self.mask], device=device, dtype=dtype)[None]
-        self._rank_stats = None
-        if comparison == "spearman":
+        self.ranks = None
+        if comparison in _RANK_COMPARISONS:
+            self.ranks = _TargetRanks(values[self.mask])
             v = rankdata_torch(v)
-            # Twice the average ranks: integers, for the exact integer Spearman on CPU.
-            self._ranks2 = np.rint(2 * v[0].cpu().numpy()).astype(np.int64)
         self.prepared = _standardize_rows(v)[0]
         self.is_constant = bool((self.prepared == 0).all())
 
     def correlate(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Correlation of each row of ``candidates`` (B, m_full) with the target.
+        """Comparison of each row of ``candidates`` with the target.
 
-        Only observed entries are used. Returns (B,) in the candidates' dtype.
+        Parameters
+        ----------
+        candidates : tensor of shape (B, m_full)
+            Model values; only the observed entries are used.
+
+        Returns
+        -------
+        r : tensor of shape (B,)
+            In the candidates' dtype and device. A row's value depends on that
+            row alone (not on B, the layout or the device).
         """
         c = candidates
         if not bool(self.mask.all()):
@@ -229,138 +699,66 @@ class TargetVector:
         c = c.to(self.dtype)
         if c.shape[1] == 0:  # no observed entry: nothing to correlate (callers report it)
             return torch.zeros(c.shape[0], dtype=self.dtype, device=c.device)
-        if self.comparison == "spearman":
-            if c.device.type == "cpu" and c.shape[1] > 1:
-                return self._spearman_cpu(c)
-            c = _standardize_rows(model_ranks_torch(c))
-        else:
-            # Same rule as for ranks: a candidate whose values form one tie run is
-            # constant (correlation 0); any larger spread is information, however
-            # small (model similarities near 1 may differ only in the 8th decimal).
-            q = tie_grid(c)
-            constant = (q.amax(dim=1, keepdim=True) - q.amin(dim=1, keepdim=True)) <= TIE_GAP * (c.shape[1] - 1)
-            if bool(constant.any()):  # spread small enough to be one run: check in sorted order
-                rows = constant.flatten().clone()
-                qs = torch.sort(q[rows], dim=1).values
-                constant[rows] = ((qs[:, 1:] - qs[:, :-1]) <= TIE_GAP).all(dim=1, keepdim=True)
-            c = torch.where(constant, torch.zeros_like(c), _standardize_rows(c, rel_eps=0.0))
-        return (c @ self.prepared).clamp(-1.0, 1.0)
+        if self.comparison in _RANK_COMPARISONS:
+            out = self._rank_compare(c)
+            return torch.from_numpy(out).to(device=c.device, dtype=c.dtype)
+        r = self._pearson(c)
+        return r * r if self.comparison == "pearson_r2" else r
 
-    def _spearman_cpu(self, c: torch.Tensor) -> torch.Tensor:
-        """Spearman on CPU in exact integer arithmetic (same values as the general path
-        to round-off, and exactly 1.0 for identical rankings).
+    def _pearson(self, c):
+        """Pearson's r per row; a row whose values form one tie run is constant (0)."""
+        # Any spread larger than one tie run is information, however small (model
+        # similarities near 1 may differ only in the 8th decimal).
+        q = tie_grid(c)
+        constant = (q.amax(dim=1, keepdim=True) - q.amin(dim=1, keepdim=True)) <= TIE_GAP * (c.shape[1] - 1)
+        if bool(constant.any()):  # spread small enough to be one run: check in sorted order
+            rows = constant.flatten().clone()
+            qs = torch.sort(q[rows], dim=1).values
+            constant[rows] = ((qs[:, 1:] - qs[:, :-1]) <= TIE_GAP).all(dim=1, keepdim=True)
+        c = torch.where(constant, torch.zeros_like(c), _standardize_rows(c, rel_eps=0.0))
+        return _row_sum(c * self.prepared, overwrite=True).clamp(-1.0, 1.0)
 
-        With ``a_p = 2 rank_p - (m + 1)`` (centred doubled model ranks) and ``b`` the
-        same for the target, rho = sum(a b) / sqrt(sum(a^2) sum(b^2)), all integers.
-        Each row is sorted once as uint64 keys ``grid index << bits | 2 * target rank``:
-        after the sort the keys' low bits are the target ranks in model order, so a row
-        without model ties needs no gather at all: ``sum_p (2p - (m - 1)) * b[order_p]``.
-        A model tie run over sorted positions f..l gives its elements the average rank
-        (a_p = f + l - (m - 1)) and lowers sum(a^2) by (L^3 - L) / 3 (L = l - f + 1), as
-        ``scipy.stats.rankdata`` + Pearson would. Rows go in blocks of about 1 MB (a row
-        longer than that in L2-sized segments), so that the passes over them stay in cache.
-        """
+    def _rank_compare(self, c) -> np.ndarray:
+        """Rank comparisons in exact integer arithmetic, block by block (rows of ~1 MB)."""
         B, m = c.shape
-        # Sums reach m^3: exact in int64 up to m = 2**20 (n ~ 1450 images), float64 beyond.
-        acc = np.int64 if m <= 1 << 20 else np.float64
-        if self._rank_stats is None or self._rank_stats[0] != m:
-            b = self._ranks2 - (m + 1)
-            a = (2 * np.arange(m, dtype=np.int64) - (m - 1)).astype(acc)
-            self._rank_stats = (m, a, float((b.astype(acc) * b).sum()), (2 * m).bit_length())
-        _, a, sum_b2, bits = self._rank_stats
-        ranks2 = self._ranks2
-        mask = (1 << bits) - 1
-        full = acc(m * m * m - m)  # 3 sum(a^2) without ties
-        cn = c.numpy()
+        torch_path = c.device.type != "cpu" or _CPU_SORT == "torch"
+        if torch_path:
+            step, seg = max(1, (_BLOCK_ELEMENTS << 6) // m), m
+        else:
+            step = max(1, _BLOCK_ELEMENTS // m)
+            seg = m if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
+            cn = c.numpy()
+            buffers = (np.empty((min(step, B), min(seg, m))), np.empty((min(step, B), m), dtype=np.uint64))
         out = np.empty(B)
-        step = max(1, _BLOCK_ELEMENTS // m)
-        seg = m if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
-        keyed_ok = _GRID_BITS + bits <= 64
-        if keyed_ok:
-            grid = np.empty((min(step, B), min(seg, m)))  # buffers reused: no page faults per block
-            keys_buf = np.empty((min(step, B), m), dtype=np.uint64)
-            ranks2_u = ranks2.astype(np.uint64)
         for a0 in range(0, B, step):
-            cb = cn[a0 : a0 + step]
-            nb = len(cb)
-            in_range = self.similarities or (cb.min() >= -1 and cb.max() <= 1)
-            keyed = keyed_ok and in_range  # grid index <= 2**43: fits in _GRID_BITS
-            if keyed:
-                keys = keys_buf[:nb]
-                for s0 in range(0, m, seg):
-                    s1 = min(m, s0 + seg)
-                    g = grid[:nb, : s1 - s0]
-                    np.multiply(cb[:, s0:s1], TIE_GRID, out=g)  # exact (a power of two)
-                    g += TIE_GRID + 0.5  # as tie_grid; positive, so the conversion truncates
-                    k = keys[:, s0:s1]
-                    np.copyto(k, g, casting="unsafe")
-                    k <<= np.uint64(bits)
-                    k |= ranks2_u[s0:s1]
-                keys.sort(axis=1)
-
-                def ranks_at(lo, hi):
-                    return (keys[:, lo:hi] & np.uint64(mask)).view(np.int64)
-
-                def rank_of(rows, pos):
-                    return (keys[rows, pos] & np.uint64(mask)).view(np.int64)
-
-                def grid_at(lo, hi):
-                    return (keys[:, lo:hi] >> np.uint64(bits)).view(np.int64)
+            if torch_path:
+                sorter = _TorchSort(self.ranks, c[a0 : a0 + step])
             else:
-                qn = tie_grid(cb)
-                order = np.argsort(qn, axis=1)
-                qs = np.take_along_axis(qn, order, axis=1)
+                cb = cn[a0 : a0 + step]
+                lowest = _KeyedSort.lowest_grid(self.ranks, cb, self.similarities)
+                if lowest is not None:
+                    sorter = _KeyedSort(self.ranks, cb, lowest, seg, buffers)
+                else:
+                    sorter = _ArgSort(self.ranks, cb)
+            out[a0 : a0 + step] = self._finish(sorter, m, seg)
+        return np.clip(out, -1.0, 1.0)
 
-                def ranks_at(lo, hi):
-                    return ranks2[order[:, lo:hi]]
-
-                def rank_of(rows, pos):
-                    return ranks2[order[rows, pos]]
-
-                def grid_at(lo, hi):
-                    return qs[:, lo:hi]
-
-            dot = np.zeros(nb, dtype=acc)
-            link_rows, link_pos = [], []
-            for s0 in range(0, m, seg):
-                s1 = min(m, s0 + seg)
-                dot += ranks_at(s0, s1) @ a[s0:s1]  # sum(a) = 0: b's offset drops out
-                lo = max(s0 - 1, 0)
-                links = np.diff(grid_at(lo, s1), axis=1) <= TIE_GAP  # sorted elements p and p + 1 tie
-                if links.any():
-                    row, p = np.nonzero(links)
-                    link_rows.append(row)
-                    link_pos.append(p + lo)
-            sum_a2_3 = np.full(nb, full, dtype=acc)
-            if link_rows:
-                row, p = np.concatenate(link_rows), np.concatenate(link_pos)
-                by_row = np.lexsort((p, row))
-                self._correct_ties(dot, sum_a2_3, row[by_row], p[by_row], rank_of, m)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                sum_a2 = sum_a2_3 // 3 if acc is np.int64 else sum_a2_3 / 3  # // : exact, one rounding below
-                den = np.sqrt(sum_a2.astype(np.float64) * sum_b2)
-                out[a0 : a0 + step] = np.where(den > 0, dot / den, 0.0)  # one run: constant -> 0
-        return torch.from_numpy(np.clip(out, -1.0, 1.0)).to(c.dtype)
-
-    @staticmethod
-    def _correct_ties(dot, sum_a2_3, row, p, rank_of, m):
-        """Average ranks over the model tie runs given by (row, p) links (sorted by row, then p):
-        ``dot`` gains sum((f + l - 2p) b_p) per run, ``3 sum(a^2)`` loses L^3 - L."""
-        new = np.ones(len(p), dtype=bool)  # a link starts a new run unless it continues the previous one
-        new[1:] = (row[1:] != row[:-1]) | (p[1:] != p[:-1] + 1)
-        run = np.cumsum(new) - 1
-        first = p[new]  # run start (sorted position), per run
-        last = np.zeros(len(first), dtype=np.int64)
-        np.maximum.at(last, run, p + 1)
-        length = last - first + 1
-        run_row = row[new]
-        elem_run = np.repeat(np.arange(len(first)), length)  # every element of every run
-        elem_pos = first[elem_run] + (np.arange(len(elem_run)) - np.repeat(np.cumsum(length) - length, length))
-        elem_row = run_row[elem_run]
-        b = rank_of(elem_row, elem_pos) - (m + 1)
-        np.add.at(dot, elem_row, (first[elem_run] + last[elem_run] - 2 * elem_pos) * b)
-        length = length.astype(sum_a2_3.dtype)  # float64 for the longest rows: L^3 overflows int64
-        np.add.at(sum_a2_3, run_row, -(length**3 - length))
+    def _finish(self, sorter, m, seg) -> np.ndarray:
+        """The comparison's value for each row of a sorted block."""
+        t = self.ranks
+        dot, sum_a2_3, runs = _rank_tallies(sorter, t, seg)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.comparison == "spearman":
+                sum_a2 = (sum_a2_3 // 3).astype(np.float64)  # exact integer division, one rounding
+                den = np.sqrt(sum_a2 * t.sum_b2)
+                return np.where(den > 0, dot.astype(np.float64) / den, 0.0)  # one run: constant -> 0
+            if self.comparison == "rho_a":  # 12 sum(dx dy) / (m^3 - m) = 3 dot / (m^3 - m)
+                return np.asarray(3 * dot, dtype=np.float64) / float(m**3 - m) if m > 1 else np.zeros(len(dot))
+        model_ties, joint, discordant = _kendall_counts(sorter, runs, t)
+        total = m * (m - 1) // 2
+        if total == 0:
+            return np.zeros(len(dot))
+        return (total - model_ties - t.tie_pairs + joint - 2 * discordant) / total
 
 
 def _real_array(values, name: str) -> np.ndarray:
@@ -386,7 +784,8 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
     target : array-like of shape (m,)
         NaN marks a missing entry. At least 3 observed entries, not all
         equal, and no +/-inf.
-    comparison : {"spearman", "pearson"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+        See the module docstring.
 
     Returns
     -------
@@ -425,9 +824,19 @@ def _check_correlation_inputs(candidates, target, cname, tname):
 def correlation(a, b, comparison: str = "spearman") -> float:
     """Correlation of two vectors, ignoring positions where ``b`` is NaN.
 
-    ``a`` (model side) must be finite where ``b`` is observed; ``b`` (human
-    side) needs at least 3 observed entries that are not all equal (else
-    ``ValueError``). A constant ``a`` correlates 0, with a warning.
+    Parameters
+    ----------
+    a : array-like of shape (m,)
+        Model side; finite where ``b`` is observed. A constant ``a``
+        correlates 0, with a warning.
+    b : array-like of shape (m,)
+        Human side; at least 3 observed entries that are not all equal
+        (else ``ValueError``).
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+
+    Returns
+    -------
+    r : float
     """
     a = _real_array(a, "a (model side)")
     if a.ndim != 1:

@@ -33,6 +33,21 @@ def tie_runs(a):
     return ids
 
 
+def kendall_tau_a(x, y):
+    """Kendall's tau-a by its definition: all m (m - 1) / 2 pairs, a pair tied on either side counts 0."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    m = len(x)
+    s = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
+    return float(s[np.triu_indices(m, 1)].sum() / (m * (m - 1) / 2))
+
+
+def rho_a(x, y):
+    """rsatoolbox's rho-a: 12 sum((R_x - (m+1)/2)(R_y - (m+1)/2)) / (m^3 - m), average ranks."""
+    m = len(x)
+    rx, ry = stats.rankdata(x) - (m + 1) / 2, stats.rankdata(y) - (m + 1) / 2
+    return float(12 * (rx * ry).sum() / (m**3 - m))
+
+
 def naive_compare(a, b, comparison):
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = ~np.isnan(b)
@@ -41,7 +56,12 @@ def naive_compare(a, b, comparison):
         return 0.0
     if comparison == "spearman":
         return stats.spearmanr(tie_runs(a), b).statistic
-    return stats.pearsonr(a, b).statistic
+    if comparison == "kendall_tau_a":
+        return kendall_tau_a(tie_runs(a), b)
+    if comparison == "rho_a":
+        return rho_a(tie_runs(a), b)
+    r = stats.pearsonr(a, b).statistic
+    return r * r if comparison == "pearson_r2" else r
 
 
 def naive_2oi(E, H, similarity, comparison):

@@ -11,7 +11,9 @@ from sklearn_ais.backbones import MLPHead, ModuleHead, PoolingHead
 
 from ._reference import naive_ais, naive_image_scores, naive_path
 
-SETTINGS = [(s, c) for s in ("pearson", "cosine") for c in ("spearman", "pearson")]
+from sklearn_ais._similarity import COMPARISONS
+
+SETTINGS = [(s, c) for s in ("pearson", "cosine") for c in COMPARISONS]
 
 
 def _human(rng, n, nan_frac=0.0):
@@ -76,7 +78,7 @@ def test_mlp_kernels_match_naive(rng, similarity, comparison):
     np.testing.assert_allclose(path, naive_path(maps, H, order, similarity, comparison, head), atol=1e-6)
 
 
-@pytest.mark.parametrize("similarity,comparison", SETTINGS[:2])
+@pytest.mark.parametrize("similarity,comparison", SETTINGS[:5])
 def test_generic_head_matches_naive(rng, similarity, comparison):
     n, K = 9, 5
     lin = nn.Linear(K, 7)
@@ -101,7 +103,9 @@ def test_pooling_head_feature_maps_equal_2d(rng):
 
 
 @pytest.mark.parametrize("kind", ["pooled", "mlp", "generic"])
-@pytest.mark.parametrize("similarity,comparison", [("pearson", "spearman"), ("cosine", "pearson")])
+@pytest.mark.parametrize("similarity,comparison", [("pearson", "spearman"), ("cosine", "pearson"),
+                                                   ("pearson", "pearson_r2"), ("cosine", "kendall_tau_a"),
+                                                   ("pearson", "rho_a")])
 def test_per_image_scores_match_naive(rng, kind, similarity, comparison):
     n, K = 8, 5
     H = _human(rng, n, 0.2)
@@ -137,10 +141,15 @@ def test_chunking_does_not_change_results(rng, monkeypatch, kind):
     monkeypatch.setattr(ab, "_chunk", lambda *a, **k: sizes.append(chunk(*a, **k)) or sizes[-1])
     monkeypatch.setattr(ab, "_ELEMENT_BUDGET", 200)  # forces many tiny chunks
     monkeypatch.setattr(ab, "_POOLED_BUDGET", 200)
+    monkeypatch.setattr(ab, "_ROW_BLOCK", 24)  # pooled: two rows per block
     tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", K)
     assert sizes and max(sizes) < K  # the kernels did run in several chunks
-    np.testing.assert_allclose(full[1], tiny[1], atol=1e-12 if kind == "pooled" else 1e-6)
-    np.testing.assert_allclose(full[3], tiny[3], atol=1e-12 if kind == "pooled" else 1e-6)
+    if kind == "pooled":  # element-wise arithmetic only: chunks and row blocks do not change a bit
+        np.testing.assert_array_equal(full[1], tiny[1])
+        np.testing.assert_array_equal(full[3], tiny[3])
+    else:  # the head's float32 GEMMs round by shape
+        np.testing.assert_allclose(full[1], tiny[1], atol=1e-6)
+        np.testing.assert_allclose(full[3], tiny[3], atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["gap", "vgg"])
@@ -190,3 +199,73 @@ def test_vgg_kernels_nearly_constant_embeddings_match_naive(rng):
     assert base == pytest.approx(want_base, abs=1e-6)
     np.testing.assert_allclose(ais, want_ais, atol=1e-6)
     np.testing.assert_allclose(path, naive_path(maps, H, order, "pearson", "spearman", head=head), atol=1e-6)
+
+
+def _problem_of_kind(rng, kind, n, K):
+    """A problem whose map 1 is zero in every image and map 3 zero in image 2 only."""
+    if kind == "pooled":
+        X = np.maximum(rng.normal(size=(n, K)), 0) + 0.1
+        X[:, 1] = 0
+        X[2, 3] = 0
+        return X, make_problem(X, "pearson")
+    maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
+    maps[:, 1] = 0
+    maps[2, 3] = 0
+    if kind == "mlp":
+        head = _vgg_like(K=K)
+    else:
+        head = ModuleHead(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * K, 6), nn.Tanh()))
+    return maps, make_problem(FeatureMaps(maps, head), "pearson")
+
+
+@pytest.mark.parametrize("kind", ["pooled", "mlp", "generic"])
+@pytest.mark.parametrize("comparison", COMPARISONS)
+def test_dead_map_has_exactly_zero_ais(rng, kind, comparison):
+    """The base and a dead map's candidate take the same arithmetic: AIS exactly 0, globally
+    (map zero in every image) and per image (map zero in that image), on every route."""
+    n, K = 9, 6
+    X, problem = _problem_of_kind(rng, kind, n, K)
+    H = _human(rng, n, 0.1)
+    tv = problem.target(H[np.triu_indices(n, 1)], comparison)
+    base, loo = problem.leave_one_out(tv)
+    assert base - loo[1] == 0.0
+    assert np.abs(base - loo).max() > 0  # the other maps do change the score
+    row_base, ablated = problem.per_image(H, comparison)
+    assert (row_base[:, None] - ablated)[:, 1].tolist() == [0.0] * n
+    assert row_base[2] - ablated[2, 3] == 0.0
+
+
+def test_torch_rank_route_through_the_kernels_gives_the_same_bits(rng, monkeypatch):
+    """The CUDA code path (torch sort) run on CPU through the selector: identical to the numpy route."""
+    import sklearn_ais._similarity as sim
+    from sklearn_ais import AISSelector
+
+    X = np.round(np.maximum(rng.normal(size=(16, 7)), 0), 1)  # ties in the model similarities
+    H = np.round(_human(rng, 16, 0.2), 1)
+    for comparison in ("spearman", "kendall_tau_a", "rho_a"):
+        a = AISSelector(comparison=comparison, device="cpu").fit(X, H)
+        monkeypatch.setattr(sim, "_CPU_SORT", "torch")
+        b = AISSelector(comparison=comparison, device="cpu").fit(X, H)
+        monkeypatch.setattr(sim, "_CPU_SORT", "numpy")
+        np.testing.assert_array_equal(a.scores_, b.scores_)
+        np.testing.assert_array_equal(a.path_scores_, b.path_scores_)
+
+
+def test_leave_one_out_stack_is_not_kept_beyond_its_budget(rng, monkeypatch):
+    """At large n the K x n_pairs stack would not fit: the parent keeps nothing, subsets compute
+    their own leave-one-out (still equal to the naive algorithm)."""
+    import sklearn_ais._ablation as ab
+
+    n, K = 10, 4
+    X = np.maximum(rng.normal(size=(n, K)), 0) + 0.1
+    H = _human(rng, n)
+    monkeypatch.setattr(ab, "_STACK_BUDGET", K * n * (n - 1) // 2 - 1)  # one element short
+    parent = make_problem(X, "pearson")
+    parent.cache_loo = True
+    parent.leave_one_out(parent.target(H[np.triu_indices(n, 1)], "spearman"))
+    assert parent._loo_stack is None and parent.loo_stack() is None
+    idx = np.arange(7)
+    sub = parent.subset(idx)
+    Hs = H[np.ix_(idx, idx)]
+    base, loo = sub.leave_one_out(sub.target(Hs[np.triu_indices(7, 1)], "spearman"))
+    np.testing.assert_allclose(base - loo, naive_ais(X[idx], Hs, "pearson", "spearman")[1], atol=1e-9)

@@ -40,3 +40,14 @@ def test_ranking_agreement_ignores_ties_only(bench):
     assert ok and n_disc == 0
     ok, n_disc, _, _ = bench.ranking_agreement([3.0, 2.0, 1.0], [3.0, 1.0, 2.0])
     assert not ok and n_disc == 1
+
+
+def test_things_case_agrees_with_naive_and_reports_the_floor(bench):
+    """Case 6's worker on a tiny size: agreement on the subset, the sorting floor and the presorting timings."""
+    res = bench.things_point(bench.TINY["case6"], "cpu")
+    assert res["agreement_ok"] and res["max_abs_diff"] <= bench.AGREE_TOL, res
+    assert res["floor_s"] > 0 and res["ours_over_floor"] > 0
+    assert "presorted_mergesort_s" in res["sorts"]["after"]
+    res["points"] = [dict(n=res["n"], K=res["K"], ours_s=res["ours_s"], peak_rss_mb=res["peak_rss_fit_mb"])]
+    table = bench.print_table({"6": res}, bench.evaluate_targets({"6": res}), False)
+    assert "sorting floor" in table and "case 6" in table

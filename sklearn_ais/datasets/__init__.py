@@ -10,11 +10,13 @@ from ._base import DataUnavailableError, get_data_home
 from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
 from ._synthetic import make_similarity_task
+from ._things import load_things_similarity
 
 __all__ = [
     "DataUnavailableError",
     "get_data_home",
     "load_kriegeskorte92",
     "load_peterson_animals",
+    "load_things_similarity",
     "make_similarity_task",
 ]

@@ -1,0 +1,154 @@
+"""The comparisons of the kernel layer against their definitions, and the properties every route keeps.
+
+References: ``tests/_reference.py`` (brute-force tau-a over all pairs, rsatoolbox's rho-a formula,
+scipy), the package's tie rule written out (``tie_runs``). Both CPU rank routes (numpy sort keys,
+numpy argsort) and the torch route that CUDA candidates take are checked, on CPU.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import sklearn_ais._similarity as sim
+from sklearn_ais._similarity import COMPARISONS, TargetVector, _inversions, _row_sum, batched_correlation
+
+from ._reference import kendall_tau_a, naive_compare, rho_a, tie_runs
+
+NEW = ["pearson_r2", "kendall_tau_a", "rho_a"]
+RANKS = ["spearman", "kendall_tau_a", "rho_a"]
+
+
+def _tied_candidates(rng, B, m):
+    """Model rows with exact ties, round-off near-ties (one tie run by the rule), a constant row."""
+    c = np.round(np.tanh(rng.normal(size=(B, m))), 1)
+    c[0, : m // 3] = 0.25 + 1e-15 * rng.standard_normal(m // 3)  # near-ties: one run by the tie rule
+    c[1] = np.tanh(rng.normal(size=m))  # no ties
+    c[2] = 0.5  # constant: 0 for every comparison
+    c[3, 5:9] = c[3, 4] + np.array([2e-13, 4e-13, 6e-13, 8e-13])  # a chain: one run, spans several grid steps
+    return c
+
+
+@pytest.mark.parametrize("human_ties", [False, True])
+@pytest.mark.parametrize("comparison", COMPARISONS)
+@pytest.mark.parametrize("route", ["keyed", "argsort", "torch"])
+def test_every_comparison_equals_its_definition(monkeypatch, comparison, route, human_ties):
+    rng = np.random.default_rng(7)
+    m = 57
+    c = _tied_candidates(rng, 6, m)
+    h = rng.normal(size=m)
+    if human_ties:
+        h = np.round(h * 2) / 2
+    h[[3, 30]] = np.nan
+    if route == "argsort":
+        c[4] *= 1.5  # values outside [-1, 1]: the keyed route refuses them
+    monkeypatch.setattr(sim, "_CPU_SORT", "torch" if route == "torch" else "numpy")
+    got = batched_correlation(c, h, comparison)
+    want = np.array([naive_compare(row, h, comparison) for row in c])
+    np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+    assert got[2] == 0.0
+
+
+def test_brute_force_references_match_scipy_and_rsatoolbox_identities():
+    """The references themselves: tau-a = tau-b and rho-a = Spearman without ties; tau-a <= tau-b in size with ties."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=40), rng.normal(size=40)
+    assert kendall_tau_a(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-14)
+    assert rho_a(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-14)
+    xt, yt = np.round(x), np.round(y)
+    assert abs(kendall_tau_a(xt, yt)) <= abs(stats.kendalltau(xt, yt).statistic) + 1e-15
+
+
+def test_pearson_r2_is_scipy_r_squared():
+    rng = np.random.default_rng(1)
+    c, h = np.tanh(rng.normal(size=(5, 30))), rng.normal(size=30)
+    want = [stats.pearsonr(row, h).statistic ** 2 for row in c]
+    np.testing.assert_allclose(batched_correlation(c, h, "pearson_r2"), want, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 64, 65, 300])
+def test_inversions_equal_pair_count(m):
+    rng = np.random.default_rng(m)
+    d = rng.integers(0, max(1, m // 3), size=(4, m))  # many ties: equal values are not inversions
+    want = [int(sum(row[p] > row[q] for p in range(m) for q in range(p + 1, m))) for row in d]
+    np.testing.assert_array_equal(_inversions(d.astype(np.int64), 8), want)
+    np.testing.assert_array_equal(_inversions(torch.as_tensor(d), 8), want)
+
+
+def test_row_sum_bits_do_not_depend_on_batch_layout_or_threads():
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(rng.normal(size=(7, 70001)) * 10.0 ** rng.integers(-3, 4, size=(7, 1)))
+    whole = _row_sum(x)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for r in range(7):
+                assert _row_sum(x[r : r + 1])[0].item() == whole[r].item()
+            assert torch.equal(_row_sum(x.T.contiguous().T), whole)  # Fortran layout
+    finally:
+        torch.set_num_threads(threads)
+    import math
+
+    np.testing.assert_allclose(whole.numpy(), [math.fsum(row) for row in x.numpy()], rtol=1e-13)
+
+
+@pytest.mark.parametrize("comparison", COMPARISONS)
+def test_a_row_scores_the_same_alone_or_in_any_batch(comparison):
+    rng = np.random.default_rng(3)
+    c = torch.as_tensor(np.tanh(rng.normal(size=(9, 5000))))
+    tv = TargetVector(rng.normal(size=5000), comparison, similarities=True)
+    whole = tv.correlate(c)
+    for r in range(9):
+        assert tv.correlate(c[r : r + 1])[0].item() == whole[r].item()
+    assert torch.equal(tv.correlate(c.T.contiguous().T), whole)
+
+
+def test_keyed_route_at_thing_size_pairs_matches_scipy():
+    """m = 1.2 million pairs (n ~ 1550): the dense human ranks need 21 bits, so the keys carry the grid
+    index relative to the block's minimum; exact against scipy, and the same bits as the argsort route."""
+    rng = np.random.default_rng(4)
+    m = 1_200_000
+    h = rng.standard_normal(m)
+    c = np.clip(0.3 + 0.2 * (0.5 * h + rng.standard_normal(m)), -1, 1)[None]
+    c[0, :1000] = np.round(c[0, :1000], 2)  # some model ties
+    tv = TargetVector(h, "spearman", similarities=True)
+    cb = c.copy()
+    assert sim._KeyedSort.lowest_grid(tv.ranks, cb, True) is not None  # the keyed route is taken
+    got = float(tv.correlate(torch.as_tensor(c))[0])
+    assert got == pytest.approx(stats.spearmanr(tie_runs(c[0]), h).statistic, abs=1e-12)
+    wide = np.concatenate([c[0, :-2], [-1.0, 1.0]])[None]  # spans [-1, 1]: falls back to argsort, still exact
+    assert sim._KeyedSort.lowest_grid(tv.ranks, wide, True) is None
+    got_wide = float(tv.correlate(torch.as_tensor(wide))[0])
+    assert got_wide == pytest.approx(stats.spearmanr(tie_runs(wide[0]), h).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("comparison", RANKS)
+def test_torch_route_gives_the_same_bits_as_the_cpu_routes(monkeypatch, comparison):
+    rng = np.random.default_rng(5)
+    c = torch.as_tensor(_tied_candidates(rng, 8, 3000))
+    h = np.round(rng.normal(size=3000), 1)
+    tv = TargetVector(h, comparison, similarities=True)
+    cpu = tv.correlate(c)
+    monkeypatch.setattr(sim, "_CPU_SORT", "torch")
+    assert torch.equal(tv.correlate(c), cpu)
+
+
+@pytest.mark.parametrize("comparison", NEW)
+def test_estimators_take_the_new_comparisons(comparison):
+    """AISSelector and AISHeatmapper accept every comparison and equal the naive algorithm with it."""
+    from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+    from sklearn_ais.backbones import PoolingHead
+
+    from ._reference import naive_ais, naive_image_scores
+
+    rng = np.random.default_rng(6)
+    X = (np.maximum(rng.normal(size=(12, 6)), 0) + 0.05).astype(np.float32).astype(np.float64)  # maps are float32
+    A = rng.normal(size=(12, 12))
+    H = np.round((A + A.T) / 2, 1)  # human ties
+    sel = AISSelector(comparison=comparison, device="cpu").fit(X, H)
+    base, ais = naive_ais(X, H, "pearson", comparison)
+    assert sel.baseline_score_ == pytest.approx(base, abs=1e-12)
+    np.testing.assert_allclose(sel.scores_, ais, atol=1e-12)
+    hm = AISHeatmapper(comparison=comparison, device="cpu").fit(FeatureMaps(X[:, :, None, None], PoolingHead()), H)
+    np.testing.assert_allclose(hm.image_scores_, naive_image_scores(X, H, "pearson", comparison), atol=1e-9)
