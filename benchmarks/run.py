@@ -561,8 +561,8 @@ def case5(cfg, device, threads=1):
             slope = max(math.log(t2 / t1) / math.log(n2 / n1), 1.0)
             pred = t2 * (n / n2) ** slope
             if pred > limit or time.perf_counter() - t0 + pred * repeats > budget:
-                res["points"].append(dict(n=n, skipped=f"skipped: predicted {pred:.0f} s per fit exceeds the "
-                                                      f"time limit"))
+                note = f"skipped: predicted {pred:.0f} s per fit exceeds the time limit"
+                res["points"].append(dict(n=n, skipped=note))
                 continue
         out = _subprocess(["--worker", "scale", "--n", str(n), "--K", str(cfg["K"]), "--hw", str(cfg["hw"]),
                            "--repeats", str(repeats), "--device", str(device), "--threads", str(threads)])
@@ -876,7 +876,8 @@ def print_table(results, targets, quick):
         else:
             for k in ("gap", "vgg"):
                 c = r[k]
-                row(f"4: CV 5x8 {k.upper()} ({c.get('folds', c.get('folds_total'))} folds)", c["ours_s"], c["naive_s"], "estimate", c["peak_rss_mb"])
+                folds = c.get("folds", c.get("folds_total"))
+                row(f"4: CV 5x8 {k.upper()} ({folds} folds)", c["ours_s"], c["naive_s"], "estimate", c["peak_rss_mb"])
     r = results.get("6")
     if r:
         if "error" in r:

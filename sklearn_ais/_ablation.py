@@ -44,7 +44,7 @@ import torch
 
 from ._containers import FeatureMaps
 from ._device import resolve_device
-from ._similarity import _REL_EPS, TargetVector, _standardize_rows, rsm_torch
+from ._similarity import REL_EPS, TargetVector, standardize_rows, rsm_torch
 from .backbones._heads import MLPHead, PoolingHead
 
 # Cached leave-one-out similarities (float64 elements): 1 GiB at most.
@@ -304,7 +304,7 @@ class _PooledProblem(_Problem):
     A row that keeps less than ``_RECOMPUTE_REL`` of its energy after an
     ablation (one map carried nearly all of it) would lose too many digits:
     its similarities are recomputed directly. A row is constant (similarity
-    0) by the rule of :func:`~sklearn_ais._similarity._standardize_rows`.
+    0) by the rule of :func:`~sklearn_ais._similarity.standardize_rows`.
     """
 
     def __init__(self, E, similarity, device):
@@ -347,7 +347,7 @@ class _PooledProblem(_Problem):
 
     def _alive(self, v, raw):
         """Rows with information: centred energy above round-off of the raw one (Pearson), non-zero (cosine)."""
-        return v > _REL_EPS * raw if self.pearson else v > 0
+        return v > REL_EPS * raw if self.pearson else v > 0
 
     def _ablated_rows(self, e, d, t=None):
         """Energy statistics of rows that lose raw values ``e`` (centred values ``d``).
@@ -369,7 +369,7 @@ class _PooledProblem(_Problem):
     def _direct_rows(self, rows_E, others):
         """Similarities of (already ablated) rows ``rows_E`` (R, K) with the rows ``others`` (B, K)."""
         center = self.pearson
-        return (_standardize_rows(rows_E, center=center) @ _standardize_rows(others, center=center).T).clamp(-1, 1)
+        return (standardize_rows(rows_E, center=center) @ standardize_rows(others, center=center).T).clamp(-1, 1)
 
     def _upper_from_delta(self, dE, ks=None):
         """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
@@ -664,7 +664,7 @@ class _MLPProblem(_Problem):
         raw = torch.diagonal(G, dim1=1, dim2=2).clone()
         pearson = self.similarity == "pearson"
         v = raw - s * s / D if pearson else raw
-        alive = (v > _REL_EPS * raw) & (v > 0)
+        alive = (v > REL_EPS * raw) & (v > 0)
         lossy = self._lossy(raw, s, D).any(dim=1)
         r = torch.where(alive, v.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), torch.zeros_like(v))
         G *= r[:, :, None]
@@ -680,7 +680,7 @@ class _MLPProblem(_Problem):
         if self.similarity != "pearson":
             return torch.zeros_like(raw, dtype=torch.bool)
         v = raw - s * s / D
-        return (v > _REL_EPS * raw) & (v < _LOSSY_REL * raw)
+        return (v > REL_EPS * raw) & (v < _LOSSY_REL * raw)
 
     @property
     def gram0(self):
@@ -810,7 +810,7 @@ class _MLPProblem(_Problem):
         D1 = self.D1
         block = _chunk(len(rows_list), K * n)  # rows of (K, n) candidate similarities held at once
         with torch.inference_mode():
-            std0 = _standardize_rows(self.E0, center=center)
+            std0 = standardize_rows(self.E0, center=center)
             base_full = (std0 @ std0.T).clamp(-1, 1)
             targets = list(self._row_targets(H, comparison, rows_list))
             for r0 in range(0, len(rows_list), block):
@@ -827,7 +827,7 @@ class _MLPProblem(_Problem):
                         continue
                     pre = Ar[None] - self._contrib(torch.arange(a, b, device=self.device), rows=rt)
                     pre[lone[:, a:b].T] = self.b
-                    Et = _standardize_rows(self.rest(pre[al]).double(), center=center)
+                    Et = standardize_rows(self.rest(pre[al]).double(), center=center)
                     ci, ri = al.nonzero(as_tuple=True)
                     Z[ri, a + ci] = (Et @ std0.T).clamp_(-1, 1)
                 for r_ in range(R):
@@ -930,7 +930,7 @@ class _GenericProblem(_Problem):
         base = np.zeros(len(rows_list))
         ablated = np.zeros((len(rows_list), self.K))
         center = self.similarity == "pearson"
-        std0 = _standardize_rows(self.E0, center=center)
+        std0 = standardize_rows(self.E0, center=center)
         step = _chunk(self.K, self.maps[0].numel())
         for r, (t, others, tv) in enumerate(self._row_targets(H, comparison, rows_list)):
             o = torch.as_tensor(others, device=self.device)
@@ -940,7 +940,7 @@ class _GenericProblem(_Problem):
                 x = self.maps[t][None].repeat(len(ks), 1, 1, 1)
                 x[torch.arange(len(ks)), ks] = 0
                 with torch.inference_mode():
-                    Et = _standardize_rows(self.fm.head.embed(x).double(), center=center)
+                    Et = standardize_rows(self.fm.head.embed(x).double(), center=center)
                 ablated[r, a : a + len(ks)] = tv.correlate((Et @ std0[o].T).clamp(-1, 1)).cpu().numpy()
             ablated[r, ~self.alive[t].cpu().numpy()] = base[r]  # a map that is zero in image t changes nothing
         return base, ablated

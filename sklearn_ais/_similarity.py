@@ -62,7 +62,20 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
+
+# torch is imported only where a tensor is handled (kernels, CUDA): the metrics and
+# every one-off correlation run in NumPy.
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _is_numpy(x) -> bool:
+    return isinstance(x, np.ndarray)
+
 
 SIMILARITIES = ("pearson", "cosine")
 COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a")
@@ -70,7 +83,7 @@ _RANK_COMPARISONS = ("spearman", "kendall_tau_a", "rho_a")
 
 # A row whose centred energy is below this fraction of its raw energy is
 # constant up to round-off (float64 cancellation leaves ~1e-16).
-_REL_EPS = 1e-12
+REL_EPS = 1e-12
 # Model similarities live on a grid of step 2**-42 before ranking: grid index
 # ``trunc(c * 2**42 + (2**42 + 1/2))`` (c * 2**42 is exact, so every route, fused
 # or not, gets the same bits), and sorted neighbours <= TIE_GAP steps apart tie.
@@ -88,7 +101,7 @@ _CPU_SORT = "numpy"
 def tie_grid(c):
     """Grid index of model values (numpy or torch, float64): the package's tie rule."""
     g = c * TIE_GRID + (TIE_GRID + 0.5)
-    return g.trunc() if isinstance(g, torch.Tensor) else np.trunc(g)
+    return g.trunc() if hasattr(g, "trunc") else np.trunc(g)  # a tensor, else numpy arrays and scalars
 
 
 def is_constant_model(values) -> bool:
@@ -133,11 +146,26 @@ def similarity_matrix(embeddings, similarity: str = "pearson") -> np.ndarray:
     >>> np.allclose(similarity_matrix(E), np.corrcoef(E))
     True
     """
-    E = torch.as_tensor(np.array(embeddings, dtype=np.float64, order="C", copy=True))  # canonical strides
-    return rsm_torch(E[None], similarity)[0].numpy()
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    En = standardize_rows(np.array(embeddings, dtype=np.float64, order="C", copy=True), center=similarity == "pearson")
+    return _mirrored(np.clip(En @ En.T, -1.0, 1.0))
 
 
-def rsm_torch(E: torch.Tensor, similarity: str) -> torch.Tensor:
+def _mirrored(Z):
+    """Upper triangle copied onto the lower one, unit diagonal (numpy or torch, (..., n, n))."""
+    if _is_numpy(Z):
+        upper = np.triu(Z, 1)
+        Z = upper + np.swapaxes(upper, -1, -2)  # x + 0: exact
+        np.einsum("...ii->...i", Z)[...] = 1.0
+        return Z
+    upper = _torch().triu(Z, diagonal=1)
+    Z = upper + upper.transpose(-1, -2)
+    Z.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return Z
+
+
+def rsm_torch(E, similarity: str):
     """Batched RSMs.
 
     Parameters
@@ -154,14 +182,11 @@ def rsm_torch(E: torch.Tensor, similarity: str) -> torch.Tensor:
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    En = _standardize_rows(E, center=similarity == "pearson")
-    upper = torch.triu((En @ En.transpose(-1, -2)).clamp(-1.0, 1.0), diagonal=1)
-    Z = upper + upper.transpose(-1, -2)  # x + 0: exact
-    Z.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    return Z
+    En = standardize_rows(E, center=similarity == "pearson")
+    return _mirrored((En @ En.transpose(-1, -2)).clamp(-1.0, 1.0))
 
 
-def _row_sum(x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+def _row_sum(x, overwrite: bool = False):
     """Sum along the last axis in a fixed pairwise order (any device).
 
     A tree of element-wise additions: each step adds the second half of the
@@ -172,32 +197,35 @@ def _row_sum(x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
 
     Parameters
     ----------
-    x : tensor of shape (..., m)
+    x : ndarray or tensor of shape (..., m)
     overwrite : bool, default=False
         Use ``x`` as the work buffer (it is destroyed).
 
     Returns
     -------
-    s : tensor of shape (...)
+    s : ndarray or tensor of shape (...)
+        NumPy and torch give the same bits (the same additions in the same order).
     """
     width = x.shape[-1]
+    copy = (lambda a: a.copy()) if _is_numpy(x) else (lambda a: a.clone())
     if width == 0:
-        return x.new_zeros(x.shape[:-1])
-    x = x if overwrite else x.clone()
+        return np.zeros(x.shape[:-1]) if _is_numpy(x) else x.new_zeros(x.shape[:-1])
+    x = x if overwrite else copy(x)
     while width > 1:
         half = width // 2
         x[..., :half] += x[..., half : 2 * half]
         if width % 2:  # the odd last element moves up to join the next step
             x[..., half] = x[..., 2 * half]
         width = half + width % 2
-    return x[..., 0].clone()
+    return copy(x[..., 0])
 
 
-def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
+def rankdata_torch(x):
     """Average ranks (1-based) along the last axis, as ``scipy.stats.rankdata``.
 
     ``x`` is (B, m). Ties (exactly equal values) get the mean of the ranks they span.
     """
+    torch = _torch()
     order = torch.argsort(x, dim=1, stable=True)
     xs = torch.gather(x, 1, order)
     new_run = torch.ones_like(xs, dtype=torch.bool)
@@ -205,8 +233,9 @@ def rankdata_torch(x: torch.Tensor) -> torch.Tensor:
     return _average_ranks(order, new_run, x.dtype)
 
 
-def model_ranks_torch(c: torch.Tensor) -> torch.Tensor:
+def model_ranks_torch(c):
     """Average ranks of model values (B, m) under the package's tie rule (any device)."""
+    torch = _torch()
     q = tie_grid(c)
     order = torch.argsort(q, dim=1, stable=True)
     qs = torch.gather(q, 1, order)
@@ -217,6 +246,7 @@ def model_ranks_torch(c: torch.Tensor) -> torch.Tensor:
 
 def _average_ranks(order, new_run, dtype):
     """Ranks from a sorting permutation and the starts of tie runs in sorted order."""
+    torch = _torch()
     B, m = order.shape
     pos = torch.arange(m, device=order.device, dtype=dtype).expand(B, m)
     if bool(new_run.all()):
@@ -233,30 +263,46 @@ def _average_ranks(order, new_run, dtype):
     return ranks
 
 
-def _standardize_rows(x: torch.Tensor, center: bool = True, rel_eps: float = _REL_EPS) -> torch.Tensor:
-    """Centre each row (optionally) and scale it to unit norm.
+def standardize_rows(x, center: bool = True, rel_eps: float = REL_EPS):
+    """Centre each row (optionally) and scale it to unit norm (numpy or torch).
 
     A row whose centred energy is negligible relative to its own magnitude
     (constant up to round-off) or that is all zero becomes 0. Row sums go
-    through :func:`_row_sum`: a row's result does not depend on the batch.
+    through :func:`_row_sum`: a row's result does not depend on the batch, and
+    NumPy and torch give the same bits.
 
     When squares would overflow (values ~1e200) or underflow (~1e-200), which
     would turn valid rows into "constant" ones, every row is first divided by
     a power of two close to its largest magnitude: exact, so it changes no
     result bit.
+
+    Parameters
+    ----------
+    x : ndarray or tensor of shape (..., m), float64
+    center : bool, default=True
+        Subtract each row's mean first (Pearson); else only scale (cosine).
+    rel_eps : float, default=1e-12
+        Rows whose centred energy is below this fraction of the raw one are 0.
+
+    Returns
+    -------
+    z : ndarray or tensor like ``x``
     """
     if x.shape[-1] == 0:
         return x
+    xp = np if _is_numpy(x) else _torch()
     scale = _row_sum(x * x, overwrite=True)[..., None]
-    if bool(((scale < 1e-250) | ~torch.isfinite(scale)).any()):  # rare: squares over/underflow
-        _, exponent = torch.frexp(x.abs().amax(dim=-1, keepdim=True))
-        x = torch.ldexp(x, -exponent)
+    if bool(((scale < 1e-250) | ~xp.isfinite(scale)).any()):  # rare: squares over/underflow
+        peak = np.abs(x).max(axis=-1, keepdims=True) if _is_numpy(x) else x.abs().amax(dim=-1, keepdim=True)
+        _, exponent = xp.frexp(peak)
+        x = xp.ldexp(x, -exponent)
         scale = _row_sum(x * x, overwrite=True)[..., None]
     if center:
         x = x - _row_sum(x)[..., None] / x.shape[-1]
     sq = _row_sum(x * x, overwrite=True)[..., None]
     alive = (sq > rel_eps * scale) & (sq > 0)
-    inv = torch.where(alive, sq.clamp_min(torch.finfo(x.dtype).tiny).rsqrt(), torch.zeros_like(sq))
+    tiny = np.finfo(np.float64).tiny
+    inv = xp.where(alive, 1.0 / xp.sqrt(xp.maximum(sq, xp.full_like(sq, tiny))), xp.zeros_like(sq))
     return x * inv
 
 
@@ -305,6 +351,7 @@ class _TargetRanks:
         """(dense, a, b_of_dense) as tensors on ``device`` (copied once)."""
         key = str(device)
         if key not in self._on:
+            torch = _torch()
             self._on[key] = tuple(torch.as_tensor(x, device=device) for x in (self.dense, self.a, self.b_of_dense))
         return self._on[key]
 
@@ -447,7 +494,7 @@ class _TorchSort:
 
     def __init__(self, target, c):
         self.nb, m = c.shape
-        self.q, order = torch.sort(tie_grid(c), dim=1)
+        self.q, order = _torch().sort(tie_grid(c), dim=1)
         dense, self.a, _ = target.on(c.device)
         self.d = dense[order]
         self.seg = max(1, min(m, 2**62 // max(1, 2 * m * m)))  # |sum over a segment| < 2**62
@@ -465,14 +512,14 @@ class _TorchSort:
         tie = (g[:, 1:] - g[:, :-1]) <= TIE_GAP
         if not bool(tie.any()):
             return None
-        row, p = torch.nonzero(tie, as_tuple=True)
+        row, p = _torch().nonzero(tie, as_tuple=True)
         return row.cpu().numpy(), p.cpu().numpy() + lo
 
     def dense_full(self):
         return self.d
 
     def dense_at(self, rows, pos):
-        dev = self.d.device
+        dev, torch = self.d.device, _torch()
         return self.d[torch.as_tensor(rows, device=dev), torch.as_tensor(pos, device=dev)].cpu().numpy()
 
 
@@ -571,6 +618,7 @@ def _inversions(d, bits):
     inversions : int64 ndarray of shape (nb,)
     """
     numpy_side = isinstance(d, np.ndarray)
+    torch = None if numpy_side else _torch()
     m = d.shape[1]
     pos = np.arange(m, dtype=np.int64) if numpy_side else torch.arange(m, device=d.device)
     total = np.zeros(d.shape[0], dtype=np.int64)
@@ -622,6 +670,7 @@ def _kendall_counts(sorter, runs, target):
         _sum_by_row(length * (length - 1) // 2, run_row, model_ties)
         rows = np.unique(run_row)
         on_host = isinstance(d, np.ndarray)
+        torch = None if on_host else _torch()
         sub = d[rows] if on_host else d[torch.as_tensor(rows, device=d.device)].cpu().numpy()
         sub, joint[rows] = _order_runs(sub, np.searchsorted(rows, run_row), first, length, target.bits)
         d = d.copy() if on_host else d.clone()
@@ -645,7 +694,7 @@ class TargetVector:
     comparison : str
         One of ``COMPARISONS``.
     device : str or torch.device, default="cpu"
-    dtype : torch.dtype, default=torch.float64
+        Where tensor candidates are compared.
     similarities : bool, default=False
         The candidates are model similarities (in [-1, 1] up to round-off):
         no range check.
@@ -655,12 +704,12 @@ class TargetVector:
     mask : ndarray of bool, shape (m_full,)
         Observed entries.
     n_observed : int
-    prepared : tensor of shape (n_observed,)
+    prepared : ndarray of shape (n_observed,)
         Standardized values (Pearson comparisons) or standardized ranks.
     is_constant : bool
     """
 
-    def __init__(self, values, comparison: str, device="cpu", dtype=torch.float64, similarities=False):
+    def __init__(self, values, comparison: str, device="cpu", similarities=False):
         if comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
         values = np.asarray(values, dtype=np.float64)
@@ -668,40 +717,52 @@ class TargetVector:
         self.comparison = comparison
         self.similarities = similarities
         self.device = device
-        self.dtype = dtype
-        self.mask_t = torch.as_tensor(self.mask, device=device)
         self.n_observed = int(self.mask.sum())
-        v = torch.as_tensor(values[self.mask], device=device, dtype=dtype)[None]
+        observed = values[self.mask]
         self.ranks = None
         if comparison in _RANK_COMPARISONS:
-            self.ranks = _TargetRanks(values[self.mask])
-            v = rankdata_torch(v)
-        self.prepared = _standardize_rows(v)[0]
-        self.is_constant = bool((self.prepared == 0).all())
+            from scipy.stats import rankdata
 
-    def correlate(self, candidates: torch.Tensor) -> torch.Tensor:
+            self.ranks = _TargetRanks(observed)
+            observed = rankdata(observed)
+        self.prepared = standardize_rows(np.asarray(observed, dtype=np.float64)[None])[0]
+        self.is_constant = bool((self.prepared == 0).all())
+        self._tensors = {}
+
+    def _on(self, device):
+        """(mask, prepared) as tensors on ``device`` (copied once)."""
+        key = str(device)
+        if key not in self._tensors:
+            torch = _torch()
+            self._tensors[key] = (torch.as_tensor(self.mask, device=device),
+                                  torch.as_tensor(self.prepared, device=device))
+        return self._tensors[key]
+
+    def correlate(self, candidates):
         """Comparison of each row of ``candidates`` with the target.
 
         Parameters
         ----------
-        candidates : tensor of shape (B, m_full)
-            Model values; only the observed entries are used.
+        candidates : ndarray or tensor of shape (B, m_full)
+            Model values; only the observed entries are used. NumPy arrays are
+            compared in NumPy (no torch needed), tensors on their device.
 
         Returns
         -------
-        r : tensor of shape (B,)
-            In the candidates' dtype and device. A row's value depends on that
+        r : ndarray or tensor of shape (B,), float64
+            Of the candidates' kind (and device). A row's value depends on that
             row alone (not on B, the layout or the device).
         """
+        numpy_in = _is_numpy(candidates)
         c = candidates
         if not bool(self.mask.all()):
-            c = c[:, self.mask_t]
-        c = c.to(self.dtype)
+            c = c[:, self.mask] if numpy_in else c[:, self._on(c.device)[0]]
+        c = c.astype(np.float64, copy=False) if numpy_in else c.to(_torch().float64)
         if c.shape[1] == 0:  # no observed entry: nothing to correlate (callers report it)
-            return torch.zeros(c.shape[0], dtype=self.dtype, device=c.device)
+            return np.zeros(c.shape[0]) if numpy_in else c.new_zeros(c.shape[0])
         if self.comparison in _RANK_COMPARISONS:
             out = self._rank_compare(c)
-            return torch.from_numpy(out).to(device=c.device, dtype=c.dtype)
+            return out if numpy_in else _torch().from_numpy(out).to(device=c.device, dtype=c.dtype)
         r = self._pearson(c)
         return r * r if self.comparison == "pearson_r2" else r
 
@@ -710,24 +771,31 @@ class TargetVector:
         # Any spread larger than one tie run is information, however small (model
         # similarities near 1 may differ only in the 8th decimal).
         q = tie_grid(c)
-        constant = (q.amax(dim=1, keepdim=True) - q.amin(dim=1, keepdim=True)) <= TIE_GAP * (c.shape[1] - 1)
+        numpy_in = _is_numpy(c)
+        if numpy_in:
+            constant = (q.max(axis=1, keepdims=True) - q.min(axis=1, keepdims=True)) <= TIE_GAP * (c.shape[1] - 1)
+        else:
+            constant = (q.amax(dim=1, keepdim=True) - q.amin(dim=1, keepdim=True)) <= TIE_GAP * (c.shape[1] - 1)
         if bool(constant.any()):  # spread small enough to be one run: check in sorted order
-            rows = constant.flatten().clone()
-            qs = torch.sort(q[rows], dim=1).values
-            constant[rows] = ((qs[:, 1:] - qs[:, :-1]) <= TIE_GAP).all(dim=1, keepdim=True)
-        c = torch.where(constant, torch.zeros_like(c), _standardize_rows(c, rel_eps=0.0))
-        return _row_sum(c * self.prepared, overwrite=True).clamp(-1.0, 1.0)
+            rows = constant.ravel().copy() if numpy_in else constant.flatten().clone()
+            qs = np.sort(q[rows], axis=1) if numpy_in else _torch().sort(q[rows], dim=1).values
+            constant[rows] = ((qs[:, 1:] - qs[:, :-1]) <= TIE_GAP).all(1)[:, None]
+        xp = np if numpy_in else _torch()
+        z = xp.where(constant, xp.zeros_like(c), standardize_rows(c, rel_eps=0.0))
+        prepared = self.prepared if numpy_in else self._on(c.device)[1]
+        r = _row_sum(z * prepared, overwrite=True)
+        return np.clip(r, -1.0, 1.0) if numpy_in else r.clamp(-1.0, 1.0)
 
     def _rank_compare(self, c) -> np.ndarray:
         """Rank comparisons in exact integer arithmetic, block by block (rows of ~1 MB)."""
         B, m = c.shape
-        torch_path = c.device.type != "cpu" or _CPU_SORT == "torch"
+        torch_path = not _is_numpy(c) and (c.device.type != "cpu" or _CPU_SORT == "torch")
         if torch_path:
             step, seg = max(1, (_BLOCK_ELEMENTS << 6) // m), m
         else:
             step = max(1, _BLOCK_ELEMENTS // m)
             seg = m if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
-            cn = c.numpy()
+            cn = c if _is_numpy(c) else c.numpy()
             buffers = (np.empty((min(step, B), min(seg, m))), np.empty((min(step, B), m), dtype=np.uint64))
         out = np.empty(B)
         for a0 in range(0, B, step):
@@ -798,8 +866,7 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
         empty or constant target: the correlation would be undefined.
     """
     candidates, target = _check_correlation_inputs(candidates, target, "candidates", "target")
-    tv = TargetVector(target, comparison)
-    return tv.correlate(torch.as_tensor(candidates)).numpy()
+    return TargetVector(target, comparison).correlate(candidates)
 
 
 def _check_correlation_inputs(candidates, target, cname, tname):
@@ -842,7 +909,7 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     if a.ndim != 1:
         raise ValueError(f"a (model side) must be 1-D, got shape {a.shape}")
     a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
-    r = float(TargetVector(b, comparison).correlate(torch.as_tensor(a2))[0])
+    r = float(TargetVector(b, comparison).correlate(a2)[0])
     observed = ~np.isnan(b)
     if r == 0 and is_constant_model(a[observed]):
         warnings.warn(

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._containers import FeatureMaps
-from .._similarity import COMPARISONS, SIMILARITIES, TargetVector, _standardize_rows
+from .._similarity import COMPARISONS, SIMILARITIES, TargetVector, standardize_rows
 from .._sklearn_compat import Interval, StrOptions, validate_params
 from .._targets import Y_KINDS, check_similarity_target
 from .._validation import as_feature_mask
@@ -336,7 +336,7 @@ def occlusion_heatmaps(
 
     center = similarity == "pearson"
     E0 = _embed_pixels(bb, pixels, batch_size)
-    E0n = _standardize_rows(E0, center=center)
+    E0n = standardize_rows(E0, center=center)
     heat = np.zeros((n, Hin, Win))
     coverage = np.zeros((Hin, Win))
     for top, left in grid:
@@ -353,7 +353,7 @@ def occlusion_heatmaps(
         occluded = pixels[i].repeat(len(grid), 1, 1, 1)
         for p, (top, left) in enumerate(grid):
             occluded[p, :, top : top + window[0], left : left + window[1]] = fill
-        Eo = _standardize_rows(_embed_pixels(bb, occluded, batch_size), center=center)
+        Eo = standardize_rows(_embed_pixels(bb, occluded, batch_size), center=center)
         scores = target.correlate((Eo @ E0n[others].T).clamp(-1, 1)).numpy()
         drop = base - scores
         acc = np.zeros((Hin, Win))
