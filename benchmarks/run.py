@@ -41,7 +41,7 @@ from torch import nn  # noqa: E402
 
 import naive  # noqa: E402
 from sklearn_ais import AISSelector  # noqa: E402
-from sklearn_ais._ablation import make_problem  # noqa: E402
+from sklearn_ais._ablation import make_kernel  # noqa: E402
 from sklearn_ais._containers import FeatureMaps  # noqa: E402
 from sklearn_ais.backbones import MLPHead, PoolingHead  # noqa: E402
 
@@ -438,7 +438,7 @@ def case3(cfg, device, seed=0):
     res["rss_setup_mb"] = rss_now_mb()
 
     def ours():
-        p = make_problem(X, "pearson", str(device))
+        p = make_kernel(X, "pearson", str(device))
         return p.per_image(H, "spearman")
 
     t, times, (base, ablated) = timed(ours, cfg["repeats"], device)
@@ -625,7 +625,7 @@ def _sort_timings(problem, target, repeats):
 def things_point(cfg, device):
     """Case-6 worker at n = cfg['n']: fit (global AIS + full sweep), the sorting floor, agreement on
     a subset, per-image AIS; all in one process, RSS read after each step."""
-    from sklearn_ais._ablation import make_problem as mk
+    from sklearn_ais._ablation import make_kernel as mk
     from sklearn_ais._similarity import upper_triangle
 
     rng = np.random.default_rng(0)

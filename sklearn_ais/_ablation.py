@@ -10,13 +10,13 @@ a *candidate* model similarity vector and the human one:
 A naive implementation re-embeds all images for every candidate. Here the
 work is shared according to the head (see ``backbones/_heads.py``):
 
-``_PooledProblem`` (GAP heads and plain 2-D inputs)
+``PooledKernel`` (GAP heads and plain 2-D inputs)
     Ablating map k changes coordinate k only, so the row sums, row energies
     and Gram matrix of the embeddings change by rank-one terms: every
     candidate RSM costs O(n^2), all K of them O(K n^2). Done in float64 so
     that the downdated statistics agree with a direct computation to ~1e-12
     (float32 would flip ranks of near-tied pairs).
-``_MLPProblem`` (VGG heads)
+``MLPKernel`` (VGG heads)
     The first linear layer is linear before its ReLU, so the pre-activation
     with map k removed is ``a - W[:, block_k] @ x_k``. Many (map, image)
     pairs go through the rest of the head in one GEMM (float32, like the
@@ -24,7 +24,7 @@ work is shared according to the head (see ``backbones/_heads.py``):
     output is unchanged), in the leave-one-out and in the sweep alike. Only
     the rows of the (float64) Gram matrix that belong to changed images are
     recomputed; RSMs and ranks are float64.
-``_GenericProblem`` (any other head)
+``BruteForceKernel`` (any other head)
     Brute force, batched: exact but O(K) head evaluations.
 
 The similarity of images i and j with map k ablated depends on those two
@@ -45,7 +45,7 @@ import torch
 from ._containers import FeatureMaps
 from ._device import resolve_device
 from ._similarity import REL_EPS, TargetVector, standardize_rows, rsm_torch
-from .backbones._heads import MLPHead, PoolingHead
+from .backbones._heads import MLPHead
 
 # Cached leave-one-out similarities (float64 elements): 1 GiB at most.
 _STACK_BUDGET = 1 << 27
@@ -86,7 +86,7 @@ def _check_finite_embeddings(E: torch.Tensor):
         )
 
 
-class _Problem:
+class AblationKernel:
     """Common interface. Subclasses fill ``n``, ``K``, ``similarity``, ``device``."""
 
     n: int
@@ -129,7 +129,7 @@ class _Problem:
         return TargetVector(values, comparison, device=self.device, similarities=True)
 
     # Implemented by subclasses -------------------------------------------
-    def _make_subset(self, idx) -> "_Problem":
+    def _make_subset(self, idx) -> "AblationKernel":
         raise NotImplementedError
 
     def embeddings(self, keep=None) -> torch.Tensor:
@@ -153,7 +153,7 @@ class _Problem:
     _parent = None  # (problem, idx) for a subset
     _loo_stack = None
 
-    def subset(self, idx) -> "_Problem":
+    def subset(self, idx) -> "AblationKernel":
         """The problem restricted to images ``idx``; it reads this problem's leave-one-out cache."""
         sub = self._make_subset(idx)
         sub._parent = (self, np.asarray(idx))
@@ -288,7 +288,7 @@ class _Problem:
 # ---------------------------------------------------------------------------
 # Pooling heads and 2-D inputs: rank-one updates
 # ---------------------------------------------------------------------------
-class _PooledProblem(_Problem):
+class PooledKernel(AblationKernel):
     """Rank-one kernels on an (n, K) embedding.
 
     Pearson similarities are computed from *centred* statistics: with ``D``
@@ -337,7 +337,7 @@ class _PooledProblem(_Problem):
         return self._G
 
     def _make_subset(self, idx):
-        return _PooledProblem(self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy(),
+        return PooledKernel(self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy(),
                               self.similarity, self.device)
 
     def embeddings(self, keep=None):
@@ -600,7 +600,7 @@ class _PooledProblem(_Problem):
 # ---------------------------------------------------------------------------
 # VGG-style heads: update of the first linear layer's pre-activation
 # ---------------------------------------------------------------------------
-class _MLPProblem(_Problem):
+class MLPKernel(AblationKernel):
     def __init__(self, maps, head: MLPHead, similarity, device, pooled=None, layer=None):
         super().__init__(similarity, device)
         self.head = head
@@ -636,7 +636,7 @@ class _MLPProblem(_Problem):
 
     def _make_subset(self, idx):
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
-        return _MLPProblem(None, self.head, self.similarity, self.device, pooled=self.P[idx_t], layer=self._layer)
+        return MLPKernel(None, self.head, self.similarity, self.device, pooled=self.P[idx_t], layer=self._layer)
 
     def embeddings(self, keep=None):
         if keep is None:
@@ -845,7 +845,7 @@ class _MLPProblem(_Problem):
 # ---------------------------------------------------------------------------
 # Any other head: brute force, batched
 # ---------------------------------------------------------------------------
-class _GenericProblem(_Problem):
+class BruteForceKernel(AblationKernel):
     def __init__(self, fm: FeatureMaps, similarity, device):
         super().__init__(similarity, device)
         self.fm = fm
@@ -870,7 +870,7 @@ class _GenericProblem(_Problem):
         return self.fm.head.embed(maps)
 
     def _make_subset(self, idx):
-        return _GenericProblem(self.fm[np.asarray(idx)], self.similarity, self.device)
+        return BruteForceKernel(self.fm[np.asarray(idx)], self.similarity, self.device)
 
     def embeddings(self, keep=None):
         if keep is None:
@@ -946,7 +946,7 @@ class _GenericProblem(_Problem):
         return base, ablated
 
 
-def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
+def make_kernel(X, similarity: str = "pearson", device="cpu") -> AblationKernel:
     """Prepare the kernels for ``X``.
 
     Parameters
@@ -959,13 +959,11 @@ def make_problem(X, similarity: str = "pearson", device="cpu") -> _Problem:
 
     Returns
     -------
-    problem : _Problem
-        Pooled (rank-one updates), MLP (first-layer update) or generic (batched brute force) kernels.
+    kernel : AblationKernel
+        The head's own kernel (:meth:`~sklearn_ais.backbones.Head.ablation_kernel`): rank-one
+        updates for pooling heads, first-layer updates for MLP heads, batched brute force for
+        any other head; rank-one updates for a 2-D embedding (identity head).
     """
     if isinstance(X, FeatureMaps):
-        if isinstance(X.head, PoolingHead):
-            return _PooledProblem(X.embed(), similarity, device)
-        if isinstance(X.head, MLPHead):
-            return _MLPProblem(None, X.head, similarity, device, pooled=X.pooled(resolve_device(device)))
-        return _GenericProblem(X, similarity, device)
-    return _PooledProblem(X, similarity, device)
+        return X.head.ablation_kernel(X, similarity, device)
+    return PooledKernel(X, similarity, device)

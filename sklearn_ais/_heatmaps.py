@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._ablation import make_problem
+from ._ablation import make_kernel
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._sklearn_compat import StrOptions, _fit_context
 from ._targets import Y_KINDS, check_similarity_target, sample_ids
@@ -200,7 +200,7 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
             K = X.shape[1]
         H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
         self._keep_mask(K)
-        problem = make_problem(X, self.similarity, self.device)
+        problem = make_kernel(X, self.similarity, self.device)
         base, ablated = problem.per_image(H, self.comparison)
         image_scores = base[:, None] - ablated
         # A row correlation needs >= 3 observed human pairs that are not all equal;

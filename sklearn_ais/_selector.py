@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._ablation import make_problem
+from ._ablation import make_kernel
 from ._pairs import mask_pairs
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
@@ -252,7 +252,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
         H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
-        problem = make_problem(X, self.similarity, self.device)
+        problem = make_kernel(X, self.similarity, self.device)
         return problem, H
 
     def _rank(self, problem, H):

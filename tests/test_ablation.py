@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_ais._ablation import make_problem
+from sklearn_ais._ablation import make_kernel
 from sklearn_ais._containers import FeatureMaps
 from sklearn_ais.backbones import MLPHead, ModuleHead, PoolingHead
 
@@ -54,7 +54,7 @@ def test_pooled_kernels_match_naive(rng, similarity, comparison, nan_frac):
     X = rng.normal(size=(n, K)) + 0.5
     X[:, 3] = 0.0  # a dead unit
     H = _human(rng, n, nan_frac)
-    base, ais, order, path = _run(make_problem(X, similarity), H, similarity, comparison, K)
+    base, ais, order, path = _run(make_kernel(X, similarity), H, similarity, comparison, K)
     ref_base, ref_ais = naive_ais(X, H, similarity, comparison)
     np.testing.assert_allclose(base, ref_base, atol=1e-9)
     np.testing.assert_allclose(ais, ref_ais, atol=1e-9)
@@ -71,7 +71,7 @@ def test_mlp_kernels_match_naive(rng, similarity, comparison):
     maps[3, 4] = 0  # map dead in one image only: the kernel skips that pair
     H = _human(rng, n, 0.2)
     fm = FeatureMaps(maps, head)
-    base, ais, order, path = _run(make_problem(fm, similarity), H, similarity, comparison, K)
+    base, ais, order, path = _run(make_kernel(fm, similarity), H, similarity, comparison, K)
     ref_base, ref_ais = naive_ais(maps, H, similarity, comparison, head=head)
     np.testing.assert_allclose(base, ref_base, atol=1e-6)
     np.testing.assert_allclose(ais, ref_ais, atol=1e-6)
@@ -86,7 +86,7 @@ def test_generic_head_matches_naive(rng, similarity, comparison):
     maps = rng.normal(size=(n, K, 3, 3)).astype(np.float32)
     H = _human(rng, n)
     fm = FeatureMaps(maps, head)
-    base, ais, order, path = _run(make_problem(fm, similarity), H, similarity, comparison, K)
+    base, ais, order, path = _run(make_kernel(fm, similarity), H, similarity, comparison, K)
     ref_base, ref_ais = naive_ais(maps, H, similarity, comparison, head=head)
     np.testing.assert_allclose(ais, ref_ais, atol=1e-6)
     np.testing.assert_allclose(path, naive_path(maps, H, order, similarity, comparison, head), atol=1e-6)
@@ -97,8 +97,8 @@ def test_pooling_head_feature_maps_equal_2d(rng):
     H = _human(rng, 8)
     fm = FeatureMaps(maps, PoolingHead("avg"))
     E = maps.astype(np.float64).mean(axis=(2, 3))
-    a = _run(make_problem(fm, "pearson"), H, "pearson", "spearman", 5)
-    b = _run(make_problem(E, "pearson"), H, "pearson", "spearman", 5)
+    a = _run(make_kernel(fm, "pearson"), H, "pearson", "spearman", 5)
+    b = _run(make_kernel(E, "pearson"), H, "pearson", "spearman", 5)
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
 
 
@@ -111,7 +111,7 @@ def test_per_image_scores_match_naive(rng, kind, similarity, comparison):
     H = _human(rng, n, 0.2)
     if kind == "pooled":
         X, head = rng.normal(size=(n, K)) + 0.3, None
-        problem = make_problem(X, similarity)
+        problem = make_kernel(X, similarity)
     else:
         X = rng.normal(size=(n, K, 4, 4)).astype(np.float32)
         X[2, 1] = 0
@@ -119,7 +119,7 @@ def test_per_image_scores_match_naive(rng, kind, similarity, comparison):
             head = _vgg_like(K=K)
         else:
             head = ModuleHead(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(K, 6), nn.ReLU()))
-        problem = make_problem(FeatureMaps(X, head), similarity)
+        problem = make_kernel(FeatureMaps(X, head), similarity)
     base, ablated = problem.per_image(H, comparison)
     ref = naive_image_scores(X, H, similarity, comparison, head)
     np.testing.assert_allclose(base[:, None] - ablated, ref, atol=1e-6)
@@ -135,14 +135,14 @@ def test_chunking_does_not_change_results(rng, monkeypatch, kind):
     else:
         X = FeatureMaps(np.maximum(rng.normal(size=(12, K, 4, 4)), 0).astype(np.float32), _vgg_like(K=K))
     H = _human(rng, 12)
-    full = _run(make_problem(X, "pearson"), H, "pearson", "spearman", K)
+    full = _run(make_kernel(X, "pearson"), H, "pearson", "spearman", K)
     sizes = []
     chunk = ab._chunk
     monkeypatch.setattr(ab, "_chunk", lambda *a, **k: sizes.append(chunk(*a, **k)) or sizes[-1])
     monkeypatch.setattr(ab, "_ELEMENT_BUDGET", 200)  # forces many tiny chunks
     monkeypatch.setattr(ab, "_POOLED_BUDGET", 200)
     monkeypatch.setattr(ab, "_ROW_BLOCK", 24)  # pooled: two rows per block
-    tiny = _run(make_problem(X, "pearson"), H, "pearson", "spearman", K)
+    tiny = _run(make_kernel(X, "pearson"), H, "pearson", "spearman", K)
     assert sizes and max(sizes) < K  # the kernels did run in several chunks
     if kind == "pooled":  # element-wise arithmetic only: chunks and row blocks do not change a bit
         np.testing.assert_array_equal(full[1], tiny[1])
@@ -162,7 +162,7 @@ def test_subsets_read_the_parents_leave_one_out_stack(rng, kind, monkeypatch):
     maps[rng.random((n, K)) < 0.3] = 0
     head = PoolingHead("avg") if kind == "gap" else _vgg_like(K=K)
     H = _human(rng, n, nan_frac=0.2)
-    parent = make_problem(FeatureMaps(maps, head), "pearson", "cpu")
+    parent = make_kernel(FeatureMaps(maps, head), "pearson", "cpu")
     parent.cache_loo = True
     idx = np.array([9, 2, 13, 4, 0, 7, 11, 5])  # unsorted: pairs map to (min, max) in the parent
     sub = parent.subset(idx)
@@ -189,7 +189,7 @@ def test_vgg_kernels_nearly_constant_embeddings_match_naive(rng):
     maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
     maps[rng.random((n, K)) < 0.3] = 0
     X = FeatureMaps(maps, head)
-    problem = make_problem(X, "pearson", "cpu")
+    problem = make_kernel(X, "pearson", "cpu")
     E0 = problem.E0
     v = ((E0 - E0.mean(1, keepdim=True)) ** 2).sum(1)
     assert bool((v < 1e-4 * (E0 * E0).sum(1)).all())  # the case under test
@@ -207,7 +207,7 @@ def _problem_of_kind(rng, kind, n, K):
         X = np.maximum(rng.normal(size=(n, K)), 0) + 0.1
         X[:, 1] = 0
         X[2, 3] = 0
-        return X, make_problem(X, "pearson")
+        return X, make_kernel(X, "pearson")
     maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)
     maps[:, 1] = 0
     maps[2, 3] = 0
@@ -215,7 +215,7 @@ def _problem_of_kind(rng, kind, n, K):
         head = _vgg_like(K=K)
     else:
         head = ModuleHead(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * K, 6), nn.Tanh()))
-    return maps, make_problem(FeatureMaps(maps, head), "pearson")
+    return maps, make_kernel(FeatureMaps(maps, head), "pearson")
 
 
 @pytest.mark.parametrize("kind", ["pooled", "mlp", "generic"])
@@ -260,7 +260,7 @@ def test_leave_one_out_stack_is_not_kept_beyond_its_budget(rng, monkeypatch):
     X = np.maximum(rng.normal(size=(n, K)), 0) + 0.1
     H = _human(rng, n)
     monkeypatch.setattr(ab, "_STACK_BUDGET", K * n * (n - 1) // 2 - 1)  # one element short
-    parent = make_problem(X, "pearson")
+    parent = make_kernel(X, "pearson")
     parent.cache_loo = True
     parent.leave_one_out(parent.target(H[np.triu_indices(n, 1)], "spearman"))
     assert parent._loo_stack is None and parent.loo_stack() is None
@@ -269,3 +269,34 @@ def test_leave_one_out_stack_is_not_kept_beyond_its_budget(rng, monkeypatch):
     Hs = H[np.ix_(idx, idx)]
     base, loo = sub.leave_one_out(sub.target(Hs[np.triu_indices(7, 1)], "spearman"))
     np.testing.assert_allclose(base - loo, naive_ais(X[idx], Hs, "pearson", "spearman")[1], atol=1e-9)
+
+
+def test_a_new_head_needs_only_embed_and_may_bring_its_kernel(rng):
+    """The documented extension point: Head.embed alone gives exact scores (brute force); a head that
+    overrides Head.ablation_kernel is scored by its own kernel, and the estimators never look at its type."""
+    from sklearn_ais import AISSelector, FeatureMaps
+    from sklearn_ais.backbones import Head
+
+    class CentreHead(Head):  # embedding: each map's centre value (one coordinate per map)
+        def embed(self, maps):
+            return maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
+
+    maps = rng.random((10, 5, 3, 3)).astype(np.float32)
+    H = _human(rng, 10)
+    fm = FeatureMaps(maps, CentreHead())
+    E = maps[:, :, 1, 1].astype(np.float64)
+    want = naive_ais(E, H, "pearson", "spearman")[1]
+    np.testing.assert_allclose(AISSelector(device="cpu").fit(fm, H).scores_, want, atol=1e-9)
+
+    calls = []
+
+    class FastCentreHead(CentreHead):
+        def ablation_kernel(self, maps, similarity, device):
+            calls.append(similarity)
+            from sklearn_ais._ablation import PooledKernel
+
+            return PooledKernel(maps.embed(), similarity, device)  # one coordinate per map: rank-one updates
+
+    fast = AISSelector(device="cpu").fit(FeatureMaps(maps, FastCentreHead()), H)
+    assert calls == ["pearson"]
+    np.testing.assert_allclose(fast.scores_, want, atol=1e-9)

@@ -22,8 +22,9 @@ LAYERS = {
     7: ["cli"],
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
-# The one upward edge, imported only when called: a result's .plot() convenience draws through plotting.
-ALLOWED_UPWARD = {("alignment._compare", "plotting")}
+# Upward edges, imported only when called (ARCHITECTURE.md): a result's .plot() convenience draws through
+# plotting; a head owns its ablation kernel (Head.ablation_kernel), which builds on the similarity layer.
+ALLOWED_UPWARD = {("alignment._compare", "plotting"), ("backbones._heads", "_ablation")}
 
 
 def _layer(module: str) -> int:

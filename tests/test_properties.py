@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
-from sklearn_ais._ablation import make_problem
+from sklearn_ais._ablation import make_kernel
 from sklearn_ais._similarity import batched_correlation, rankdata_torch, similarity_matrix
 from sklearn_ais.backbones import PoolingHead
 
@@ -306,7 +306,7 @@ def test_pooled_kernels_match_naive(data, similarity, comparison):
     X = data.draw(embeddings())
     H = data.draw(human(len(X)))
     iu = np.triu_indices(len(X), 1)
-    problem = make_problem(X, similarity, "cpu")
+    problem = make_kernel(X, similarity, "cpu")
     target = problem.target(H[iu], comparison)
     base, loo = problem.leave_one_out(target)
     ais = base - loo
@@ -325,7 +325,7 @@ def test_pooled_kernels_match_naive(data, similarity, comparison):
 def test_per_image_kernel_matches_naive(data, similarity, comparison):
     X = data.draw(embeddings(max_n=9, max_k=5))
     H = data.draw(human(len(X), max_nan=0.3))
-    base, ablated = make_problem(X, similarity, "cpu").per_image(H, comparison)
+    base, ablated = make_kernel(X, similarity, "cpu").per_image(H, comparison)
     np.testing.assert_allclose(base[:, None] - ablated, ref_image_scores(X, H, similarity, comparison), atol=1e-9)
 
 
@@ -429,7 +429,7 @@ def test_network_head_kernels_match_naive(data, kind, comparison):
         head = ModuleHead(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * K, 6), nn.Tanh()))
     H = data.draw(human(n))
     iu = np.triu_indices(n, 1)
-    problem = make_problem(FeatureMaps(maps, head), "pearson", "cpu")
+    problem = make_kernel(FeatureMaps(maps, head), "pearson", "cpu")
     target = problem.target(H[iu], comparison)
     base, loo = problem.leave_one_out(target)
     ref_base, ref = naive_ais(maps, H, "pearson", comparison, head=head)

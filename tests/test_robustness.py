@@ -28,7 +28,7 @@ from torch import nn
 
 from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps
 from sklearn_ais import metrics
-from sklearn_ais._ablation import make_problem
+from sklearn_ais._ablation import make_kernel
 from sklearn_ais.backbones import PoolingHead, get_backbone
 from sklearn_ais.datasets import make_similarity_task
 from sklearn_ais.model_selection import (
@@ -239,7 +239,7 @@ def test_sweep_counts_tiny_top_maps(similarity, comparison):
     X[:, :3] *= 1e-6
     A = rng.normal(size=(9, 9))
     H = (A + A.T) / 2
-    problem = make_problem(X, similarity, "cpu")
+    problem = make_kernel(X, similarity, "cpu")
     target = problem.target(H[np.triu_indices(9, 1)], comparison)
     order = np.arange(6)
     with warnings.catch_warnings():

@@ -44,9 +44,15 @@ def _as_tensor(maps, device=None, dtype=torch.float32) -> torch.Tensor:
 
 
 class Head:
-    """Base class: ``head(maps) -> embeddings`` with maps of shape (n, K, h, w)."""
+    """Base class of heads: ``head(maps) -> embeddings`` with maps of shape (n, K, h, w).
 
-    kind = "generic"
+    A new head is added by subclassing and implementing :meth:`embed`; that is
+    all it needs to work everywhere (the exact brute-force kernel scores its
+    ablations). A head whose structure lets ablations share work also
+    overrides :meth:`ablation_kernel`: the estimators never look at the head
+    themselves.
+    """
+
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Embeddings of maps: the override point of a new head.
@@ -60,6 +66,29 @@ class Head:
         embeddings : Tensor of shape (n, D)
         """
         raise NotImplementedError
+
+    def ablation_kernel(self, maps, similarity: str, device):
+        """The exact kernel that scores ablations of ``maps`` through this head.
+
+        The second override point: the default embeds every ablated batch
+        (exact, batched brute force). Kernels live in
+        :mod:`sklearn_ais._ablation` (imported when called: a head owns its
+        kernel, the kernels build on the similarity layer).
+
+        Parameters
+        ----------
+        maps : FeatureMaps
+            The maps, with this head.
+        similarity : {"pearson", "cosine"}
+        device : str or torch.device
+
+        Returns
+        -------
+        kernel : sklearn_ais._ablation.AblationKernel
+        """
+        from .._ablation import BruteForceKernel
+
+        return BruteForceKernel(maps, similarity, device)
 
     def __call__(self, maps, device=None, dtype=torch.float32) -> torch.Tensor:
         t = _as_tensor(maps, device=device, dtype=dtype)
@@ -99,7 +128,6 @@ class PoolingHead(Head):
         gives a zero coordinate.
     """
 
-    kind = "pooling"
 
     @validate_params(
         {"pool": [StrOptions({"avg", "max"})], "activation": [None, StrOptions({k for k in _ACTIVATIONS if k})]},
@@ -122,6 +150,23 @@ class PoolingHead(Head):
         """
         x = _ACTIVATIONS[self.activation](maps)
         return x.mean(dim=(2, 3)) if self.pool == "avg" else x.amax(dim=(2, 3))
+
+    def ablation_kernel(self, maps, similarity: str, device):
+        """Rank-one updates: ablating map k changes coordinate k of the embedding only.
+
+        Parameters
+        ----------
+        maps : FeatureMaps
+        similarity : {"pearson", "cosine"}
+        device : str or torch.device
+
+        Returns
+        -------
+        kernel : sklearn_ais._ablation.PooledKernel
+        """
+        from .._ablation import PooledKernel
+
+        return PooledKernel(maps.embed(), similarity, device)
 
     def __repr__(self):
         act = f", activation={self.activation!r}" if self.activation else ""
@@ -148,7 +193,6 @@ class MLPHead(Head):
         Adaptive average pool output; ``P = output_size[0] * output_size[1]``.
     """
 
-    kind = "mlp"
 
     def __init__(self, weight, bias, rest: nn.Module, maxpool: int | None = 2, output_size=(7, 7)):
         self.weight = torch.as_tensor(weight).detach().float().cpu()
@@ -225,6 +269,24 @@ class MLPHead(Head):
         pre = self.first_layer(pooled)
         return self.rest_on(maps.device, maps.dtype)(pre)
 
+    def ablation_kernel(self, maps, similarity: str, device):
+        """First-layer updates: removing map k subtracts one block of the first layer's pre-activation.
+
+        Parameters
+        ----------
+        maps : FeatureMaps
+        similarity : {"pearson", "cosine"}
+        device : str or torch.device
+
+        Returns
+        -------
+        kernel : sklearn_ais._ablation.MLPKernel
+        """
+        from .._ablation import MLPKernel
+        from .._device import resolve_device
+
+        return MLPKernel(None, self, similarity, device, pooled=maps.pooled(resolve_device(device)))
+
     def block_weight(self, n_maps: int) -> torch.Tensor:
         """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k.
 
@@ -256,7 +318,6 @@ class ModuleHead(Head):
     Ablation through a generic head is exact but evaluated by brute force.
     """
 
-    kind = "generic"
 
     def __init__(self, module):
         if not callable(module):
