@@ -7,36 +7,13 @@ from torch import nn
 
 from sklearn_ais._ablation import make_kernel
 from sklearn_ais._containers import FeatureMaps
-from sklearn_ais.backbones import MLPHead, ModuleHead, PoolingHead
+from sklearn_ais._similarity import COMPARISONS
+from sklearn_ais.backbones import ModuleHead, PoolingHead
 
 from ._reference import naive_ais, naive_image_scores, naive_path
-
-from sklearn_ais._similarity import COMPARISONS
-
-SETTINGS = [(s, c) for s in ("pearson", "cosine") for c in COMPARISONS]
-
-
-def _human(rng, n, nan_frac=0.0):
-    A = rng.normal(size=(n, n))
-    H = (A + A.T) / 2
-    if nan_frac:
-        iu = np.triu_indices(n, 1)
-        drop = rng.random(len(iu[0])) < nan_frac
-        H[iu[0][drop], iu[1][drop]] = np.nan
-        H[iu[1][drop], iu[0][drop]] = np.nan
-    return H
-
-
-def _vgg_like(K=6, P=4, D1=16, D=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    fc7 = nn.Linear(D1, D)
-    with torch.no_grad():
-        fc7.weight.copy_(torch.randn(D, D1, generator=g))
-        fc7.bias.copy_(torch.randn(D, generator=g))
-    W = torch.randn(D1, K * P, generator=g)
-    b = torch.randn(D1, generator=g)
-    side = int(round(P**0.5))
-    return MLPHead(W, b, nn.Sequential(nn.ReLU(), fc7, nn.ReLU()), maxpool=2, output_size=(side, side))
+from .conftest import SETTINGS
+from .conftest import human as _human
+from .conftest import vgg_like as _vgg_like
 
 
 def _run(problem, H, similarity, comparison, K):

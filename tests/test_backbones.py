@@ -15,11 +15,11 @@ from sklearn_ais.backbones import (
     MLPHead,
     ModuleHead,
     PoolingHead,
+    _registry,
     get_backbone,
     list_backbones,
     load_weights,
 )
-from sklearn_ais.backbones import _registry
 from sklearn_ais.backbones._preprocess import Preprocessing, as_image_source
 
 PAPER_ARCHITECTURES = [

@@ -21,11 +21,10 @@ import torch
 from joblib import Parallel, delayed
 from torch import nn
 
-from sklearn_ais import DNNFeatureMapTransformer
-from sklearn_ais import _feature_cache
+from sklearn_ais import DNNFeatureMapTransformer, _feature_cache
 from sklearn_ais.backbones import PoolingHead, get_backbone
 
-from .test_feature_maps import CountingNet
+from .conftest import CountingNet
 
 
 class Pause(nn.Module):

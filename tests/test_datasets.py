@@ -12,12 +12,15 @@ import pytest
 
 from sklearn_ais.datasets import (
     DataUnavailableError,
+    _base,
+    _kriegeskorte,
+    _peterson,
+    _synthetic,
     get_data_home,
     load_kriegeskorte92,
     load_peterson_animals,
     make_similarity_task,
 )
-from sklearn_ais.datasets import _base, _kriegeskorte, _peterson, _synthetic
 
 K92_FILES = [r.filename for r in _kriegeskorte.REMOTES]
 PETERSON_FILE = _peterson.REMOTES[0].filename

@@ -18,24 +18,7 @@ from torch import nn
 from sklearn_ais import DNNFeatureMapTransformer, FeatureMaps
 from sklearn_ais.backbones import MLPHead, PoolingHead, get_backbone
 
-
-class CountingNet(nn.Module):
-    """A small CNN that counts forward calls and can fail on demand."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU()
-        )
-        self.fc = nn.Linear(6, 4)
-        self.calls = 0
-        self.fail_at = None
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise RuntimeError("simulated failure")
-        return self.fc(self.features(x).mean(dim=(2, 3)))
+from .conftest import CountingNet
 
 
 def counting_backbone():

@@ -12,7 +12,8 @@ from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, Fe
 from sklearn_ais.backbones import PoolingHead
 
 from ._reference import naive_image_scores
-from .test_ablation import _human, _vgg_like
+from .conftest import human as _human
+from .conftest import vgg_like as _vgg_like
 
 
 @pytest.mark.parametrize("comparison", ["spearman", "pearson"])

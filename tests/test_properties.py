@@ -22,7 +22,7 @@ from sklearn_ais._similarity import batched_correlation, rankdata_torch, similar
 from sklearn_ais.backbones import PoolingHead
 
 from ._reference import embed, naive_ais, naive_path, naive_rsm, tie_runs
-from .test_ablation import _vgg_like
+from .conftest import vgg_like as _vgg_like
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*no observed pair in y:UserWarning",  # random NaN masks may empty a row: expected, reported

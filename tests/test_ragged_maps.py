@@ -11,13 +11,14 @@ from PIL import Image
 from torch import nn
 
 from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps
-from sklearn_ais._validation import check_feature_maps
 from sklearn_ais._geometry import to_original
+from sklearn_ais._validation import check_feature_maps
 from sklearn_ais.backbones import ModuleHead, PoolingHead, get_backbone
 from sklearn_ais.backbones._preprocess import Preprocessing, as_image_source
 
 from ._reference import naive_compare, naive_rsm
-from .test_ablation import _human, _vgg_like
+from .conftest import human as _human
+from .conftest import vgg_like as _vgg_like
 
 SIZES = [(40, 60), (60, 40), (48, 48), (36, 72), (50, 70), (70, 50)]
 

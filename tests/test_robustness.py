@@ -26,8 +26,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import KFold
 from torch import nn
 
-from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps
-from sklearn_ais import metrics
+from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, FeatureMaps, metrics
 from sklearn_ais._ablation import make_kernel
 from sklearn_ais.backbones import PoolingHead, get_backbone
 from sklearn_ais.datasets import make_similarity_task
@@ -807,7 +806,7 @@ def test_peak_memory_small(which):
 def test_vgg_head_ablating_an_images_only_map(seed):
     """An image whose only non-zero map is ablated embeds as rest(bias) exactly: such images tie.
     A - contribution in float32 left ~1e-7 noise that broke the ties (AIS off by up to 0.3)."""
-    from .test_ablation import _vgg_like
+    from .conftest import vgg_like as _vgg_like
 
     rng = np.random.default_rng(seed)
     maps = np.maximum(rng.normal(size=(7, 3, 4, 4)), 0).astype(np.float32)

@@ -15,7 +15,9 @@ from sklearn_ais.backbones import PoolingHead
 from sklearn_ais.model_selection import similarity_frame
 
 from ._reference import naive_2oi, naive_ais, naive_path
-from .test_ablation import SETTINGS, _human, _vgg_like
+from .conftest import SETTINGS
+from .conftest import human as _human
+from .conftest import vgg_like as _vgg_like
 
 
 @parametrize_with_checks([AISSelector(device="cpu"), AISSelectorCV(device="cpu", cv=3)])
@@ -237,7 +239,7 @@ def test_cross_validation_shared_kernels_equal_per_fold_fits(rng, head, splitter
     from sklearn_ais.backbones import ModuleHead, PoolingHead
     from sklearn_ais.model_selection import RepeatedPairKFold, cross_validate_alignment
 
-    from .test_ablation import _vgg_like
+    from .conftest import vgg_like as _vgg_like
 
     n, K = 24, 6
     maps = np.maximum(rng.normal(size=(n, K, 4, 4)), 0).astype(np.float32)

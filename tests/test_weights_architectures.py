@@ -18,8 +18,7 @@ from torch import nn
 
 from sklearn_ais import DNNFeatureMapTransformer
 from sklearn_ais.alignment import classification_agreement, penultimate_classifier
-from sklearn_ais.backbones import MLPHead, PoolingHead, WeightsSource, get_backbone
-from sklearn_ais.backbones import _registry
+from sklearn_ais.backbones import MLPHead, PoolingHead, WeightsSource, _registry, get_backbone
 
 
 def images(n, h=64, w=80, seed=0):
