@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._ablation import make_kernel
+from ._device import threads_for
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._sklearn_compat import StrOptions, _fit_context
 from ._targets import Y_KINDS, check_similarity_target, sample_ids
@@ -201,6 +202,15 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
         H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
         self._keep_mask(K)
         problem = make_kernel(X, self.similarity, self.device)
+        with threads_for(problem.n, problem.K):
+            self._fit_kernel(problem, H)
+        self.n_features_in_ = K
+        self.train_ids_ = ids if is_feature_maps(X) else None
+        self._train_signatures = _signatures(X.maps) if is_feature_maps(X) else None
+        return self
+
+    def _fit_kernel(self, problem, H):
+        """Per-image and global AIS on prepared kernels."""
         base, ablated = problem.per_image(H, self.comparison)
         image_scores = base[:, None] - ablated
         # A row correlation needs >= 3 observed human pairs that are not all equal;
@@ -215,17 +225,13 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
                 f"row of y (rows {undefined[:10].tolist()}{'...' if len(undefined) > 10 else ''}): their "
                 "per-image AIS is undefined (NaN in image_scores_) and their heatmaps use the global AIS",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.image_base_scores_ = base
         self.image_scores_ = image_scores
         target = problem.target(upper_triangle(H), self.comparison)
         gbase, gablated = problem.leave_one_out(target)
         self.scores_ = gbase - gablated
-        self.n_features_in_ = K
-        self.train_ids_ = ids if is_feature_maps(X) else None
-        self._train_signatures = _signatures(X.maps) if is_feature_maps(X) else None
-        return self
 
     def _training_match(self, X) -> np.ndarray:
         """Index of the training image each image of ``X`` is (-1: not a training image)."""

@@ -13,6 +13,7 @@ from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._ablation import make_kernel
+from ._device import threads_for
 from ._pairs import mask_pairs
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
@@ -282,7 +283,8 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         self : AISSelector
         """
         problem, H = self._prepare(X, y, reset=True)
-        return self._fit_problem(problem, H)
+        with threads_for(problem.n, problem.K):
+            return self._fit_problem(problem, H)
 
     def _fit_problem(self, problem, H):
         """fit on prepared kernels (``cross_validate_alignment`` passes one fold's subset)."""
@@ -397,7 +399,9 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         """
         _refuse_sample_weight(sample_weight)
         check_is_fitted(self)
-        return self._score_problem(*self._prepare(X, y, reset=False), selected=True)
+        problem, H = self._prepare(X, y, reset=False)
+        with threads_for(problem.n, problem.K):
+            return self._score_problem(problem, H, selected=True)
 
     def _score_problem(self, problem, H, selected):
         """2OI of the selected maps (or of all maps) on prepared kernels (NaN when undefined)."""
@@ -425,7 +429,9 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
             NaN where the 2OI is undefined.
         """
         check_is_fitted(self)
-        return self._path_problem(*self._prepare(X, y, reset=False))
+        problem, H = self._prepare(X, y, reset=False)
+        with threads_for(problem.n, problem.K):
+            return self._path_problem(problem, H)
 
     def _path_problem(self, problem, H):
         order = np.argsort(self.ranking_, kind="stable")
@@ -445,24 +451,28 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         score : float
         """
         check_is_fitted(self)
-        return self._score_problem(*self._prepare(X, y, reset=False), selected=False)
+        problem, H = self._prepare(X, y, reset=False)
+        with threads_for(problem.n, problem.K):
+            return self._score_problem(problem, H, selected=False)
 
     def _get_support_mask(self):
         check_is_fitted(self)
         return self.support_
 
     # ------------------------------------------------------------------
-    def fold_results(self, X, y, splits, *, by_pairs=False, return_estimators=False, return_paths=False,
-                     verbose=0) -> list[dict]:
+    def fold_results(self, X, y, splits, *, by_pairs=False, permutations=None, return_estimators=False,
+                     return_paths=False, n_jobs=None, verbose=0) -> list:
         """Fit a clone of this selector on each training part and score it on the held-out part.
 
-        The fast path of :func:`~sklearn_ais.model_selection.cross_validate_alignment`,
-        with the same results as fitting and scoring fold by fold: the kernels are
-        prepared once for all images, and the similarity of two images with map k
-        ablated (which does not depend on the other images) is computed once, so that
-        a fold costs one ranked sweep. The stack of leave-one-out similarities is kept
-        when it fits in 1 GiB (``n_maps * n_images**2 / 2`` float64 values), else each
-        fold computes its own.
+        The fast path of :func:`~sklearn_ais.model_selection.cross_validate_alignment`
+        and :func:`~sklearn_ais.model_selection.permutation_test_alignment`, with the
+        same results as fitting and scoring fold by fold: the kernels are prepared
+        once for all images (per task, when ``n_jobs`` splits the work), and the
+        similarity of two images with map k ablated (which does not depend on the
+        other images, nor on the human matrix) is computed once, so that a fold costs
+        one ranked sweep. The stack of leave-one-out similarities is kept when it
+        fits in 1 GiB (``n_maps * n_images**2 / 2`` float64 values), else each fold
+        computes its own.
 
         Parameters
         ----------
@@ -475,58 +485,90 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         by_pairs : bool, default=False
             The splits hold out matrix entries: every image takes part in both
             parts, the held-out pairs are missing from the training matrix.
+        permutations : sequence of index arrays, optional
+            Score the splits once per permutation ``p`` of the images' human
+            judgments (``y[p][:, p]``: image i takes image p[i]'s row and column),
+            the model side unchanged.
         return_estimators : bool, default=False
             Add each fold's fitted selector (``"estimator"``).
         return_paths : bool, default=False
             Add each fold's training and held-out sweep (``"train_path"``,
             ``"test_path"``).
+        n_jobs : int or None, default=None
+            Folds (and permutations) run in parallel through ``joblib``
+            (any backend, e.g. ``joblib.parallel_config(backend="dask")``);
+            the results are identical to a serial run, in the same order.
         verbose : int, default=0
             Progress bar over folds when > 0.
 
         Returns
         -------
-        folds : list of dict
+        folds : list of dict, or a list of them per permutation
             One per split: ``n_train``, ``n_test``, ``train_score_selected``,
             ``test_score_full``, ``test_score_selected``, ``n_selected``,
             ``fit_time`` (and the entries asked for).
         """
-        problem, H = self._prepare(X, y, reset=True)
-        problem.cache_loo = True
-        iterator = list(splits)
-        if verbose:
-            from tqdm import tqdm
+        from ._parallel import effective_workers, parallel_map
 
-            iterator = tqdm(iterator, desc="cross-validation", unit="fold")
-        out = []
-        for train, test in iterator:
-            est = clone(self)
-            est._validate_params()
-            for attr in ("n_features_in_", "feature_names_in_"):
-                if hasattr(self, attr):
-                    setattr(est, attr, getattr(self, attr))
-            t0 = time.perf_counter()
-            if by_pairs:
-                fit_on, score_on, H_train, H_test = problem, problem, mask_pairs(H, train), mask_pairs(H, test)
-            else:
-                fit_on, score_on = problem.subset(train), problem.subset(test)
-                H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
-            est._fit_problem(fit_on, H_train)
-            record = {
-                "n_train": len(train),
-                "n_test": len(test),
-                "train_score_selected": float(est.path_scores_[est.n_features_to_select_ - 1]),
-                "test_score_full": est._score_problem(score_on, H_test, selected=False),
-                "test_score_selected": est._score_problem(score_on, H_test, selected=True),
-                "n_selected": int(est.support_.sum()),
-                "fit_time": time.perf_counter() - t0,
-            }
-            if return_estimators:
-                record["estimator"] = est
-            if return_paths:
-                record["train_path"] = est.path_scores_
-                record["test_path"] = est._path_problem(score_on, H_test)
-            out.append(record)
-        return out
+        splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splits]
+        perms = [None] if permutations is None else [np.asarray(p) for p in permutations]
+        units = [(p, f) for p in range(len(perms)) for f in range(len(splits))]
+        n_chunks = min(len(units), 4 * effective_workers(n_jobs)) if effective_workers(n_jobs) > 1 else 1
+        chunks = [units[i::n_chunks] for i in range(n_chunks)]
+        flags = (by_pairs, return_estimators, return_paths)
+        done = parallel_map(
+            _fold_chunk, [(self, X, y, chunk, splits, perms, flags) for chunk in chunks], n_jobs=n_jobs,
+            verbose=verbose, desc="cross-validation", unit="chunk", prefer="processes",
+        )
+        records = {unit: record for chunk_records in done for unit, record in chunk_records}
+        per_perm = [[records[(p, f)] for f in range(len(splits))] for p in range(len(perms))]
+        return per_perm[0] if permutations is None else per_perm
+
+    def _fold_record(self, problem, H, train, test, by_pairs, return_estimators, return_paths) -> dict:
+        """Fit a clone on one training part of prepared kernels and score it on the held-out part."""
+        est = clone(self)
+        est._validate_params()
+        for attr in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self, attr):
+                setattr(est, attr, getattr(self, attr))
+        t0 = time.perf_counter()
+        if by_pairs:
+            fit_on, score_on, H_train, H_test = problem, problem, mask_pairs(H, train), mask_pairs(H, test)
+        else:
+            fit_on, score_on = problem.subset(train), problem.subset(test)
+            H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+        est._fit_problem(fit_on, H_train)
+        record = {
+            "n_train": len(train),
+            "n_test": len(test),
+            "train_score_selected": float(est.path_scores_[est.n_features_to_select_ - 1]),
+            "test_score_full": est._score_problem(score_on, H_test, selected=False),
+            "test_score_selected": est._score_problem(score_on, H_test, selected=True),
+            "n_selected": int(est.support_.sum()),
+            "fit_time": time.perf_counter() - t0,
+        }
+        if return_estimators:
+            record["estimator"] = est
+        if return_paths:
+            record["train_path"] = est.path_scores_
+            record["test_path"] = est._path_problem(score_on, H_test)
+        return record
+
+
+def _fold_chunk(selector, X, y, units, splits, perms, flags) -> list:
+    """One task of :meth:`AISSelector.fold_results`: kernels prepared once, then its (permutation, fold) units."""
+    by_pairs, return_estimators, return_paths = flags
+    probe = clone(selector)
+    problem, H = probe._prepare(X, y, reset=True)
+    problem.cache_loo = True
+    out = []
+    with threads_for(problem.n, problem.K):
+        for p, f in units:
+            Hp = H if perms[p] is None else H[np.ix_(perms[p], perms[p])]
+            train, test = splits[f]
+            record = probe._fold_record(problem, Hp, train, test, by_pairs, return_estimators, return_paths)
+            out.append(((p, f), record))
+    return out
 
 
 class AISSelectorCV(AISSelector):

@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._similarity import correlation, similarity_matrix, upper_triangle
 from .._targets import check_similarity_target, sample_ids
+from .._device import torch_threads  # noqa: F401  (re-exported for the alignment estimators)
 from .._validation import MIN_IMAGES, check_feature_maps, check_image_cv, is_feature_maps, validate_maps_input
 
 
@@ -118,32 +119,6 @@ def split_images(cv, n: int):
     splits : list of (ndarray, ndarray)
     """
     return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]
-
-
-class torch_threads:
-    """Context manager: run small torch problems on ``n`` threads, then restore.
-
-    Many tiny kernels (an n x n similarity matrix, a few thousand triplets)
-    run faster on one thread than on several competing ones.
-    """
-
-    def __init__(self, n: int | None):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-
-        self._old = torch.get_num_threads()
-        if self.n is not None and self.n != self._old:
-            torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        if torch.get_num_threads() != self._old:
-            torch.set_num_threads(self._old)
-        return False
 
 
 def standardization(E) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,102 @@
+"""Independent work through ``joblib.Parallel``: the backend is the user's choice.
+
+``n_jobs=None`` runs in this process unless a ``joblib.parallel_config`` says
+otherwise; any joblib backend works unchanged, among them ``"loky"`` (processes
+on this machine), ``"threading"`` and, with ``dask.distributed`` installed,
+``"dask"`` (``with joblib.parallel_config(backend="dask"):`` on a
+``LocalCluster`` or an HPC cluster from ``dask-jobqueue``). Nothing here
+schedules anything itself: results come back in submission order, identical to a
+serial run, and one progress bar counts them as they arrive.
+"""
+
+from __future__ import annotations
+
+from joblib import Parallel, delayed, effective_n_jobs
+
+__all__ = ["effective_workers", "parallel_map"]
+
+# Exceptions of the backends that mean a worker died (not an error in the task itself).
+_WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError")
+
+
+def effective_workers(n_jobs) -> int:
+    """How many tasks run at once for ``n_jobs`` under the active joblib backend (at least 1).
+
+    Parameters
+    ----------
+    n_jobs : int or None
+
+    Returns
+    -------
+    n : int
+    """
+    try:
+        return max(1, int(effective_n_jobs(n_jobs)))
+    except Exception:  # a backend that cannot tell (e.g. a cluster still scaling up)
+        return 1
+
+
+def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="task", prefer=None) -> list:
+    """``[func(*t) for t in tasks]`` through ``joblib.Parallel``, in order, with one progress bar.
+
+    Parameters
+    ----------
+    func : callable
+        A module-level function (picklable for process backends).
+    tasks : sequence of tuple
+        Positional arguments of each call.
+    n_jobs : int or None, default=None
+        joblib's ``n_jobs``; None runs serially unless a
+        ``joblib.parallel_config`` sets it.
+    verbose : int, default=0
+        A progress bar (tqdm) over the tasks when > 0.
+    desc, unit : str
+        Label of the progress bar.
+    prefer : {"processes", "threads"} or None
+        joblib's soft hint, used when no backend is configured.
+
+    Returns
+    -------
+    results : list
+        One per task, in the order of ``tasks``.
+
+    Raises
+    ------
+    RuntimeError
+        A worker died (killed, out of memory, lost from the cluster) while a
+        task ran: the call fails, never hangs, and says so.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    progress = None
+    if verbose:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(tasks), desc=desc, unit=unit)
+    try:
+        if effective_workers(n_jobs) == 1 and n_jobs in (None, 1):
+            results = []
+            for t in tasks:
+                results.append(func(*t))
+                if progress is not None:
+                    progress.update()
+            return results
+        runner = Parallel(n_jobs=n_jobs, return_as="generator", prefer=prefer)
+        results = []
+        for result in runner(delayed(func)(*t) for t in tasks):
+            results.append(result)
+            if progress is not None:
+                progress.update()
+        return results
+    except Exception as exc:
+        if type(exc).__name__ in _WORKER_DEATHS:
+            raise RuntimeError(
+                f"a worker died while running {desc} ({type(exc).__name__}: {exc}); "
+                f"{len(results) if 'results' in locals() else 0} of {len(tasks)} {unit}s had finished. Check the "
+                "workers' memory and logs; nothing was returned"
+            ) from exc
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
