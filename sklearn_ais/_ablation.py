@@ -337,8 +337,8 @@ class PooledKernel(AblationKernel):
         return self._G
 
     def _make_subset(self, idx):
-        return PooledKernel(self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy(),
-                              self.similarity, self.device)
+        rows = self.E[torch.as_tensor(np.asarray(idx), device=self.device)].cpu().numpy()
+        return PooledKernel(rows, self.similarity, self.device)
 
     def embeddings(self, keep=None):
         if keep is None:

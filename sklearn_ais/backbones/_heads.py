@@ -53,7 +53,6 @@ class Head:
     themselves.
     """
 
-
     def embed(self, maps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Embeddings of maps: the override point of a new head.
 
@@ -193,7 +192,6 @@ class MLPHead(Head):
         Adaptive average pool output; ``P = output_size[0] * output_size[1]``.
     """
 
-
     def __init__(self, weight, bias, rest: nn.Module, maxpool: int | None = 2, output_size=(7, 7)):
         self.weight = torch.as_tensor(weight).detach().float().cpu()
         self.bias = torch.as_tensor(bias).detach().float().cpu()
@@ -317,7 +315,6 @@ class ModuleHead(Head):
 
     Ablation through a generic head is exact but evaluated by brute force.
     """
-
 
     def __init__(self, module):
         if not callable(module):
