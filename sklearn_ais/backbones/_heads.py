@@ -127,7 +127,6 @@ class PoolingHead(Head):
         gives a zero coordinate.
     """
 
-
     @validate_params(
         {"pool": [StrOptions({"avg", "max"})], "activation": [None, StrOptions({k for k in _ACTIVATIONS if k})]},
         prefer_skip_nested_validation=True,
