@@ -244,6 +244,14 @@ class AlignmentComparison:
         averaged over folds (from ``subject_similarities``).
     ceiling_table : DataFrame or None
         Per-fold ``lower`` and ``upper`` bounds.
+    comparison : str
+        The comparison of the scores.
+    bootstrap : DataFrame or None
+        With ``inference="bootstrap"``: one row per replicate, one column per
+        (backbone, method) (and the noise ceiling's bounds).
+    bootstrap_summary : DataFrame or None
+        Percentile intervals (see
+        :func:`sklearn_ais.alignment._bootstrap.summarize_bootstrap`).
     """
 
     table: pd.DataFrame
@@ -251,6 +259,8 @@ class AlignmentComparison:
     noise_ceiling: tuple | None = None
     ceiling_table: pd.DataFrame | None = field(default=None, repr=False)
     comparison: str = "spearman"
+    bootstrap: pd.DataFrame | None = field(default=None, repr=False)
+    bootstrap_summary: pd.DataFrame | None = None
 
     def __iter__(self):
         # ``table, summary = compare_alignment(...)``
@@ -314,6 +324,9 @@ def compare_alignment(
     random_state=0,
     test="corrected_t",
     alternative="two-sided",
+    inference="folds",
+    n_bootstrap=1000,
+    n_jobs=None,
     y_kind="similarity",
     similarity="pearson",
     comparison="spearman",
@@ -369,6 +382,27 @@ def compare_alignment(
         Paired test of every method against ``"none"`` over folds (see
         :func:`summarize_comparison`).
     alternative : {"two-sided", "greater", "less"}, default="two-sided"
+    inference : {"folds", "bootstrap"}, default="folds"
+        ``"folds"``: paired tests over the folds (``summary``).
+        ``"bootstrap"``: also a bootstrap over stimuli (and subjects, when
+        ``subject_similarities`` is given), as Schütt et al. (2023) and
+        rsatoolbox's ``bootstrap_crossval``: every replicate resamples the
+        images with replacement (the pairs of an image with its own copy are
+        dropped), reruns the cross-validation of every backbone and method on
+        its distinct images (copies stay together; as many folds as ``cv``),
+        and gives ``bootstrap_summary`` percentile intervals for each model's
+        held-out 2OI, its difference to ``"none"`` and its distance to the
+        lower noise ceiling. Costs ``n_bootstrap`` times the comparison.
+    n_bootstrap : int, default=1000
+        Replicates of ``inference="bootstrap"``.
+    n_jobs : int or None, default=None
+        Work runs through ``joblib``: first one feature extraction per
+        backbone (on the worker that runs it, with its own device when
+        ``device="auto"``), then one task per backbone, fold and method (the
+        maps go to each worker once: the ``dask`` backend scatters them). Any
+        joblib backend works, e.g. ``with joblib.parallel_config(backend="dask"):``
+        on a ``dask.distributed`` cluster; the tables are identical to
+        ``n_jobs=1``, in the same order.
 
     Returns
     -------
@@ -413,32 +447,72 @@ def compare_alignment(
     n, ids = _image_count_and_ids(entries, images)
     H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
     splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    if inference not in ("folds", "bootstrap"):
+        raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
-    progress = _progress(verbose, len(entries) * len(splits) * len(methods))
-    rows, seen = [], set()
-    for label, entry in entries:
-        label, X = feature_maps_of(entry, images, label=label, verbose=verbose)
-        if label in seen:
-            label = f"{label} #{len(seen)}"
-        seen.add(label)
-        _check_same_images(label, X, n, ids)
-        rows += _evaluate_backbone(label, X, H, splits, methods, similarity, comparison, progress)
-    if progress is not None:
-        progress.close()
+    if inference == "bootstrap" and subject_similarities is not None:
+        from ._bootstrap import oriented_subjects
+
+        oriented_subjects(np.asarray(subject_similarities, dtype=np.float64), H)  # before any extraction
+    Xs = _extract_all(entries, images, n, ids, n_jobs, verbose)
+    rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose)
     table = pd.DataFrame(rows)
     reference = "none" if "none" in methods else next(iter(methods))
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
     ceiling_table = pd.DataFrame(ceilings) if ceilings else None
     ceiling = (float(ceiling_table["lower"].mean()), float(ceiling_table["upper"].mean())) if ceilings else None
-    return AlignmentComparison(table, summary, ceiling, ceiling_table, comparison)
+    result = AlignmentComparison(table, summary, ceiling, ceiling_table, comparison)
+    if inference == "bootstrap":
+        from ._bootstrap import bootstrap_comparison, summarize_bootstrap
+
+        result.bootstrap = bootstrap_comparison(
+            Xs, H, methods, n_splits=_folds_per_repeat(cv, splits),
+            subjects=subject_similarities, similarity=similarity, comparison=comparison, n_bootstrap=n_bootstrap,
+            random_state=random_state, n_jobs=n_jobs, verbose=verbose,
+        )
+        result.bootstrap_summary = summarize_bootstrap(result.bootstrap, summary, reference)
+    return result
 
 
-def _progress(verbose, total):
-    if not verbose:
-        return None
-    from tqdm import tqdm
+def _folds_per_repeat(cv, splits) -> int:
+    """Folds of one repeat of ``cv`` (what each bootstrap replicate runs)."""
+    k = getattr(cv, "n_splits", None) or getattr(cv, "cvargs", {}).get("n_splits")
+    return int(k) if k else len(splits)
 
-    return tqdm(total=total, desc="backbone x fold x method", unit="fit")
+
+def _extract_all(entries, images, n, ids, n_jobs, verbose):
+    """``[(label, FeatureMaps)]``: one extraction task per backbone that needs one (precomputed maps stay put)."""
+    from .._parallel import parallel_map
+
+    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, FeatureMaps)]
+    extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, verbose=verbose, desc="feature extraction",
+                                  unit="backbone"))
+    out, seen = [], set()
+    for label, entry in entries:
+        label, X = (label or entry.backbone or "features", entry) if isinstance(entry, FeatureMaps) else next(extracted)
+        if label in seen:
+            label = f"{label} #{len(seen)}"
+        seen.add(label)
+        _check_same_images(label, X, n, ids)
+        out.append((label, X))
+    return out
+
+
+def _labelled_maps(entry, images, label, verbose):
+    return feature_maps_of(entry, images, label=label, verbose=verbose)
+
+
+def _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose) -> list[dict]:
+    """One row per backbone, fold and method (one task each): fitted on the training images, scored on the test images."""
+    from .._parallel import parallel_map
+
+    units = [(b, fold, name) for b in range(len(Xs)) for fold in range(len(splits)) for name in methods]
+    tasks = [(Xs[b][1], H, splits[fold][0], splits[fold][1], methods[name], similarity, comparison)
+             for b, fold, name in units]
+    records = parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose, desc="backbone x fold x method",
+                           unit="fit")
+    return [{"backbone": Xs[b][0], "method": name, "fold": fold, "n_train": len(splits[fold][0]),
+             "n_test": len(splits[fold][1]), **record} for (b, fold, name), record in zip(units, records)]
 
 
 def _fold_ceilings(subject_similarities, splits, n, comparison):
@@ -470,20 +544,6 @@ def _check_same_images(label, X, n, ids):
             "backbone (their ids differ): folds are paired by position, so give every backbone the same images "
             "in the same order"
         )
-
-
-def _evaluate_backbone(label, X, H, splits, methods, similarity, comparison, progress=None) -> list[dict]:
-    """One row per fold and method: fitted on the training images, scored on the test images."""
-    rows = []
-    for fold, (train_idx, test_idx) in enumerate(splits):
-        for name, template in methods.items():
-            record = _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison)
-            rows.append({"backbone": label, "method": name, "fold": fold, "n_train": len(train_idx),
-                         "n_test": len(test_idx), **record})
-            if progress is not None:
-                progress.set_postfix_str(f"{label}, fold {fold}, {name}", refresh=False)
-                progress.update()
-    return rows
 
 
 def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) -> dict:
