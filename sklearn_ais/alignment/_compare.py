@@ -81,10 +81,12 @@ def _entries(backbones) -> list[tuple[str | None, object]]:
         label = None
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
             label, item = item
-        if not isinstance(item, (str, Backbone, DNNFeatureMapTransformer, FeatureMaps)):
+        if isinstance(item, np.ndarray) and item.ndim != 2:
+            raise ValueError(f"an array backbone must be a 2-D embedding (n_images, n_units), got shape {item.shape}")
+        if not isinstance(item, (str, Backbone, DNNFeatureMapTransformer, FeatureMaps, np.ndarray)):
             raise TypeError(
-                "each backbone must be a registered name, a Backbone, a DNNFeatureMapTransformer, FeatureMaps or a "
-                f"(label, one of these) pair; got {type(item).__name__}"
+                "each backbone must be a registered name, a Backbone, a DNNFeatureMapTransformer, FeatureMaps, a 2-D "
+                f"embedding array or a (label, one of these) pair; got {type(item).__name__}"
             )
         out.append((label, item))
     return out
@@ -130,7 +132,7 @@ def _image_count_and_ids(entries, images):
     from ..backbones._preprocess import as_image_source
 
     for _, entry in entries:
-        if isinstance(entry, FeatureMaps):
+        if isinstance(entry, (FeatureMaps, np.ndarray)):
             return len(entry), sample_ids(entry)
     if images is None:
         raise ValueError("images are required to extract features")
@@ -346,8 +348,9 @@ def compare_alignment(
         Entries are registered names (:func:`~sklearn_ais.backbones.list_backbones`,
         pretrained weights), :class:`~sklearn_ais.DNNFeatureMapTransformer`
         instances (fitted if needed), precomputed
-        :class:`~sklearn_ais.FeatureMaps`, or ``(label, entry)`` pairs; a
-        dict maps labels to entries.
+        :class:`~sklearn_ais.FeatureMaps`, 2-D embedding arrays
+        (n_images, n_units), or ``(label, entry)`` pairs; a dict maps
+        labels to entries.
     images : images
         The n images (anything the transformers accept); may be None when
         every entry is FeatureMaps.
@@ -484,12 +487,16 @@ def _extract_all(entries, images, n, ids, n_jobs, verbose):
     """``[(label, FeatureMaps)]``: one extraction task per backbone that needs one (precomputed maps stay put)."""
     from .._parallel import parallel_map
 
-    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, FeatureMaps)]
+    precomputed = (FeatureMaps, np.ndarray)
+    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, precomputed)]
     extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, verbose=verbose, desc="feature extraction",
                                   unit="backbone"))
     out, seen = [], set()
     for label, entry in entries:
-        label, X = (label or entry.backbone or "features", entry) if isinstance(entry, FeatureMaps) else next(extracted)
+        if isinstance(entry, precomputed):
+            label, X = label or getattr(entry, "backbone", None) or "features", entry
+        else:
+            label, X = next(extracted)
         if label in seen:
             label = f"{label} #{len(seen)}"
         seen.add(label)
