@@ -214,6 +214,12 @@ class FeatureMaps:
                   layer=self.layer)
         return FeatureMaps(maps, self.head, **{**kw, **fields})
 
+    def __sizeof__(self):
+        # The maps' bytes: what schedulers (dask's sizeof, through joblib) weigh to scatter large
+        # arguments once instead of sending them with every task.
+        maps = self.maps if self.ragged else [self.maps]
+        return object.__sizeof__(self) + int(sum(m.nbytes for m in maps))
+
     def __repr__(self):
         n, K = len(self), self.n_maps
         if self.ragged:

@@ -259,14 +259,18 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     def runtime_device(self) -> torch.device:
         """The device :meth:`transform` runs on here.
 
-        ``device_``, unless it is a GPU this machine lacks (a transformer fitted
-        elsewhere and unpickled here): then the CPU with ``device="auto"``, and
-        a clear error for an explicit CUDA device.
+        With ``device="auto"`` it is chosen where the call runs (CUDA when
+        this machine has it, else the CPU), so that a transformer fitted on a
+        laptop uses the GPU of the cluster worker it is sent to, and one fitted
+        on a GPU machine still runs after unpickling on a CPU-only one. An
+        explicit device is used as given (a clear error if it is absent).
 
         Returns
         -------
         device : torch.device
         """
+        if self.device is None or (isinstance(self.device, str) and self.device == "auto"):
+            return resolve_device("auto")
         if self.device_.type == "cuda" and not torch.cuda.is_available():
             return resolve_device(self.device)
         return self.device_

@@ -16,7 +16,8 @@ from joblib import Parallel, delayed, effective_n_jobs
 __all__ = ["effective_workers", "parallel_map"]
 
 # Exceptions of the backends that mean a worker died (not an error in the task itself).
-_WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError")
+_WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError",
+                  "FutureCancelledError", "CancelledError")
 
 
 def effective_workers(n_jobs) -> int:
@@ -69,21 +70,19 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
     tasks = list(tasks)
     if not tasks:
         return []
-    progress = None
+    results, progress = [], None
     if verbose:
         from tqdm import tqdm
 
         progress = tqdm(total=len(tasks), desc=desc, unit=unit)
     try:
         if effective_workers(n_jobs) == 1 and n_jobs in (None, 1):
-            results = []
             for t in tasks:
                 results.append(func(*t))
                 if progress is not None:
                     progress.update()
             return results
         runner = Parallel(n_jobs=n_jobs, return_as="generator", prefer=prefer)
-        results = []
         for result in runner(delayed(func)(*t) for t in tasks):
             results.append(result)
             if progress is not None:
@@ -91,11 +90,13 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
         return results
     except Exception as exc:
         if type(exc).__name__ in _WORKER_DEATHS:
-            raise RuntimeError(
-                f"a worker died while running {desc} ({type(exc).__name__}: {exc}); "
-                f"{len(results) if 'results' in locals() else 0} of {len(tasks)} {unit}s had finished. Check the "
-                "workers' memory and logs; nothing was returned"
-            ) from exc
+            error = RuntimeError(
+                f"a worker died while running {desc} ({type(exc).__name__}: {exc}); {len(results)} of "
+                f"{len(tasks)} {unit}s had finished (kept in this error's .completed). Check the workers' memory "
+                "and logs"
+            )
+            error.completed = list(results)  # the finished tasks' results, in order: nothing computed is lost
+            raise error from exc
         raise
     finally:
         if progress is not None:

@@ -146,6 +146,11 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         Torch device for the kernels; ``"auto"`` is CUDA when available.
     random_state : int, RandomState instance or None, default=0
         Shuffles the folds when ``cv`` is an int.
+    n_jobs : int or None, default=None
+        Inner splits run in parallel through ``joblib`` (threads by default:
+        they share the kernels; any backend set with
+        ``joblib.parallel_config`` is used instead). The same results as
+        ``n_jobs=1``.
 
     Attributes
     ----------
@@ -221,6 +226,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
         "random_state": ["random_state"],
+        "n_jobs": [None, Integral],
     }
 
     def __init__(
@@ -233,6 +239,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         y_kind="similarity",
         device="auto",
         random_state=0,
+        n_jobs=None,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -241,6 +248,7 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         self.y_kind = y_kind
         self.device = device
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -344,35 +352,24 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
 
     def _inner_paths(self, problem, H) -> np.ndarray:
         """Validation paths (n_splits, K) of the inner cross-validation, over images or pairs."""
+        from ._parallel import parallel_map
+
         cv = check_image_cv(self.cv, self.random_state)
-        n, ts = problem.n, np.arange(1, problem.K + 1)
+        n = problem.n
         by_pairs = getattr(cv, "splits_pairs", False)
-        paths = []
-        splits = cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1)))
-        for train, val in splits:
-            if by_pairs:
-                if len(train) < 3 or len(val) < 3:
-                    raise ValueError(
-                        f"inner cv split has {len(train)} training and {len(val)} validation pairs; need at "
-                        "least 3 each. Use fewer splits."
-                    )
-                fit_on, fit_H, val_on, val_H = problem, mask_pairs(H, train), problem, mask_pairs(H, val)
-            else:
-                if len(val) < 3 or len(train) < MIN_IMAGES:
-                    raise ValueError(
-                        f"inner cv split has {len(train)} training and {len(val)} validation images; "
-                        f"need at least {MIN_IMAGES} and 3. Use fewer splits."
-                    )
-                fit_on, fit_H = problem.subset(train), H[np.ix_(train, train)]
-                val_on, val_H = problem.subset(val), H[np.ix_(val, val)]
-            Hv_u = upper_triangle(val_H)
-            if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
-                warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
-                continue
-            _, _, _, order = self._rank(fit_on, fit_H)
-            path = val_on.sweep(order, val_on.target(Hv_u, self.comparison), ts)
-            keeps = lambda i, order=order: np.isin(np.arange(problem.K), order[: i + 1])  # noqa: E731
-            paths.append(_undefined(val_on, val_H, path, keeps))
+        splits = list(cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1))))
+        for train, val in splits:  # every split checked before any work
+            need = (3, 3) if by_pairs else (MIN_IMAGES, 3)
+            if len(train) < need[0] or len(val) < need[1]:
+                what = "pairs" if by_pairs else "images"
+                raise ValueError(
+                    f"inner cv split has {len(train)} training and {len(val)} validation {what}; need at least "
+                    f"{need[0]} and {need[1]}. Use fewer splits."
+                )
+        # Threads share the kernels (and their leave-one-out stack, computed by fit already).
+        paths = parallel_map(_inner_path, [(self, problem, H, tr, va, by_pairs) for tr, va in splits],
+                             n_jobs=self.n_jobs, desc="inner cross-validation", unit="split", prefer="threads")
+        paths = [p for p in paths if p is not None]
         if not paths:
             raise ValueError("no inner validation split had usable human pairs")
         return np.asarray(paths)
@@ -555,6 +552,22 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         return record
 
 
+def _inner_path(selector, problem, H, train, val, by_pairs):
+    """Validation path of one inner split: maps ranked on the training part, the sweep on the validation part."""
+    if by_pairs:
+        fit_on, fit_H, val_on, val_H = problem, mask_pairs(H, train), problem, mask_pairs(H, val)
+    else:
+        fit_on, fit_H = problem.subset(train), H[np.ix_(train, train)]
+        val_on, val_H = problem.subset(val), H[np.ix_(val, val)]
+    Hv_u = upper_triangle(val_H)
+    if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
+        warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
+        return None
+    _, _, _, order = selector._rank(fit_on, fit_H)
+    path = val_on.sweep(order, val_on.target(Hv_u, selector.comparison), np.arange(1, problem.K + 1))
+    return _undefined(val_on, val_H, path, lambda i: np.isin(np.arange(problem.K), order[: i + 1]))
+
+
 def _fold_chunk(selector, X, y, units, splits, perms, flags) -> list:
     """One task of :meth:`AISSelector.fold_results`: kernels prepared once, then its (permutation, fold) units."""
     by_pairs, return_estimators, return_paths = flags
@@ -595,6 +608,8 @@ class AISSelectorCV(AISSelector):
     device : str, default="auto"
     random_state : int, RandomState instance or None, default=0
         Shuffles the folds of an int ``cv``.
+    n_jobs : int or None, default=None
+        The splits run in parallel through ``joblib`` (see :class:`AISSelector`).
 
     Attributes
     ----------
@@ -635,6 +650,7 @@ class AISSelectorCV(AISSelector):
         y_kind="similarity",
         device="auto",
         random_state=0,
+        n_jobs=None,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -642,6 +658,7 @@ class AISSelectorCV(AISSelector):
         self.y_kind = y_kind
         self.device = device
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _chooses_by_cv(self) -> bool:
         return True  # cv=None means the default 5 shuffled folds

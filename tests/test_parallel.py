@@ -1,0 +1,120 @@
+"""Scale-out through joblib: loky processes and a dask.distributed cluster give the tables of a serial run,
+a dead worker is a clear error (never a hang), fitted estimators come back whole."""
+
+import logging
+import os
+import pickle
+import signal
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import pytest
+from joblib import parallel_config
+from sklearn.model_selection import KFold
+
+from sklearn_ais import AISSelector, FeatureMaps
+from sklearn_ais.alignment import compare_alignment
+from sklearn_ais.backbones import PoolingHead
+from sklearn_ais.model_selection import cross_validate_alignment
+
+distributed = pytest.importorskip("distributed", reason="pip install -e '.[distributed]'")
+
+pytestmark = pytest.mark.slow  # starts worker processes
+
+
+def _problem(n=24, K=10, seed=0):
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, K, 2, 2)).astype(np.float32)
+    E = maps.mean(axis=(2, 3))
+    H = np.corrcoef(E[:, :3] + 0.1 * rng.normal(size=(n, 3)))
+    return [("a", FeatureMaps(maps, PoolingHead())), ("b", E[:, ::-1].copy())], H
+
+
+CV = KFold(3, shuffle=True, random_state=0)
+METHODS = ("none", "ais", "reweighting")
+
+
+@contextmanager
+def _deadline(seconds):
+    """Fail (instead of hanging) when the block runs longer than ``seconds``."""
+    def alarm(*_):
+        raise TimeoutError(f"no result after {seconds} s: the call hangs")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _serial():
+    backbones, H = _problem()
+    return (compare_alignment(backbones, None, H, methods=METHODS, cv=CV).table.drop(columns="fit_time"),
+            cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV).table.drop(columns="fit_time"))
+
+
+def test_dask_cluster_gives_the_serial_tables(client):
+    backbones, H = _problem()
+    want_cmp, want_cv = _serial()
+    with parallel_config(backend="dask"), _deadline(300):
+        got_cmp = compare_alignment(backbones, None, H, methods=METHODS, cv=CV, n_jobs=-1).table
+        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1).table
+    pd.testing.assert_frame_equal(got_cmp.drop(columns="fit_time"), want_cmp)
+    pd.testing.assert_frame_equal(got_cv.drop(columns="fit_time"), want_cv)
+
+
+def test_loky_gives_the_serial_tables():
+    backbones, H = _problem()
+    want_cmp, want_cv = _serial()
+    with _deadline(300):
+        got_cmp = compare_alignment(backbones, None, H, methods=METHODS, cv=CV, n_jobs=2).table
+        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=2).table
+    pd.testing.assert_frame_equal(got_cmp.drop(columns="fit_time"), want_cmp)
+    pd.testing.assert_frame_equal(got_cv.drop(columns="fit_time"), want_cv)
+
+
+def test_estimators_from_the_cluster_pickle_and_score_on_the_client(client):
+    backbones, H = _problem()
+    X = backbones[0][1]
+    with parallel_config(backend="dask"), _deadline(300):
+        res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=CV, n_jobs=-1, return_estimators=True)
+    Hd = H.copy()
+    np.fill_diagonal(Hd, np.nan)
+    for (train, test), est, (_, row) in zip(CV.split(np.zeros(24)), res.estimators, res.table.iterrows()):
+        local = pickle.loads(pickle.dumps(est))
+        assert local.score(X[test], Hd[np.ix_(test, test)]) == row.test_score_selected
+
+
+class _Crash(AISSelector):
+    """Kills the process it is fitted in (as an out-of-memory kill or a lost node would)."""
+
+    def fit(self, X, y):
+        if len(X) < 20:  # a training fold, not the probe on all images
+            os._exit(1)
+        return super().fit(X, y)
+
+
+def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
+    backbones, H = _problem()
+    with pytest.raises(RuntimeError, match="a worker died"), _deadline(240):
+        with parallel_config(backend="loky"):
+            cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=2)
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with pytest.raises(RuntimeError, match="a worker died"), _deadline(240):
+            with parallel_config(backend="dask"):
+                cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1)
