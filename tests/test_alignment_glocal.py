@@ -191,3 +191,26 @@ def test_odd_one_out_accuracy():
     assert odd_one_out_accuracy(E, [[0, 1, 2], [2, 3, 0], [0, 2, 1]]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="shape"):
         odd_one_out_accuracy(E, [0, 1, 2])
+
+
+def test_fit_does_not_depend_on_the_thread_count():
+    # A joblib or dask worker runs with 1 thread, a serial run with all of them. On wide embeddings LBFGS stops at
+    # max_iter and amplifies last-bit differences of summation order (before: weights 1e-4 apart, held-out 2OI
+    # 1e-2 apart between a serial and a cluster run), so small problems run single-threaded from the first product.
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(1)
+    E = np.maximum(rng.normal(size=(20, 1000)) - 0.5, 0) * rng.gamma(1, 1, size=1000)
+    H = np.corrcoef(E[:, :5] + 0.5 * rng.normal(size=(20, 5)))
+    saved, fits = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with threadpool_limits(threads):
+                fits.append(GLocalAligner().fit(E, H))
+    finally:
+        torch.set_num_threads(saved)
+    assert fits[0].n_iter_ == fits[1].n_iter_
+    np.testing.assert_array_equal(fits[0].weights_, fits[1].weights_)
+    np.testing.assert_array_equal(fits[0].bias_, fits[1].bias_)

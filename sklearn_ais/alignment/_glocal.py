@@ -8,6 +8,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -292,6 +293,14 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
     needs ``n_images x n_features`` parameters instead of
     ``n_features ** 2``.
 
+    When the optimizer stops at ``max_iter`` (wide embeddings, few images)
+    its result follows last-bit differences of summation order. Problems up
+    to ``n_images * n_features = 2**21`` therefore run on one thread (torch
+    and BLAS): the fit is bitwise the same in a serial run and in a joblib
+    or dask worker. Larger ones use every thread; there a fit that stops at
+    ``max_iter`` can differ in the last digits between machines and thread
+    counts (check ``n_iter_``).
+
     The defaults (``alpha=0.1, lmbda=3, tau=0.5``) were chosen by inner
     image-wise cross-validation *within the training folds* of the 92-image
     set (EfficientNet-Lite0 embeddings, 5 outer folds): ``lmbda`` between 1
@@ -422,6 +431,17 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
                 "matrix, or odd-one-out judgments as triplets=(m, 3) indices"
             )
 
+        # Small problems run on one thread (torch and BLAS) from the first matrix product on: faster than
+        # competing threads, and the fit is then bitwise the same in a serial run, a joblib worker or a dask
+        # worker (LBFGS amplifies last-bit differences of summation order; they moved the held-out 2OI by 1e-2).
+        small = n * D <= (1 << 21)
+        with torch_threads(1 if small else None), threadpool_limits(1 if small else None):
+            self._fit_weights(E, T)
+        return self
+
+    def _fit_weights(self, E, T):
+        """Standardization, the exact low-rank reparametrisation and the optimization (fitted attributes)."""
+        n, D = E.shape
         self.mean_, self.std_ = standardization(E)
         Xs_np = (E - self.mean_) / self.std_
         Xs = torch.as_tensor(Xs_np)
@@ -447,9 +467,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
             g, loc = _data_terms(Z, Tt, teacher, tau)
             return (1 - alpha) * g + alpha * loc + lmbda * (A * A).sum()
 
-        # Small problems: one thread beats several competing ones (and is reproducible).
-        with torch_threads(1 if n * D <= (1 << 21) else None):
-            n_iter = self._optimize(objective, params)
+        n_iter = self._optimize(objective, params)
         with torch.no_grad():
             W = c * torch.eye(D, dtype=torch.float64) + U @ A
         self.weights_ = W.numpy().copy()
@@ -462,7 +480,6 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
             "loss": float((1 - alpha) * g + alpha * loc + lmbda * pen),
             "global": float(g), "local": float(loc), "penalty": float(pen),
         }
-        return self
 
     def _optimize(self, objective, params) -> int:
         n_iter = 0

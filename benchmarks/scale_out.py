@@ -1,0 +1,132 @@
+"""Scale-out benchmark: a model-zoo comparison serially and on a 2-worker dask ``LocalCluster``.
+
+    python benchmarks/scale_out.py [--quick] [--out PATH]
+
+The comparison of issue 14: ``compare_alignment`` over 2 backbones (VGG16 with
+random weights, seed 0, and the offline-pretrained EfficientNet-Lite0) x 4
+methods ("none", "ais", "reweighting", "glocal") x 5 image-wise folds on the
+92 photographs of Kriegeskorte et al. (2008), run
+
+* serially (``n_jobs=1``; torch and BLAS may use every core), and
+* through ``joblib.parallel_config(backend="dask")`` on a ``LocalCluster`` of
+  2 worker processes with 1 thread each, started (and its start-up timed
+  separately) before the run.
+
+Both runs are timed side by side in one process; the tables must be equal
+(``fit_time`` aside). Bytes over the wire are the loopback interface's
+counters (``psutil.net_io_counters``) during the cluster run: scheduler,
+workers and client all talk over ``lo`` on one machine; they are compared
+with the size of the two backbones' feature maps.
+
+``--quick``: 30 images, 3 folds, Lite0 and a random RegNetY-400MF (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _loopback_bytes() -> int | None:
+    import psutil
+
+    counters = psutil.net_io_counters(pernic=True)
+    lo = counters.get("lo")
+    return None if lo is None else int(lo.bytes_sent)
+
+
+def _problem(quick: bool):
+    from sklearn_ais import DNNFeatureMapTransformer
+    from sklearn_ais.datasets import load_kriegeskorte92
+
+    data = load_kriegeskorte92()
+    n = 30 if quick else len(data.images)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(data.images), n, replace=False)) if quick else np.arange(n)
+    images = [data.images[i] for i in idx]
+    H = np.asarray(data.similarity)[np.ix_(idx, idx)]
+    other = "regnet_y_400mf" if quick else "vgg16"
+    backbones = [
+        (f"{other} (random)", DNNFeatureMapTransformer(other, weights=None, random_state=0)),
+        ("efficientnet_lite0", DNNFeatureMapTransformer("efficientnet_lite0")),
+    ]
+    return backbones, images, H, (3 if quick else 5)
+
+
+def _run(backbones, images, H, cv, n_jobs):
+    from sklearn.base import clone
+
+    from sklearn_ais.alignment import compare_alignment
+
+    fresh = [(label, clone(t)) for label, t in backbones]  # nothing cached between the two runs
+    t0 = time.perf_counter()
+    result = compare_alignment(fresh, images, H, cv=cv, n_jobs=n_jobs)
+    return time.perf_counter() - t0, result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/scale_out.json")
+    args = parser.parse_args(argv)
+
+    import distributed
+    import pandas as pd
+    from joblib import parallel_config
+
+    backbones, images, H, cv = _problem(args.quick)
+    print(f"{len(images)} images, {cv} folds, backbones {[b for b, _ in backbones]}, 4 methods", flush=True)
+
+    serial_s, serial = _run(backbones, images, H, cv, n_jobs=1)
+    print(f"serial (n_jobs=1): {serial_s:.1f} s", flush=True)
+
+    t0 = time.perf_counter()
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
+    client = distributed.Client(cluster)
+    client.run(lambda: __import__("sklearn_ais"))  # workers import the package before the clock starts
+    startup_s = time.perf_counter() - t0
+    before = _loopback_bytes()
+    with parallel_config(backend="dask"):
+        cluster_s, clustered = _run(backbones, images, H, cv, n_jobs=-1)
+    after = _loopback_bytes()
+    client.close()
+    cluster.close()
+    print(f"2-worker LocalCluster: {cluster_s:.1f} s (cluster start-up {startup_s:.1f} s, not counted)", flush=True)
+
+    pd.testing.assert_frame_equal(serial.table.drop(columns="fit_time"), clustered.table.drop(columns="fit_time"))
+    maps_mb = sum(_maps_bytes(label, backbones, images) for label, _ in backbones) / 1e6
+    wire_mb = None if before is None else (after - before) / 1e6
+    figures = {
+        "n_images": len(images), "folds": cv, "backbones": [b for b, _ in backbones],
+        "serial_s": serial_s, "cluster_s": cluster_s, "ratio": cluster_s / serial_s, "cluster_startup_s": startup_s,
+        "loopback_mb": wire_mb, "feature_maps_mb": maps_mb, "tables_equal": True,
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "target": "cluster <= 0.65x serial on 2 cores",
+    }
+    print(f"ratio cluster / serial: {figures['ratio']:.2f} (target <= 0.65); loopback traffic "
+          f"{wire_mb if wire_mb is None else round(wire_mb, 1)} MB; tables equal", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def _maps_bytes(label, backbones, images):
+    """Bytes of one backbone's feature maps (float32), for scale beside the traffic."""
+    transformer = dict(backbones)[label]
+    from sklearn.base import clone
+
+    maps = clone(transformer).fit(None).transform(images)
+    return sum(m.nbytes for m in (maps.maps if maps.ragged else [maps.maps]))
+
+
+if __name__ == "__main__":
+    main()
