@@ -1,10 +1,18 @@
 """Exactness of the ablation kernels against the naive algorithm (tests/_reference.py)."""
 
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from scipy.stats import ConstantInputWarning
 from torch import nn
 
+from sklearn_ais import AISHeatmapper, AISSelector
 from sklearn_ais._ablation import make_kernel
 from sklearn_ais._containers import FeatureMaps
 from sklearn_ais._similarity import COMPARISONS
@@ -277,3 +285,115 @@ def test_a_new_head_needs_only_embed_and_may_bring_its_kernel(rng):
     fast = AISSelector(device="cpu").fit(FeatureMaps(maps, FastCentreHead()), H)
     assert calls == ["pearson"]
     np.testing.assert_allclose(fast.scores_, want, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Numbers at the edges (tiny, dominated and offset rows), bounded memory
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("similarity", ["pearson", "cosine"])
+@pytest.mark.parametrize("comparison", ["spearman", "pearson"])
+def test_sweep_counts_tiny_top_maps(similarity, comparison):
+    """Kept maps 1e-6 smaller than the others were once declared dead along the sweep (2OI = 0)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((9, 6)) + 0.5
+    X[:, :3] *= 1e-6
+    A = rng.normal(size=(9, 9))
+    H = (A + A.T) / 2
+    problem = make_kernel(X, similarity, "cpu")
+    target = problem.target(H[np.triu_indices(9, 1)], comparison)
+    order = np.arange(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)  # scipy: the t = 1 model side is constant for Pearson
+        ref = np.nan_to_num(naive_path(X, H, order, similarity, comparison))
+    # t = 2, 3 keep only the tiny maps (once all "dead": 2OI 0). From t = 4 on the tiny maps move the
+    # model similarities by ~1e-12 only, which no float64 route resolves: not compared.
+    got = problem.sweep(order, target, np.array([2, 3]))
+    np.testing.assert_allclose(got, ref[1:3], atol=1e-9)
+    assert np.abs(got).min() > 0.01
+
+
+@pytest.mark.parametrize("similarity", ["pearson", "cosine"])
+def test_dominated_rows_are_exact(similarity):
+    """A map carrying ~all of a row's energy: the rank-one downdate loses every digit; recomputed directly."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(10, 4))
+    X[:, 1:] *= 1e-5  # map 0 dominates every row; ablating it leaves 1e-10 of the energy
+    A = rng.normal(size=(10, 10))
+    H = (A + A.T) / 2
+    base, ais = naive_ais(X, H, similarity, "spearman")
+    sel = AISSelector(similarity=similarity, device="cpu").fit(X, H)
+    np.testing.assert_allclose(sel.scores_, ais, atol=1e-9)
+    hm = AISHeatmapper(similarity=similarity, device="cpu").fit(X, H)
+    np.testing.assert_allclose(hm.image_scores_, naive_image_scores(X, H, similarity, "spearman"), atol=1e-9)
+
+
+@pytest.mark.parametrize("offset, atol", [(1e2, 1e-11), (1e3, 1e-9), (1e4, 1e-8), (1e5, 1e-6)])
+def test_pearson_rows_with_a_large_offset(offset, atol):
+    """Rows c + N(0, 1): the raw identity q - s^2/K cancels (at c = 1e5 every row was 'constant' and the
+    AIS off by 0.03); centred statistics do not. The ablated similarities are themselves resolved to
+    ~1e-16 c^2 only (all near 1), hence the tolerance."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 10)) + offset
+    A = rng.normal(size=(20, 20))
+    H = (A + A.T) / 2
+    sel = AISSelector(comparison="pearson", device="cpu").fit(X, H)
+    base, ais = naive_ais(X, H, "pearson", "pearson")
+    np.testing.assert_allclose(sel.baseline_score_, base, atol=1e-12)
+    np.testing.assert_allclose(sel.scores_, ais, atol=atol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vgg_head_ablating_an_images_only_map(seed):
+    """An image whose only non-zero map is ablated embeds as rest(bias) exactly: such images tie.
+    A - contribution in float32 left ~1e-7 noise that broke the ties (AIS off by up to 0.3)."""
+    rng = np.random.default_rng(seed)
+    maps = np.maximum(rng.normal(size=(7, 3, 4, 4)), 0).astype(np.float32)
+    maps[:, 0] = 0  # dead everywhere: map 1 or 2 is often an image's only map
+    maps[rng.random(7) < 0.5, 2] = 0
+    head = _vgg_like(K=3, seed=seed)
+    A = rng.normal(size=(7, 7))
+    H = (A + A.T) / 2
+    sel = AISSelector(device="cpu").fit(FeatureMaps(maps, head), H)
+    np.testing.assert_allclose(sel.scores_, naive_ais(maps, H, "pearson", "spearman", head=head)[1], atol=1e-6)
+    hm = AISHeatmapper(device="cpu").fit(FeatureMaps(maps, head), H)
+    ok = np.isfinite(hm.image_scores_).all(axis=1)
+    np.testing.assert_allclose(hm.image_scores_[ok], naive_image_scores(maps, H, "pearson", "spearman", head)[ok],
+                               atol=1e-6)
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, numpy as np, torch
+    from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+    from sklearn_ais.backbones import PoolingHead
+    which, n, K = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(n, n)); H = (A + A.T) / 2
+    if which == "selector":
+        AISSelector(device="cpu").fit(np.maximum(rng.normal(size=(n, K)), 0), H)
+    else:
+        maps = np.maximum(rng.normal(size=(n, K, 7, 7)).astype(np.float32), 0)
+        fm = FeatureMaps(maps, PoolingHead(), input_size=(224, 224))
+        AISHeatmapper(device="cpu", output="maps").fit(fm, H).transform(fm)
+    # VmHWM: this process's own peak. ru_maxrss would also count the pages of a large parent
+    # (pytest) that the child held between fork and exec.
+    try:
+        hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
+        print(int(hwm.split()[1]) * 1024)
+    except (OSError, IndexError):
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    """
+)
+
+
+def _peak_rss(which, n, K):
+    """Peak resident memory (bytes) of a fresh process that builds the inputs and fits."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, which, str(n), str(K)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("which", ["selector", "heatmapper"])
+def test_peak_memory_small(which):
+    assert _peak_rss(which, 100, 256) < 2 * 2**30

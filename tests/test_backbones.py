@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from sklearn_ais import DNNFeatureMapTransformer
 from sklearn_ais.backbones import (
     Backbone,
     MLPHead,
@@ -21,6 +22,8 @@ from sklearn_ais.backbones import (
     load_weights,
 )
 from sklearn_ais.backbones._preprocess import Preprocessing, as_image_source
+
+from .conftest import TinyNet, tiny_transformer
 
 PAPER_ARCHITECTURES = [
     "efficientnet_lite0",
@@ -496,3 +499,135 @@ def test_in_memory_images_are_validated_once(monkeypatch):
     calls.clear()
     PREP.batch(as_image_source([stack[0], torch.from_numpy(stack[1]).permute(2, 0, 1), stack[2][..., :1]]))
     assert calls == ["image 0", "image 1", "image 2"]
+
+
+# ---------------------------------------------------------------------------
+# Odd, unreadable and hostile image files and inputs; weights files that are not state dicts
+# ---------------------------------------------------------------------------
+ODD_IMAGES = ["1x1.png", "gray16.png", "cmyk.jpg", "rgba.png", "la.png", "palette.gif", "onebit.png", "float.tiff",
+              "strip.png"]
+
+
+@pytest.mark.parametrize("name", ODD_IMAGES)
+def test_odd_images_are_read(image_dir, name):
+    fm = tiny_transformer().transform([image_dir / name])
+    assert fm.shape == (1, 4, 8, 8) and np.isfinite(fm.maps).all()
+    assert fm.ids[0] == str(image_dir / name)
+
+
+def test_odd_image_modes_convert_like_rgb(image_dir):
+    t = tiny_transformer()
+    rgb = t.transform([image_dir / "rgb.png"]).maps
+    np.testing.assert_array_equal(t.transform([image_dir / "rgba.png"]).maps, rgb)  # alpha dropped
+    gray16 = np.asarray(Image.open(image_dir / "gray16.png"))
+    as8 = np.round(gray16 / 257.0).astype(np.uint8)  # 16-bit scaled, not clipped at 255
+    np.testing.assert_array_equal(t.transform([image_dir / "gray16.png"]).maps, t.transform(as8[None]).maps)
+
+
+BAD_IMAGES = {
+    "text.png": (ValueError, "could not read image file .*text.png.*cannot identify"),
+    "empty.jpg": (ValueError, "could not read image file .*empty.jpg"),
+    "truncated.jpg": (ValueError, "could not read image file .*truncated.jpg"),
+    "missing.png": (FileNotFoundError, "image file not found"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_unreadable_image_files(image_dir, name):
+    exc, match = BAD_IMAGES[name]
+    t = tiny_transformer()
+    with pytest.raises(exc, match=match):
+        t.transform([image_dir / "rgb.png", image_dir / name])
+
+
+def test_decompression_bomb_refused(image_dir, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100 x 100 > 2 x limit: a "bomb"
+    t = tiny_transformer()
+    with pytest.raises(ValueError, match="could not read image file .*bomb.png.*decompression bomb"):
+        t.transform([image_dir / "bomb.png"])
+
+
+@pytest.mark.parametrize(
+    "images, exc, match",
+    [
+        ([], ValueError, "no images given"),
+        (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "no images given"),
+        ([None], TypeError, "image 0: expected a path, PIL image, array or tensor, got NoneType"),
+        ({"a": 1}, TypeError, "images must be a sequence"),
+        (5, TypeError, "images must be a sequence"),
+        (np.zeros((8, 8), np.uint8), ValueError, "array of images must have shape"),
+        (np.zeros((1, 2, 8, 8, 3), np.uint8), ValueError, "array of images must have shape"),
+        (np.zeros((2, 8, 8, 3)) + 200.0, ValueError, "float pixel values must lie in \\[0, 1\\]"),
+        (np.full((2, 8, 8, 3), 300), ValueError, "integer pixel values must lie in 0..255"),
+        (np.full((2, 8, 8, 3), -1, np.int8), ValueError, "integer pixel values"),
+        (np.zeros((2, 8, 8, 3), bool), ValueError, "unsupported pixel dtype bool"),
+        (np.zeros((2, 8, 8, 3), complex), ValueError, "unsupported pixel dtype complex"),
+        (np.full((2, 8, 8, 3), np.nan), ValueError, "NaN or infinite"),
+        (np.zeros((2, 0, 8, 3), np.uint8), ValueError, "empty"),
+        (torch.zeros(2, 4, 8, 8), ValueError, "C in \\{1, 3\\}"),
+        (np.zeros((5, 8, 3), np.uint8), ValueError, "ambiguous array"),
+    ],
+    ids=lambda v: None,
+)
+def test_bad_image_inputs(images, exc, match):
+    t = tiny_transformer()
+    with pytest.raises(exc, match=match):
+        t.transform(images)
+
+
+def test_extreme_aspect_ratio_does_not_materialise_a_huge_image(monkeypatch):
+    """A 1 x 100000 strip (300 kB) would be resized to 256 x 25.6M pixels (19 GB) before the crop."""
+    from sklearn_ais.backbones import _preprocess
+
+    sizes = []
+    original = Image.Image.resize
+
+    def guarded(self, size, *args, **kwargs):
+        sizes.append(size[0] * size[1])
+        if size[0] * size[1] > 50_000_000:
+            raise MemoryError(f"refusing to allocate a {size} image in this test")
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", guarded)
+    strip = np.random.default_rng(0).integers(0, 256, (1, 1, 100_000, 3), dtype=np.uint8)
+    pixels, geometry = _preprocess.Preprocessing().batch(_preprocess.as_image_source(strip))
+    assert pixels.shape == (1, 3, 224, 224) and np.isfinite(pixels).all()
+    assert tuple(geometry[0]) == (1, 100_000, 256, 25_600_000, 16, 12_799_888)
+    assert max(sizes) <= 224 * 224
+    # the crop-window path equals resize-then-crop on a strip both can afford
+    monkeypatch.setattr(Image.Image, "resize", original)
+    small = strip[:, :, :2000]
+    full, _ = _preprocess.Preprocessing().batch(_preprocess.as_image_source(small))
+    monkeypatch.setattr(_preprocess, "_MAX_RESIZED_PIXELS", 1000)
+    window, _ = _preprocess.Preprocessing().batch(_preprocess.as_image_source(small))
+    np.testing.assert_array_equal(window, full)
+
+
+class _Payload:
+    """Pickles as a call to exec: loading it with plain pickle runs code."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return (exec, (f"open({self.flag!r}, 'w').close()",))
+
+
+def test_weights_files_that_are_not_state_dicts(tmp_path):
+    net = TinyNet()
+    cases = {}
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    cases["list.pt"] = "not a state dict"
+    (tmp_path / "text.pt").write_text("hello")
+    cases["text.pt"] = "could not read weights file"
+    torch.save({"features.0.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    cases["other.pt"] = "does not match the architecture"
+    flag = tmp_path / "code_ran"
+    torch.save({"features.0.weight": _Payload(str(flag))}, tmp_path / "payload.pt")
+    cases["payload.pt"] = "refusing to load .* arbitrary pickled objects"
+    for name, match in cases.items():
+        with pytest.raises(ValueError, match=match):
+            DNNFeatureMapTransformer(net, weights=tmp_path / name, layer="features").fit(None)
+    assert not flag.exists(), "the pickled payload was executed"
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        DNNFeatureMapTransformer(net, weights=tmp_path / "nope.pt", layer="features").fit(None)

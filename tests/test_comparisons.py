@@ -11,9 +11,11 @@ import torch
 from scipy import stats
 
 import sklearn_ais._similarity as sim
+from sklearn_ais import AISSelector
 from sklearn_ais._similarity import COMPARISONS, TargetVector, _inversions, _row_sum, batched_correlation
 
 from ._reference import kendall_tau_a, naive_compare, rho_a, tie_runs
+from .conftest import H0, X0
 
 NEW = ["pearson_r2", "kendall_tau_a", "rho_a"]
 RANKS = ["spearman", "kendall_tau_a", "rho_a"]
@@ -152,3 +154,20 @@ def test_estimators_take_the_new_comparisons(comparison):
     np.testing.assert_allclose(sel.scores_, ais, atol=1e-12)
     hm = AISHeatmapper(comparison=comparison, device="cpu").fit(FeatureMaps(X[:, :, None, None], PoolingHead()), H)
     np.testing.assert_allclose(hm.image_scores_, naive_image_scores(X, H, "pearson", comparison), atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Memory layout
+# ---------------------------------------------------------------------------
+def test_memory_layout_does_not_change_bits():
+    Xf = np.asfortranarray(X0)
+    a = AISSelector(device="cpu", comparison="pearson").fit(X0, H0)
+    b = AISSelector(device="cpu", comparison="pearson").fit(Xf, H0)
+    np.testing.assert_array_equal(a.scores_, b.scores_)
+    t = np.random.default_rng(1000).normal(size=10)
+    c = np.tanh(np.random.default_rng(0).normal(size=(3, 10)))  # (before the fix, layouts differed in the last bit)
+    want = batched_correlation(c, t, "pearson")
+    np.testing.assert_array_equal(batched_correlation(np.asfortranarray(c), t, "pearson"), want)
+    # a (1, m) row whose first stride differs (as a boolean column mask returns): once a different last bit
+    row = np.lib.stride_tricks.as_strided(c[:1].copy(), shape=(1, 10), strides=(8, 8))
+    np.testing.assert_array_equal(batched_correlation(row, t, "pearson"), want[:1])

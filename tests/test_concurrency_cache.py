@@ -24,7 +24,7 @@ from torch import nn
 from sklearn_ais import DNNFeatureMapTransformer, _feature_cache
 from sklearn_ais.backbones import PoolingHead, get_backbone
 
-from .conftest import CountingNet
+from .conftest import CountingNet, tiny_transformer
 
 
 class Pause(nn.Module):
@@ -403,3 +403,27 @@ def test_key_is_the_same_in_every_process(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         keys.add(proc.stdout.strip())
     assert len(keys) == 1
+
+
+# ---------------------------------------------------------------------------
+# Resuming after a crash
+# ---------------------------------------------------------------------------
+def test_feature_cache_resumes_after_a_crash(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10, 20, 20, 3), dtype=np.uint8)
+    want = tiny_transformer(batch_size=2).transform(images).maps  # no cache
+    # joblib quirk: Memory(str) caches under <location>/joblib, Memory(Path) directly in <location>;
+    # the transformer treats a str or a path like Memory(str), as scikit-learn's check_memory does.
+    memory = joblib.Memory(str(tmp_path / "cache"), verbose=0)
+    t = tiny_transformer(batch_size=2, memory=memory)
+    net = t.backbone_.model
+    net.calls, net.fail_at = 0, 3  # crash in the 3rd of 5 batches
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        t.transform(images)
+    assert net.calls == 3
+    net.calls, net.fail_at = 0, None
+    np.testing.assert_array_equal(t.transform(images).maps, want)
+    assert net.calls == 3  # batches 3, 4, 5 only: the first two came from the cache
+    fresh = tiny_transformer(batch_size=2, memory=tmp_path / "cache")  # a new process, same configuration
+    fresh.backbone_.model.calls = 0  # (fit ran one probe pass)
+    np.testing.assert_array_equal(fresh.transform(images).maps, want)
+    assert fresh.backbone_.model.calls == 0

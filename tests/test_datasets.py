@@ -285,3 +285,27 @@ def test_similarity_equals_formula_without_noise():
 def test_make_similarity_task_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_similarity_task(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# make_similarity_task: bad parameters
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n_images=3), "\'n_images\' parameter of make_similarity_task must be an int in the range \\[4"),
+        (dict(n_images=4.5), "\'n_images\' parameter of make_similarity_task must be an int"),
+        (dict(n_images="8"), "\'n_images\' parameter of make_similarity_task must be an int"),
+        (dict(image_size=8), "\'image_size\' parameter .* range \\[16"),
+        (dict(noise=-1), "\'noise\' parameter of make_similarity_task must be a float in the range \\[0.0"),
+        (dict(noise=np.nan), "\'noise\' parameter of make_similarity_task must be a float in the range \\[0.0"),
+        (dict(n_shapes=0), "\'n_shapes\' parameter .* range \\[1, 6\\]"),
+        (dict(n_colors=9), "\'n_colors\' parameter .* range \\[1, 8\\]"),
+        (dict(shape_weight=0, color_weight=0, noise=0), "the similarity would be constant"),
+        (dict(backgrounds=["plaid"]), "backgrounds must be"),
+        (dict(object_size=(0.9, 0.1)), "object_size must satisfy"),
+    ],
+)
+def test_make_similarity_task_refuses_bad_parameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_similarity_task(**{"n_images": 8, "image_size": 32, "random_state": 0, **kw})

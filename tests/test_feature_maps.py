@@ -9,16 +9,17 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils import estimator_checks as _checks
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
-from sklearn_ais import DNNFeatureMapTransformer, FeatureMaps
+from sklearn_ais import AISSelector, DNNFeatureMapTransformer, FeatureMaps
 from sklearn_ais.backbones import MLPHead, PoolingHead, get_backbone
 
-from .conftest import CountingNet
+from .conftest import H0, X0, CountingNet, roundtrips, tiny_backbone, tiny_transformer
 
 
 def counting_backbone():
@@ -338,3 +339,58 @@ def test_batches_and_subsets_give_the_same_maps():
     full = t.transform(X).maps
     np.testing.assert_array_equal(t.fit(None).transform(X).maps, full)  # fit is idempotent
     np.testing.assert_allclose(t.transform(X[[1, 3]]).maps, full[[1, 3]], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Bad parameters and state, persistence, a GPU-fitted transformer on a CPU-only machine
+# ---------------------------------------------------------------------------
+def test_bad_transformer_parameters_and_state(image_dir):
+    t = DNNFeatureMapTransformer(tiny_backbone(), device="gpu")
+    with pytest.raises(ValueError, match="device must be"):
+        t.fit(None)
+    if not torch.cuda.is_available():
+        t = DNNFeatureMapTransformer(tiny_backbone(), device="cuda")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            t.fit(None)
+    t = DNNFeatureMapTransformer(tiny_backbone(), batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        t.fit(None)
+    t = DNNFeatureMapTransformer(tiny_backbone())
+    with pytest.raises(NotFittedError, match="not fitted"):
+        t.transform([image_dir / "rgb.png"])
+    t = tiny_transformer()
+    with pytest.raises(ValueError, match="is a directory"):
+        t.transform([image_dir])
+
+
+def test_transformer_survives_pickle_and_joblib(tmp_path, image_dir):
+    t = tiny_transformer()
+    images = [image_dir / "rgb.png", image_dir / "cmyk.jpg"]
+    fm = t.transform(images)
+    for loaded in roundtrips(t, tmp_path):
+        np.testing.assert_array_equal(loaded.transform(images).maps, fm.maps)
+    for loaded in roundtrips(fm, tmp_path):  # the output too (maps + head)
+        np.testing.assert_array_equal(loaded.embed(), fm.embed())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a CPU-only machine")
+def test_gpu_fitted_estimators_load_on_a_cpu_only_machine(tmp_path, image_dir):
+    """Nothing device-bound is pickled; a GPU device on a CPU-only machine is handled clearly."""
+    t = tiny_transformer()
+    images = [image_dir / "rgb.png"]
+    want = t.transform(images).maps
+    t.device_ = torch.device("cuda")  # as if fitted with device="auto" on a GPU machine
+    loaded = pickle.loads(pickle.dumps(t.set_params(device="auto")))
+    assert all(p.device.type == "cpu" for p in loaded.backbone_.model.parameters())
+    np.testing.assert_array_equal(loaded.transform(images).maps, want)  # falls back to the CPU
+    loaded.set_params(device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        loaded.transform(images)
+
+    sel = AISSelector(device="cpu").fit(X0, H0)
+    sel.set_params(device="cuda")  # fitted with device="cuda" elsewhere
+    loaded = pickle.loads(pickle.dumps(sel))
+    np.testing.assert_array_equal(loaded.transform(X0), sel.transform(X0))  # no device needed
+    with pytest.raises(ValueError, match="CUDA is not available on this machine.*set_params"):
+        loaded.score(X0, H0)
+    assert loaded.set_params(device="cpu").score(X0, H0) == AISSelector(device="cpu").fit(X0, H0).score(X0, H0)

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -12,6 +13,7 @@ from sklearn_ais import AISHeatmapper, AISSelector, DNNFeatureMapTransformer, Fe
 from sklearn_ais.backbones import PoolingHead
 
 from ._reference import naive_image_scores
+from .conftest import H0, X0, fmaps, no_tensors, roundtrips
 from .conftest import human as _human
 from .conftest import vgg_like as _vgg_like
 
@@ -249,3 +251,62 @@ def test_what_the_expected_failures_stand_for(rng):
     np.testing.assert_allclose(AISHeatmapper(device="cpu", output="maps").fit(f64, H).transform(f64), heat, atol=1e-6)
     with pytest.raises(ValueError, match="NaN or inf"):
         hm.transform(FeatureMaps(np.where(maps > 0.9, np.nan, maps), PoolingHead()))
+
+
+# ---------------------------------------------------------------------------
+# Robustness: bad input, images without judgments, persistence
+# ---------------------------------------------------------------------------
+def test_heatmapper_methods_validate_input():
+    fm = fmaps()
+    hm = AISHeatmapper(device="cpu", output="maps").fit(fm, H0)
+    with pytest.raises(TypeError, match="needs FeatureMaps"):
+        hm.transform(X0)
+    four_maps = fmaps(K=4)
+    with pytest.raises(ValueError, match="fitted with 6"):
+        hm.transform(four_maps)
+    infinite = FeatureMaps(np.full((2, 6, 3, 3), np.inf), PoolingHead())
+    with pytest.raises(ValueError, match="NaN or inf"):
+        hm.transform(infinite)
+    with pytest.raises(ValueError, match="keep as a boolean mask must have shape \\(6,\\)"):
+        AISHeatmapper(keep=[True, False]).fit(fm, H0)
+    with pytest.raises(TypeError, match="ambiguous"):  # 0/1 floats: neither mask nor indices
+        AISHeatmapper(keep=np.ones(6)).fit(fm, H0)
+    with pytest.raises(ValueError, match="indices must lie in"):
+        AISHeatmapper(keep=[7]).fit(fm, H0)
+    no_geometry = FeatureMaps(fm.maps, PoolingHead())
+    fitted = AISHeatmapper(device="cpu").fit(no_geometry, H0)
+    with pytest.raises(ValueError, match="no input_size"):
+        fitted.transform(no_geometry)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        AISHeatmapper().transform(fm)
+    # one new image at a time is fine
+    assert hm.transform(fm[[0]]).shape == (1, 3, 3)
+
+
+def test_image_without_judgments_is_reported_and_drawn_with_global_weights():
+    fm = fmaps()
+    H = H0.copy()
+    H[4, :] = H[:, 4] = np.nan  # no judgment involves image 4
+    H[7, [0, 1]] = H[[0, 1], 7] = 0.25  # image 7: only equal judgments (its row correlation is undefined)
+    H[7, 2:] = H[2:, 7] = np.nan
+    with pytest.warns(UserWarning) as record:
+        hm = AISHeatmapper(device="cpu", output="maps").fit(fm, H)
+    messages = " ".join(str(w.message) for w in record)
+    assert "no observed pair in y (rows [4])" in messages
+    assert "rows [4, 7]" in messages and "per-image AIS is undefined" in messages
+    assert np.isnan(hm.image_scores_[[4, 7]]).all() and np.isnan(hm.image_base_scores_[[4, 7]]).all()
+    assert np.isfinite(np.delete(hm.image_scores_, [4, 7], axis=0)).all()
+    w = hm.image_weights(fm)
+    glob = np.maximum(hm.scores_, 0) / np.maximum(hm.scores_, 0).sum()
+    np.testing.assert_allclose(w[[4, 7]], np.vstack([glob, glob]))
+    heat = hm.transform(fm)
+    assert np.isfinite(heat).all() and heat[4].max() == 1.0  # drawn, not a silent all-zero map
+
+
+def test_heatmapper_survives_pickle_and_joblib(tmp_path):
+    fm = fmaps()
+    hm = AISHeatmapper(device="cpu").fit(fm, H0)
+    no_tensors(hm)
+    for loaded in roundtrips(hm, tmp_path):
+        np.testing.assert_array_equal(loaded.image_scores_, hm.image_scores_)
+        np.testing.assert_array_equal(loaded.transform(fm), hm.transform(fm))

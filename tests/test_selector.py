@@ -5,17 +5,19 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_ais import AISHeatmapper, AISSelector, AISSelectorCV, FeatureMaps
+from sklearn_ais import AISHeatmapper, AISSelector, AISSelectorCV, FeatureMaps, metrics
 from sklearn_ais.backbones import PoolingHead
-from sklearn_ais.model_selection import similarity_frame
+from sklearn_ais.model_selection import mask_pairs, similarity_frame
 
 from ._reference import naive_2oi, naive_ais, naive_path
-from .conftest import SETTINGS
+from .conftest import A0, H0, SETTINGS, X0, fmaps, no_tensors, roundtrips, task
 from .conftest import human as _human
 from .conftest import vgg_like as _vgg_like
 
@@ -396,3 +398,186 @@ def test_scikit_learn_cross_validate_refuses_pair_splitters(rng):
     H = np.corrcoef(X)
     with pytest.raises(TypeError, match="cross_validate_alignment"):
         cross_validate(AISSelector(device="cpu"), X, similarity_frame(H), cv=PairKFold(3))
+
+
+# ---------------------------------------------------------------------------
+# Robustness: bad input, edge magnitudes, persistence, determinism
+# ---------------------------------------------------------------------------
+Hnan_asym = H0.copy()
+Hnan_asym[0, 1] = np.nan
+
+
+SELECTOR_FIT_CASES = {
+    # id: (X, y, error, message)
+    "X NaN": (np.where(X0 > 1.5, np.nan, X0), H0, ValueError, "NaN"),
+    "X inf": (np.where(X0 > 1.5, np.inf, X0), H0, ValueError, "infinity"),
+    "X 1-D": (X0[:, 0], H0, ValueError, "Expected 2D array"),
+    "X 3-D": (X0[:, :, None], H0, ValueError, "dim 3"),
+    "X 3 images": (X0[:3], H0[:3, :3], ValueError, "minimum of 4"),
+    "X no unit": (X0[:, :0], H0, ValueError, "0 feature"),
+    "X complex": (X0 + 1j, H0, ValueError, "Complex data not supported"),
+    "X words": (np.full((12, 8), "a"), H0, ValueError, "could not convert|string"),
+    "maps of str": (None, H0, TypeError, "real numeric array"),
+    "maps NaN": (FeatureMaps(np.full((12, 6, 2, 2), np.nan, np.float32), PoolingHead()), H0, ValueError,
+                 "NaN or inf"),
+    "maps beyond float32": (FeatureMaps(np.full((12, 6, 2, 2), 1e300), PoolingHead()), H0, ValueError,
+                            "not finite.*float32"),
+    "maps 3 images": (fmaps(3), H0[:3, :3], ValueError, "at least 4"),
+    "y None": (X0, None, ValueError, "requires y"),
+    "y non-square": (X0, H0[:, :5], ValueError, "square"),
+    "y row-sliced": (X0[:6], H0[:6], ValueError, "similarity_frame"),
+    "y wrong size": (X0, H0[:6, :6], ValueError, "must match"),
+    "y 3-D": (X0, H0[None], ValueError, "n x n similarity matrix"),
+    "y asymmetric": (X0, A0, ValueError, "not symmetric"),
+    "y NaN asymmetric": (X0, Hnan_asym, ValueError, "asymmetric in its missing pairs"),
+    "y inf": (X0, np.where(np.abs(H0) > 1, np.inf, H0), ValueError, "inf"),
+    "y complex": (X0, H0 + 0j, TypeError, "complex"),
+    "y strings": (X0, H0.astype(str), TypeError, "numeric"),
+    "y all NaN": (X0, np.full((12, 12), np.nan), ValueError, "0 observed pairs"),
+    "y 2 pairs": (X0, mask_pairs(H0, [0, 1]), ValueError, "2 observed pairs"),
+    "y constant": (X0, np.ones((12, 12)), ValueError, "constant"),
+    "y labels all equal": (X0, np.zeros(12), ValueError, "no similarity structure"),
+    "y labels wrong length": (X0, np.arange(5), ValueError, "5 labels"),
+}
+
+
+@pytest.mark.parametrize("case", list(SELECTOR_FIT_CASES))
+def test_selector_fit_refuses_bad_input(case):
+    X, y, exc, match = SELECTOR_FIT_CASES[case]
+    if case == "maps of str":
+        with pytest.raises(TypeError, match=match):
+            FeatureMaps(np.full((12, 6, 2, 2), "a"), PoolingHead())
+        return
+    with pytest.raises(exc, match=match):
+        AISSelector(device="cpu").fit(X, y)
+    with pytest.raises(exc, match=match):
+        AISHeatmapper(device="cpu").fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "params, exc, match",
+    [
+        (dict(device="cuda:0"), ValueError, "CUDA is not available"),
+        (dict(device="gpu"), ValueError, "device must be"),
+        (dict(n_features_to_select=20), ValueError, "exceeds the number of maps"),
+        (dict(n_features_to_select=0), ValueError, "n_features_to_select"),
+        (dict(n_features_to_select=1.5), ValueError, "n_features_to_select"),
+        (dict(similarity="euclidean"), ValueError, "similarity"),
+        (dict(comparison="kendall"), ValueError, "comparison"),
+        (dict(y_kind="distance"), ValueError, "y_kind"),
+        (dict(cv=12), ValueError, "inner cv split"),
+    ],
+)
+def test_selector_bad_parameters(params, exc, match):
+    if params.get("device") == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(exc, match=match):
+        AISSelector(**{"device": "cpu", **params}).fit(X0, H0)
+
+
+def test_selector_methods_validate_input():
+    sel = AISSelector(device="cpu", n_features_to_select=3).fit(X0, H0)
+    with pytest.raises(ValueError, match="4 features, but AISSelector is expecting 8"):
+        sel.score(X0[:, :4], H0)
+    with pytest.raises(ValueError, match="4 features"):
+        sel.transform(X0[:, :4])
+    with pytest.raises(ValueError, match="0 observed pairs"):
+        sel.score(X0, np.full((12, 12), np.nan))
+    with pytest.raises(ValueError, match="minimum of 4"):
+        sel.score(X0[:3], H0[:3, :3])
+    six_maps = fmaps(K=6)
+    with pytest.raises(ValueError, match="fitted with 8"):
+        sel.transform(six_maps)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        AISSelector().score(X0, H0)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        AISSelector().transform(X0)
+
+
+def test_constant_model_similarity_is_reported_not_silent():
+    """One unit with Pearson similarity: every model similarity is 0, the 2OI undefined."""
+    with pytest.warns(UserWarning, match="constant over the observed pairs"):
+        sel = AISSelector(device="cpu").fit(X0[:, :1], H0)
+    assert np.isnan(sel.baseline_score_) and np.isnan(sel.scores_[0]) and np.isnan(sel.path_scores_[0])
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160, 1e200])
+def test_extreme_magnitudes_give_the_same_scores(scale):
+    """Squares of 1e200 overflow and of 1e-200 underflow: rows were once all 'constant' (AIS = 0)."""
+    sel = AISSelector(device="cpu", comparison="pearson").fit(X0, H0)
+    big = AISSelector(device="cpu", comparison="pearson").fit(X0 * scale, H0)
+    np.testing.assert_allclose(big.scores_, sel.scores_, atol=1e-12)
+    assert np.abs(big.scores_).max() > 0.01
+    np.testing.assert_allclose(metrics.similarity_matrix(X0 * scale), metrics.similarity_matrix(X0), atol=1e-12)
+    # the human side too
+    hp = AISSelector(device="cpu", comparison="pearson").fit(X0, H0 * scale)
+    np.testing.assert_allclose(hp.scores_, sel.scores_, atol=1e-12)
+
+
+def test_selector_survives_pickle_and_joblib(tmp_path):
+    sel = AISSelector(device="cpu", cv=KFold(3, shuffle=True, random_state=0)).fit(X0, H0)
+    no_tensors(sel)
+    assert isinstance(sel.baseline_score_, float) and sel.scores_.dtype == np.float64
+    for loaded in roundtrips(sel, tmp_path):
+        for attr in ("scores_", "ranking_", "support_", "path_scores_", "cv_path_scores_"):
+            np.testing.assert_array_equal(getattr(loaded, attr), getattr(sel, attr))
+        assert loaded.score(X0, H0) == sel.score(X0, H0)
+        np.testing.assert_array_equal(loaded.transform(X0), sel.transform(X0))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # rows without pairs, t = 1 folds
+def test_same_inputs_same_bits():
+    X, H = task(30, 40, seed=3)
+    H = mask_pairs(H, np.arange(0, 435, 3))
+    for comparison in ("spearman", "pearson"):
+        kw = dict(device="cpu", comparison=comparison, cv=KFold(3, shuffle=True, random_state=0))
+        a, b = AISSelector(**kw).fit(X, H), AISSelector(**kw).fit(X, H)
+        for attr in ("scores_", "ranking_", "support_", "path_scores_", "cv_path_scores_"):
+            np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
+        assert a.baseline_score_ == b.baseline_score_
+    fm = fmaps(20, 8, seed=2)
+    Hf = task(20, seed=4)[1]
+    h1 = AISHeatmapper(device="cpu", output="maps").fit(fm, Hf)
+    h2 = AISHeatmapper(device="cpu", output="maps").fit(fm, Hf)
+    np.testing.assert_array_equal(h1.image_scores_, h2.image_scores_)
+    np.testing.assert_array_equal(h1.transform(fm), h2.transform(fm))
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("comparison", ["spearman", "pearson"])
+def test_thread_count_does_not_change_results(restore_threads, comparison):
+    """torch threads (the package's n_jobs): Spearman is bit-identical; a Pearson comparison may differ
+    in the last bit (parallel float reductions, measured <= 1e-16), rankings never."""
+    rng = np.random.default_rng(0)
+    X = np.maximum(rng.normal(size=(80, 300)), 0)
+    A = rng.normal(size=(80, 80))
+    H = (A + A.T) / 2
+    fits = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        fits.append(AISSelector(device="cpu", comparison=comparison).fit(X, H))
+    a, b = fits
+    np.testing.assert_array_equal(a.ranking_, b.ranking_)
+    np.testing.assert_array_equal(a.support_, b.support_)
+    if comparison == "spearman":
+        np.testing.assert_array_equal(a.scores_, b.scores_)
+        np.testing.assert_array_equal(a.path_scores_, b.path_scores_)
+    else:
+        np.testing.assert_allclose(a.scores_, b.scores_, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(a.path_scores_, b.path_scores_, rtol=0, atol=1e-15)
+
+
+def test_ties_rank_the_lower_map_index_first():
+    X = X0.copy()
+    X[:, 5] = X[:, 2]  # a duplicated unit: exactly the same AIS
+    X[:, 3] = X[:, 6] = 0.0  # two dead units: AIS exactly 0
+    sel = AISSelector(device="cpu").fit(X, H0)
+    assert sel.scores_[2] == sel.scores_[5] and sel.ranking_[2] < sel.ranking_[5]
+    assert sel.scores_[3] == sel.scores_[6] == 0.0 and sel.ranking_[3] < sel.ranking_[6]
+    np.testing.assert_array_equal(np.argsort(sel.ranking_), np.argsort(-sel.scores_, kind="stable"))

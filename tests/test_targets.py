@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import sparse
 from sklearn.model_selection import KFold
 
-from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps
+from sklearn_ais import AISHeatmapper, AISSelector, FeatureMaps, metrics
 from sklearn_ais._targets import check_similarity_target, diagonal_convention
 from sklearn_ais.alignment import FeatureReweighting, GLocalAligner, compare_alignment
 from sklearn_ais.backbones import PoolingHead
@@ -228,3 +228,27 @@ def test_no_check_silences_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_similarity_target(_target(), 8)
+
+
+# ---------------------------------------------------------------------------
+# One symmetry rule
+# ---------------------------------------------------------------------------
+def test_one_symmetry_rule_for_targets_and_metrics():
+    """check_similarity_target and the metrics accept and refuse the same matrices."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(8, 8)) * 1e-3
+    S = (A + A.T) / 2
+    nearly = S.copy()
+    nearly[0, 1] += 1e-12  # 1e-9 of the matrix's own scale: symmetric up to round-off
+    skewed = S.copy()
+    skewed[0, 1] += 1e-9  # 1e-6 of its scale: a real asymmetry (was accepted when the tolerance was absolute)
+    tiny = S * 1e-12  # a matrix in units of 1e-12 is held to the same relative standard
+    tiny[0, 1] += 1e-16
+    for M, ok in [(nearly, True), (skewed, False), (tiny, False)]:
+        calls = [lambda M=M: check_similarity_target(M, 8), lambda M=M: metrics.second_order_isomorphism(S, M)]
+        for call in calls:
+            if ok:
+                call()
+            else:
+                with pytest.raises(ValueError, match="not symmetric"):
+                    call()
