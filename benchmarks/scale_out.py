@@ -112,7 +112,7 @@ def main(argv=None):
                     "python": platform.python_version()},
         "target": "cluster <= 0.65x serial on 2 cores",
     }
-    print(f"ratio cluster / serial: {figures['ratio']:.2f} (target <= 0.65); loopback traffic "
+    print(f"ratio cluster / serial: {figures['ratio']:.2f} (target <= 0.65); feature maps {maps_mb:.1f} MB, loopback traffic "
           f"{wire_mb if wire_mb is None else round(wire_mb, 1)} MB; tables equal", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=2))

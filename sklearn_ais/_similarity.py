@@ -291,7 +291,8 @@ def standardize_rows(x, center: bool = True, rel_eps: float = REL_EPS):
     if x.shape[-1] == 0:
         return x
     xp = np if _is_numpy(x) else _torch()
-    scale = _row_sum(x * x, overwrite=True)[..., None]
+    with np.errstate(over="ignore", under="ignore"):  # detected and rescaled just below
+        scale = _row_sum(x * x, overwrite=True)[..., None]
     if bool(((scale < 1e-250) | ~xp.isfinite(scale)).any()):  # rare: squares over/underflow
         peak = np.abs(x).max(axis=-1, keepdims=True) if _is_numpy(x) else x.abs().amax(dim=-1, keepdim=True)
         _, exponent = xp.frexp(peak)

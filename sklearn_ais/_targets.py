@@ -145,9 +145,12 @@ def check_symmetric(M: np.ndarray, name: str, tol: float = _SYMMETRY_TOL) -> Non
     Raises
     ------
     ValueError
-        Missing entries that are not mirrored, or values that differ by more
+        +/-inf anywhere (checked first: ``inf - inf`` has no meaning),
+        missing entries that are not mirrored, or values that differ by more
         than the tolerance.
     """
+    if np.isinf(M).any():
+        raise ValueError(f"{name} contains +/-inf; use NaN to mark a missing entry")
     off = ~np.eye(len(M), dtype=bool)
     nan = np.isnan(M) & off
     if (nan != nan.T).any():
