@@ -24,10 +24,10 @@ import numpy as np
 from sklearn.model_selection import RepeatedKFold
 
 from sklearn_ais import AISSelector, DNNFeatureMapTransformer
-from sklearn_ais._report import curve_figure
 from sklearn_ais.datasets import load_kriegeskorte92
 from sklearn_ais.metrics import alignment_score
 from sklearn_ais.model_selection import RepeatedPairKFold, cross_validate_alignment
+from sklearn_ais.plotting import plot_path, save_figure
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "example-output")
 out.mkdir(exist_ok=True)
@@ -47,10 +47,12 @@ for name, cv in [
         f"| {name} | {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f} | {s.test_score_selected:.3f} ± "
         f"{s.test_score_selected_sem:.3f} | {s.n_selected_mean:.0f} ± "
         f"{res.table.n_selected.std(ddof=1) / np.sqrt(len(res.table)):.0f} "
-        f"| {s.t_statistic:.1f} | {s.p_value:.1e} |"
+        f"| {s.t_statistic:.1f} | {s.p_corrected_t:.2g} | {s.p_paired_t:.1e} |"
     )
-    curve_figure(res.train_paths, res.test_paths, s.n_selected_mean).savefig(out / f"cv_curve_{name}.png", dpi=110)
+    ax = plot_path(res.train_paths.mean(axis=0), res.test_paths, round(s.n_selected_mean))
+    ax.set_title(f"held out: {name}")
+    save_figure(ax.figure, out / f"cv_curve_{name}.png")
 
-print("| held out | 2OI all maps | 2OI selected maps | maps kept (of 1280) | paired t | p |")
-print("|---|---|---|---|---|---|")
+print("| held out | 2OI all maps | 2OI selected maps | maps kept (of 1280) | corrected t | p (corrected t) | p (paired t) |")
+print("|---|---|---|---|---|---|---|")
 print("\n".join(rows))

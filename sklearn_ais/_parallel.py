@@ -82,7 +82,9 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
                 if progress is not None:
                     progress.update()
             return results
-        runner = Parallel(n_jobs=n_jobs, return_as="generator", prefer=prefer)
+        # mmap_mode="c": large arrays reach loky workers as copy-on-write memmaps, writable as the caller's own
+        # (read-only ones made torch warn, and share memory a tensor op could write to).
+        runner = Parallel(n_jobs=n_jobs, return_as="generator", prefer=prefer, mmap_mode="c")
         for result in runner(delayed(func)(*t) for t in tasks):
             results.append(result)
             if progress is not None:

@@ -394,3 +394,20 @@ def test_gpu_fitted_estimators_load_on_a_cpu_only_machine(tmp_path, image_dir):
     with pytest.raises(ValueError, match="CUDA is not available on this machine.*set_params"):
         loaded.score(X0, H0)
     assert loaded.set_params(device="cpu").score(X0, H0) == AISSelector(device="cpu").fit(X0, H0).score(X0, H0)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_read_only_maps_give_the_same_results_without_a_warning():
+    # np.load(mmap_mode="r"), joblib's memmaps and broadcast views are read-only: torch warned ("not writable")
+    # and shared memory a tensor op could write to. The container copies them on the way to torch.
+    from sklearn_ais.backbones import PoolingHead
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((12, 3, 2, 2)).astype(np.float32)
+    H = np.corrcoef(rng.normal(size=(12, 4)))
+    frozen = maps.copy()
+    frozen.setflags(write=False)
+    want = AISSelector(device="cpu").fit(FeatureMaps(maps, PoolingHead()), H).scores_
+    got = AISSelector(device="cpu").fit(FeatureMaps(frozen, PoolingHead()), H).scores_
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(FeatureMaps(frozen, PoolingHead()).embed(), FeatureMaps(maps, PoolingHead()).embed())
