@@ -10,11 +10,15 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 # Notebooks that read the real data (skipped when the data folder is missing).
-REAL_DATA = {"tutorial_kriegeskorte92.ipynb"}
+REAL_DATA = {
+    "tutorial_kriegeskorte92.ipynb",
+    "tutorial_where_is_the_aligned_information.ipynb",
+    "tutorial_which_model_and_method.ipynb",
+}
 
 
 def test_notebooks_exist():
-    assert "tutorial_kriegeskorte92.ipynb" in {p.name for p in NOTEBOOKS}
+    assert REAL_DATA <= {p.name for p in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
