@@ -71,7 +71,7 @@ print("Mean fit time per fold (s):", result.table.groupby("method", sort=False)[
 vs_ais = summarize_comparison(result.table, reference="ais").set_index("method")
 for method in ("reweighting", "glocal"):
     r = vs_ais.loc[method]
-    print(f"{method} vs ais: delta = {r['delta']:+.3f}, paired t p = {r['p_value']:.2g}, Wilcoxon p = {r['wilcoxon_p']:.2g}")
+    print(f"{method} vs ais: delta = {r['delta']:+.3f}, {r['test']} p = {r['p_value']:.2g}, Wilcoxon p = {r['wilcoxon_p']:.2g}")
 
 # Unit pruning's companion check: do the network's ImageNet predictions survive
 # the pruning? (AIS fitted on the first fold's training images.)

@@ -32,7 +32,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 from sklearn.model_selection import KFold
 
 from sklearn_ais import AISSelector, DNNFeatureMapTransformer

@@ -1,5 +1,7 @@
 """compare_alignment: one image-wise CV, every method and backbone, tidy table, tests, plot."""
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -81,6 +83,9 @@ def test_two_random_torchvision_architectures(task):
 
     md = res.to_markdown()
     assert md.count("\n") == 2 + 8 and "noise ceiling" in md
+    assert "p (corrected t)" in md.splitlines()[0]  # the column names the test that produced it (the default)
+    paired = dataclasses.replace(res, summary=summarize_comparison(res.table, test="paired_t"))
+    assert "p (paired t)" in paired.to_markdown().splitlines()[0]
     ax = plot_comparison(res)
     assert len(ax.patches) >= 8
     table2, summary2 = res  # unpacks as (table, summary)

@@ -89,6 +89,7 @@ def test_noise_ceiling_equals_rsatoolbox_on_the_92_photos(data_home, comparison,
 # ---------------------------------------------------------------------------
 Z0 = metrics.similarity_matrix(X0)
 
+
 @pytest.mark.parametrize(
     "f, args, exc, match",
     [

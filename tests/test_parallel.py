@@ -118,4 +118,3 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
         with pytest.raises(RuntimeError, match="a worker died"), _deadline(240):
             with parallel_config(backend="dask"):
                 cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1)
-

@@ -300,7 +300,11 @@ class AlignmentComparison:
 
 def _markdown(summary, noise_ceiling, digits):
     fmt = f"{{:.{digits}f}}"
-    header = "| backbone | method | held-out 2OI (mean ± s.e.) | Δ vs none | paired t p | n kept |"
+    # The p column names the test that produced it (the corrected t by default), never a fixed one.
+    tests = summary["test"].dropna().unique() if "test" in summary else []
+    test = {"corrected_t": "corrected t", "paired_t": "paired t", "wilcoxon": "Wilcoxon"}.get(
+        tests[0] if len(tests) == 1 else "", "paired test")
+    header = f"| backbone | method | held-out 2OI (mean ± s.e.) | Δ vs none | p ({test}) | n kept |"
     lines = [header, "|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         delta = "" if np.isnan(r["delta"]) else f"{r['delta']:+.{digits}f}"
