@@ -8,6 +8,8 @@ in image i only and compares row i. The naive side below uses the torchvision mo
 package but the feature maps it extracted.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -27,16 +29,38 @@ def protocol():
     images = rng.integers(0, 256, size=(N, 64, 64, 3), dtype=np.uint8)
     fm = transformer.transform(images)
     model = transformer.backbone_.model.eval()
-    head = torch.nn.Sequential(model.features[-1], model.avgpool, torch.nn.Flatten(), *model.classifier[:5]).eval()
+    head32 = torch.nn.Sequential(model.features[-1], model.avgpool, torch.nn.Flatten(), *model.classifier[:5]).eval()
+    head = copy.deepcopy(head32).double()
     E = _embed(head, fm.maps)
     H = np.corrcoef(E[:, :40] + 0.5 * rng.normal(size=(N, 40)) * E[:, :40].std())  # related, not identical
-    return fm, head, H
+    return fm, (head, head32), H
 
 
 def _embed(head, maps):
-    # In float64: the exact value of the protocol, so what is left is the package's own float32 rounding.
+    """The head's embedding in its own precision: float64 is the protocol's exact value; float32 is the original
+    implementation, as the network runs."""
+    dtype = next(head.parameters()).dtype
     with torch.no_grad():
-        return head.double()(torch.as_tensor(np.asarray(maps, dtype=np.float64))).numpy()
+        return head(torch.as_tensor(np.asarray(maps), dtype=dtype)).double().numpy()
+
+
+class _Tolerance:
+    """|package - exact| <= 1e-6, or within 3x the float32 noise of the naive implementation itself.
+
+    The package runs the network's GEMMs in float32, as the network does (and as the original implementation
+    did); on a few of the 512-map sweeps that rounding alone reaches ~1e-6 in r^2, depending on the thread count.
+    """
+
+    def __init__(self):
+        self.errors, self.noise = [], 0.0
+
+    def add(self, got, exact, naive32):
+        self.noise = max(self.noise, abs(naive32 - exact))
+        self.errors.append(abs(got - exact))
+
+    def check(self):
+        tol = max(1e-6, 3 * self.noise)
+        assert max(self.errors) <= tol, (max(self.errors), self.noise)
 
 
 def _r2(E, H, rows=None):
@@ -50,16 +74,18 @@ def _r2(E, H, rows=None):
 
 
 def test_pearson_r2_ais_and_sweep_equal_the_naive_protocol(protocol):
-    fm, head, H = protocol
+    fm, (head, head32), H = protocol
     sel = AISSelector(similarity="pearson", comparison="pearson_r2", device="cpu").fit(fm, H)
     maps = fm.maps
-    base = _r2(_embed(head, maps), H)
+    base, base32 = _r2(_embed(head, maps), H), _r2(_embed(head32, maps), H)
+    tolerance = _Tolerance()
     order = np.argsort(sel.ranking_, kind="stable")  # maps from the most to the least important
     rng = np.random.default_rng(1)
     for k in np.r_[order[:3], order[-3:], rng.choice(maps.shape[1], 4, replace=False)]:
         ablated = maps.copy()
         ablated[:, k] = 0
-        assert abs(sel.scores_[k] - (base - _r2(_embed(head, ablated), H))) < 1e-6, k
+        tolerance.add(sel.scores_[k], base - _r2(_embed(head, ablated), H),
+                      base32 - _r2(_embed(head32, ablated), H))
     # The sweep: the top-t maps kept, at t* (the chosen count) and around it, and at spread-out t.
     t_star = sel.n_features_to_select_
     ts = sorted({1, 2, maps.shape[1], *range(max(1, t_star - 1), min(maps.shape[1], t_star + 1) + 1),
@@ -69,27 +95,30 @@ def test_pearson_r2_ais_and_sweep_equal_the_naive_protocol(protocol):
         kept = np.zeros_like(maps)
         kept[:, order[:t]] = maps[:, order[:t]]
         naive[t] = _r2(_embed(head, kept), H)
-        assert abs(sel.path_scores_[t - 1] - naive[t]) < 1e-6, t
+        tolerance.add(sel.path_scores_[t - 1], naive[t], _r2(_embed(head32, kept), H))
+    tolerance.check()
     # t* is the best training 2OI of the sweep (the smallest t on ties), and the naive path peaks there too.
     assert t_star == int(np.nanargmax(sel.path_scores_)) + 1
     assert naive[t_star] >= max(naive.values()) - 1e-6
 
 
 def test_per_image_signed_scores_equal_the_naive_protocol(protocol):
-    fm, head, H = protocol
+    fm, (head, head32), H = protocol
     hm = AISHeatmapper(similarity="pearson", comparison="pearson_r2", weighting="signed", output="maps",
                        device="cpu").fit(fm, H)
     maps = fm.maps
-    E = _embed(head, maps)
+    E, E32 = _embed(head, maps), _embed(head32, maps)
     rng = np.random.default_rng(2)
+    tolerance = _Tolerance()
     for i in rng.choice(N, 3, replace=False):
-        base = _r2(E, H, rows=i)
-        assert abs(hm.image_base_scores_[i] - base) < 1e-6
+        base, base32 = _r2(E, H, rows=i), _r2(E32, H, rows=i)
+        tolerance.add(hm.image_base_scores_[i], base, base32)
         for k in rng.choice(maps.shape[1], 4, replace=False):
             ablated = maps.copy()
             ablated[i, k] = 0
-            want = base - _r2(_embed(head, ablated), H, rows=i)
-            assert abs(hm.image_scores_[i, k] - want) < 1e-6, (i, k)
+            tolerance.add(hm.image_scores_[i, k], base - _r2(_embed(head, ablated), H, rows=i),
+                          base32 - _r2(_embed(head32, ablated), H, rows=i))
+    tolerance.check()
     # "signed" keeps negative scores: each image's weights are its scores over their absolute sum.
     W = hm.image_weights(fm)
     S = hm.image_scores_
