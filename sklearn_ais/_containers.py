@@ -215,10 +215,11 @@ class FeatureMaps:
         return FeatureMaps(maps, self.head, **{**kw, **fields})
 
     def __sizeof__(self):
-        # The maps' bytes: what schedulers (dask's sizeof, through joblib) weigh to scatter large
-        # arguments once instead of sending them with every task.
+        # What pickling this object sends: the maps and the head's weights (VGG16's fc6 and fc7 are
+        # ~470 MB). Schedulers (dask's sizeof, through joblib) weigh it to scatter large arguments once
+        # instead of sending them with every task, and to place tasks near their data.
         maps = self.maps if self.ragged else [self.maps]
-        return object.__sizeof__(self) + int(sum(m.nbytes for m in maps))
+        return object.__sizeof__(self) + int(sum(m.nbytes for m in maps)) + _tensor_bytes(self.head)
 
     def __repr__(self):
         n, K = len(self), self.n_maps
@@ -379,3 +380,15 @@ def _tensor(array, device, dtype):
     if isinstance(array, np.ndarray) and not array.flags.writeable:
         array = np.array(array)
     return torch.as_tensor(array, device=device, dtype=dtype)
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the torch parameters and buffers an object holds in its attributes (each tensor counted once)."""
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    if isinstance(obj, torch.nn.Module):
+        values.append(obj)
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    for module in (v for v in values if isinstance(v, torch.nn.Module)):
+        tensors += [*module.parameters(), *module.buffers()]
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}
+    return int(sum(unique.values()))

@@ -118,3 +118,20 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
         with pytest.raises(RuntimeError, match="a worker died"), _deadline(240):
             with parallel_config(backend="dask"):
                 cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1)
+
+
+def test_feature_maps_report_what_pickling_sends():
+    # dask's sizeof (joblib's auto-scatter, task placement) reads __sizeof__: the maps and the head's weights.
+    import sys
+
+    import torch
+
+    from sklearn_ais.backbones import MLPHead
+
+    maps = np.zeros((4, 8, 4, 4), np.float32)
+    fc6 = torch.zeros(16, 8 * 2 * 2)
+    rest = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    fm = FeatureMaps(maps, MLPHead(fc6, torch.zeros(16), rest, maxpool=None, output_size=(2, 2)))
+    want = maps.nbytes + (fc6.numel() + 16 + 16 * 16 + 16) * 4
+    assert want <= sys.getsizeof(fm) <= want + 1024
+    assert len(pickle.dumps(fm)) <= sys.getsizeof(fm) + 8192
