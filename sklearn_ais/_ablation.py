@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ._containers import FeatureMaps
-from ._device import resolve_device
+from ._device import as_tensor, resolve_device
 from ._similarity import REL_EPS, TargetVector, standardize_rows, rsm_torch
 from .backbones._heads import MLPHead
 
@@ -607,7 +607,7 @@ class MLPKernel(AblationKernel):
         self.dtype = torch.float32
         if pooled is None:
             with torch.inference_mode():
-                x = torch.as_tensor(np.asarray(maps), device=self.device, dtype=self.dtype)
+                x = as_tensor(maps, self.device, self.dtype)
                 pooled = head.pooled(x)
         self.P = pooled  # (n, K, P)
         self.n, self.K, self.Pn = self.P.shape

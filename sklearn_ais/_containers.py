@@ -25,6 +25,7 @@ import numbers
 import numpy as np
 import torch
 
+from ._device import as_tensor
 from .backbones._heads import Head
 
 
@@ -267,8 +268,8 @@ class FeatureMaps:
         maps : Tensor of shape (n, K, h, w), or list of (K, h_i, w_i) tensors when ragged
         """
         if self.ragged:
-            return [_tensor(m, device, dtype) for m in self.maps]
-        return _tensor(self.maps, device, dtype)
+            return [as_tensor(m, device, dtype) for m in self.maps]
+        return as_tensor(self.maps, device, dtype)
 
     def _check_keep(self, keep) -> np.ndarray:
         from ._validation import as_feature_mask
@@ -282,7 +283,7 @@ class FeatureMaps:
         for idx, maps in self.groups():
             step = batch_size or max(1, len(idx))
             for start in range(0, len(idx), step):
-                r = fn(_tensor(maps[start : start + step], device, dtype))
+                r = fn(as_tensor(maps[start : start + step], device, dtype))
                 if out is None:
                     out = r.new_empty((len(self), *r.shape[1:]))
                 out[torch.as_tensor(idx[start : start + step], device=r.device)] = r
@@ -372,14 +373,6 @@ class FeatureMaps:
         if self.ragged:
             return self._with([m * keep[:, None, None].astype(m.dtype) for m in self.maps])
         return self._with(self.maps * keep[None, :, None, None].astype(self.maps.dtype))
-
-
-def _tensor(array, device, dtype):
-    """``torch.as_tensor``, copying a read-only array (``np.load(mmap_mode="r")``, a broadcast view) first:
-    torch cannot mark a tensor read-only, so sharing that memory would let a tensor op write into it."""
-    if isinstance(array, np.ndarray) and not array.flags.writeable:
-        array = np.array(array)
-    return torch.as_tensor(array, device=device, dtype=dtype)
 
 
 def _tensor_bytes(obj) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import torch
 
 # Kernels smaller than this (images^2 x maps) run on one torch thread: tiny ops on several
@@ -94,3 +95,28 @@ def threads_for(n_images: int, n_maps: int) -> torch_threads:
     context : torch_threads
     """
     return torch_threads(1 if n_images * n_images * max(n_maps, 1) <= SMALL_PROBLEM else None)
+
+
+def as_tensor(array, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``torch.as_tensor`` for the package's arrays, copying a read-only numpy array first.
+
+    ``np.load(mmap_mode="r")``, joblib's memmaps and broadcast views are read-only: torch cannot mark a tensor
+    read-only, so it warns and shares memory that a tensor op could then write to.
+
+    Parameters
+    ----------
+    array : ndarray, tensor or array-like
+    device : str or torch.device, optional
+        Default: where a tensor already is, else the CPU.
+    dtype : torch.dtype, default=torch.float32
+
+    Returns
+    -------
+    tensor : Tensor
+    """
+    if isinstance(array, torch.Tensor):
+        return array.to(device=device if device is not None else array.device, dtype=dtype)
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = np.array(array)
+    return torch.as_tensor(array, device=device, dtype=dtype)

@@ -411,3 +411,19 @@ def test_read_only_maps_give_the_same_results_without_a_warning():
     got = AISSelector(device="cpu").fit(FeatureMaps(frozen, PoolingHead()), H).scores_
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(FeatureMaps(frozen, PoolingHead()).embed(), FeatureMaps(maps, PoolingHead()).embed())
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_as_tensor_copies_read_only_arrays_only():
+    # The one conversion the container, the heads and the kernels use on the way to torch.
+    from sklearn_ais._device import as_tensor
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    shared = as_tensor(a)
+    a[0, 0] = 7
+    assert shared[0, 0] == 7  # writable arrays are not copied (no cost on the usual path)
+    frozen = np.arange(6, dtype=np.float32).reshape(2, 3)
+    frozen.setflags(write=False)
+    t = as_tensor(frozen)
+    t[0, 0] = 9  # a tensor op that writes: the read-only array must not change
+    assert frozen[0, 0] == 0 and t.dtype == torch.float32

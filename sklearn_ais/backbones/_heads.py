@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._device import as_tensor
 from .._sklearn_compat import StrOptions, validate_params
 
 _ACTIVATIONS = {
@@ -33,14 +34,6 @@ _ACTIVATIONS = {
     "relu6": F.relu6,
     "silu": F.silu,
 }
-
-
-def _as_tensor(maps, device=None, dtype=torch.float32) -> torch.Tensor:
-    if isinstance(maps, torch.Tensor):
-        t = maps
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(maps))
-    return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
 class Head:
@@ -90,7 +83,7 @@ class Head:
         return BruteForceKernel(maps, similarity, device)
 
     def __call__(self, maps, device=None, dtype=torch.float32) -> torch.Tensor:
-        t = _as_tensor(maps, device=device, dtype=dtype)
+        t = as_tensor(maps, device=device, dtype=dtype)
         if t.ndim != 4:
             raise ValueError(f"feature maps must have shape (n, K, h, w), got {tuple(t.shape)}")
         with torch.inference_mode():
