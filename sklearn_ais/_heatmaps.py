@@ -12,7 +12,7 @@ from ._ablation import make_kernel
 from ._device import threads_for
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._sklearn_compat import StrOptions, _fit_context
-from ._targets import Y_KINDS, check_similarity_target, sample_ids
+from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids
 from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
 
 __all__ = ["AISHeatmapper"]
@@ -51,7 +51,7 @@ def _undefined_rows(H: np.ndarray) -> np.ndarray:
     return too_few | constant
 
 
-class AISHeatmapper(TransformerMixin, BaseEstimator):
+class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     """Per-image alignment importance scores and the heatmaps they draw.
 
     For image t and map k, ``AIS_{t,k} = r_t(all maps) - r_t(map k set to 0
@@ -164,8 +164,6 @@ class AISHeatmapper(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         # fit also takes a 2-D array of units (per-image AIS, nothing to draw); transform needs FeatureMaps.
         tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.target_tags.single_output = False
         tags.transformer_tags.preserves_dtype = []
         return tags
 

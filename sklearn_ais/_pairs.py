@@ -95,3 +95,30 @@ def observed_pairs(similarity) -> np.ndarray:
         raise ValueError(f"y must be the square n x n similarity matrix of the images in X, got shape {S.shape}")
     i, j = pair_indices(S.shape[0])
     return np.flatnonzero(~np.isnan(S[i, j]))
+
+
+def fold_parts(data, H, train, test, *, by_pairs: bool, take=None) -> tuple:
+    """The training and held-out parts of one fold: ``(data_train, data_test, H_train, H_test)``.
+
+    Parameters
+    ----------
+    data : object
+        What is fitted on: maps, embeddings or prepared kernels.
+    H : ndarray of shape (n_images, n_images)
+    train, test : ndarray of int
+        Image indices, or pair indices (:func:`pair_indices` order) when ``by_pairs``.
+    by_pairs : bool
+        Entry-wise folds keep every image and hide the other part's pairs
+        (NaN, :func:`mask_pairs`); image-wise folds take the rows of the data
+        and the square blocks of ``H``.
+    take : callable, default=None
+        ``take(data, idx)`` selects images; default ``data[idx]``.
+
+    Returns
+    -------
+    data_train, data_test, H_train, H_test : tuple
+    """
+    if by_pairs:
+        return data, data, mask_pairs(H, train), mask_pairs(H, test)
+    take = take or (lambda d, idx: d[idx])
+    return take(data, train), take(data, test), H[np.ix_(train, train)], H[np.ix_(test, test)]

@@ -14,10 +14,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._ablation import make_kernel
 from ._device import threads_for
-from ._pairs import mask_pairs
+from ._pairs import fold_parts
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
+from ._stats import fold_record
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
-from ._targets import Y_KINDS, check_similarity_target, sample_ids
+from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids
 from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
 
 __all__ = ["AISSelector", "AISSelectorCV"]
@@ -100,7 +101,7 @@ class _MapsAwareTransform:
         return self.fit(X, y, **fit_params).transform(X)
 
 
-class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
+class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, BaseEstimator):
     """Select the feature maps whose information aligns with human similarity.
 
     For every map (or unit) ``k``, the alignment importance score is
@@ -249,12 +250,6 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.target_tags.single_output = False
-        return tags
 
     # ------------------------------------------------------------------
     def _prepare(self, X, y, reset):
@@ -529,36 +524,22 @@ class AISSelector(_MapsAwareTransform, SelectorMixin, BaseEstimator):
             if hasattr(self, attr):
                 setattr(est, attr, getattr(self, attr))
         t0 = time.perf_counter()
-        if by_pairs:
-            fit_on, score_on, H_train, H_test = problem, problem, mask_pairs(H, train), mask_pairs(H, test)
-        else:
-            fit_on, score_on = problem.subset(train), problem.subset(test)
-            H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+        fit_on, score_on, H_train, H_test = fold_parts(problem, H, train, test, by_pairs=by_pairs, take=_subset)
         est._fit_problem(fit_on, H_train)
-        record = {
-            "n_train": len(train),
-            "n_test": len(test),
-            "train_score_selected": float(est.path_scores_[est.n_features_to_select_ - 1]),
-            "test_score_full": est._score_problem(score_on, H_test, selected=False),
-            "test_score_selected": est._score_problem(score_on, H_test, selected=True),
-            "n_selected": int(est.support_.sum()),
-            "fit_time": time.perf_counter() - t0,
-        }
-        if return_estimators:
-            record["estimator"] = est
-        if return_paths:
-            record["train_path"] = est.path_scores_
-            record["test_path"] = est._path_problem(score_on, H_test)
-        return record
+        scores = (est.path_scores_[est.n_features_to_select_ - 1], est._score_problem(score_on, H_test, selected=False),
+                  est._score_problem(score_on, H_test, selected=True))
+        paths = (est.path_scores_, est._path_problem(score_on, H_test)) if return_paths else None
+        return fold_record(len(train), len(test), scores, est.support_.sum(), time.perf_counter() - t0,
+                           estimator=est if return_estimators else None, paths=paths)
+
+
+def _subset(problem, idx):
+    return problem.subset(idx)
 
 
 def _inner_path(selector, problem, H, train, val, by_pairs):
     """Validation path of one inner split: maps ranked on the training part, the sweep on the validation part."""
-    if by_pairs:
-        fit_on, fit_H, val_on, val_H = problem, mask_pairs(H, train), problem, mask_pairs(H, val)
-    else:
-        fit_on, fit_H = problem.subset(train), H[np.ix_(train, train)]
-        val_on, val_H = problem.subset(val), H[np.ix_(val, val)]
+    fit_on, val_on, fit_H, val_H = fold_parts(problem, H, train, val, by_pairs=by_pairs, take=_subset)
     Hv_u = upper_triangle(val_H)
     if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
         warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-__all__ = ["ALTERNATIVES", "TESTS", "fold_summary", "nan_mean_sd", "paired_test", "transform_for_test"]
+__all__ = ["ALTERNATIVES", "TESTS", "fold_record", "fold_summary", "nan_mean_sd", "paired_test", "transform_for_test"]
 
 TESTS = ("corrected_t", "paired_t", "wilcoxon")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -50,6 +50,44 @@ def transform_for_test(values, comparison: str) -> np.ndarray:
     if comparison in FISHER_COMPARISONS:
         return np.arctanh(np.clip(v, -_CLIP, _CLIP))
     return v
+
+
+def fold_record(n_train, n_test, scores, n_selected, fit_time, *, estimator=None, paths=None) -> dict:
+    """One row of a cross-validation table, in the column order every table uses.
+
+    Parameters
+    ----------
+    n_train, n_test : int
+        Sizes of the fold's parts (images, or pairs for entry-wise folds).
+    scores : (float, float, float)
+        Training 2OI of the selection, held-out 2OI of all features, held-out 2OI of the selection.
+    n_selected : int
+    fit_time : float
+        Seconds.
+    estimator : estimator, optional
+        Kept in the row (``return_estimator=True``).
+    paths : (ndarray, ndarray), optional
+        Training and held-out sweep paths (``return_paths=True``).
+
+    Returns
+    -------
+    record : dict
+    """
+    train, full, selected = scores
+    record = {
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "train_score_selected": float(train),
+        "test_score_full": full,
+        "test_score_selected": selected,
+        "n_selected": int(n_selected),
+        "fit_time": fit_time,
+    }
+    if estimator is not None:
+        record["estimator"] = estimator
+    if paths is not None:
+        record["train_path"], record["test_path"] = paths
+    return record
 
 
 def fold_summary(values) -> tuple[float, float]:

@@ -40,6 +40,20 @@ _DIAGONAL_TOL = 1e-12
 Y_KINDS = ("similarity", "dissimilarity")
 
 
+class SimilarityTargetMixin:
+    """Tags of every estimator fitted on a human similarity matrix: ``y`` is required and is an n x n matrix.
+
+    Placed before scikit-learn's mixins and ``BaseEstimator`` in the bases, so
+    that their tags are extended, not replaced.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.target_tags.single_output = False  # one matrix, not one output per image
+        return tags
+
+
 def similarity_frame(similarity, ids=None) -> pd.DataFrame:
     """Label a square similarity matrix with image ids on both axes.
 

@@ -40,6 +40,7 @@ def is_feature_maps(X) -> bool:
     Returns
     -------
     bool
+        Whether ``X`` has the container's ``maps``, ``head``, ``n_maps``, ``embed`` and ``all_finite``.
     """
     return all(hasattr(X, a) for a in ("maps", "head", "n_maps", "embed", "all_finite"))
 
@@ -87,6 +88,32 @@ def refuse_masked(X, name: str = "X"):
         )
 
 
+def record_n_features(estimator, n_features: int, *, reset: bool, described: str) -> None:
+    """``n_features_in_`` for an input scikit-learn's ``validate_data`` does not see (FeatureMaps).
+
+    Parameters
+    ----------
+    estimator : estimator
+    n_features : int
+        The width the estimator works on (maps, or embedding coordinates).
+    reset : bool
+        True in ``fit``: set ``n_features_in_`` (and forget ``feature_names_in_``).
+    described : str
+        ``X`` in words for the error, e.g. ``"X has 12 feature maps"``.
+
+    Raises
+    ------
+    ValueError
+        ``reset=False`` and the width differs from the fitted one.
+    """
+    if reset:
+        estimator.n_features_in_ = n_features
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    elif n_features != getattr(estimator, "n_features_in_", n_features):
+        raise ValueError(f"{described}, but {type(estimator).__name__} was fitted with {estimator.n_features_in_}")
+
+
 def validate_maps_input(estimator, X, *, reset: bool, min_images: int = MIN_IMAGES):
     """Validate ``X``: FeatureMaps (checked here) or a 2-D array (scikit-learn's checks).
 
@@ -96,6 +123,7 @@ def validate_maps_input(estimator, X, *, reset: bool, min_images: int = MIN_IMAG
         Receives ``n_features_in_`` (and ``feature_names_in_``) with
         ``reset=True``; checked against them otherwise.
     X : FeatureMaps or array-like of shape (n_images, n_units)
+        Maps stay as they are (one unit per map); arrays become float64.
     reset : bool
         True in ``fit``.
     min_images : int, default=4
@@ -106,15 +134,7 @@ def validate_maps_input(estimator, X, *, reset: bool, min_images: int = MIN_IMAG
     """
     if is_feature_maps(X):
         check_feature_maps(X, min_images)
-        K = X.n_maps
-        if reset:
-            estimator.n_features_in_ = K
-            if hasattr(estimator, "feature_names_in_"):
-                del estimator.feature_names_in_
-        elif K != getattr(estimator, "n_features_in_", K):
-            raise ValueError(
-                f"X has {K} feature maps, but {type(estimator).__name__} was fitted with {estimator.n_features_in_}"
-            )
+        record_n_features(estimator, X.n_maps, reset=reset, described=f"X has {X.n_maps} feature maps")
         return X
     refuse_masked(X)
     # scikit-learn's own checks: 2-D, finite, numeric, enough samples, no sparse input.
@@ -136,6 +156,7 @@ def as_feature_mask(keep, n_features: int, name: str = "keep") -> np.ndarray:
     Returns
     -------
     mask : ndarray of bool of shape (n_features,)
+        A new array (the caller's mask is not kept).
 
     Examples
     --------

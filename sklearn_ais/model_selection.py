@@ -30,7 +30,8 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
-from ._pairs import mask_pairs, observed_pairs, pair_indices
+from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices
+from ._stats import fold_record
 from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
 from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
 
@@ -173,12 +174,14 @@ class RepeatedPairKFold:
         ----------
         X : array-like of length n_images
         y : array-like of shape (n_images, n_images), optional
+            As for :meth:`PairKFold.split`.
         groups : None
             Ignored.
 
         Yields
         ------
         train, test : ndarray of int
+            Repeat by repeat, fold by fold.
         """
         _refuse_scikit_learn_caller(self)
         if not isinstance(self.n_repeats, numbers.Integral) or self.n_repeats < 1:
@@ -571,28 +574,13 @@ def _fit_and_score(estimator, X, H, train, test, by_pairs, return_estimator, ret
     est = clone(estimator)
     if "y_kind" in est.get_params():
         est.set_params(y_kind="similarity")  # H is validated (and flipped) once, up front
-    if by_pairs:
-        X_train, X_test, H_train, H_test = X, X, mask_pairs(H, train), mask_pairs(H, test)
-    else:
-        X_train, X_test = X[train], X[test]
-        H_train, H_test = H[np.ix_(train, train)], H[np.ix_(test, test)]
+    X_train, X_test, H_train, H_test = fold_parts(X, H, train, test, by_pairs=by_pairs)
     t0 = time.perf_counter()
     est.fit(X_train, H_train)
     fit_time = time.perf_counter() - t0
     path, t = getattr(est, "path_scores_", None), getattr(est, "n_features_to_select_", None)
     train_score = float(path[t - 1]) if path is not None and t is not None else est.score(X_train, H_train)
-    record = {
-        "n_train": len(train),
-        "n_test": len(test),
-        "train_score_selected": train_score,
-        "test_score_full": est.score_all(X_test, H_test),
-        "test_score_selected": est.score(X_test, H_test),
-        "n_selected": int(np.sum(est.get_support())),
-        "fit_time": fit_time,
-    }
-    if return_estimator:
-        record["estimator"] = est
-    if return_paths:
-        record["train_path"] = est.path_scores_
-        record["test_path"] = est.path_score(X_test, H_test)
-    return record
+    scores = (train_score, est.score_all(X_test, H_test), est.score(X_test, H_test))
+    paths = (est.path_scores_, est.path_score(X_test, H_test)) if return_paths else None
+    return fold_record(len(train), len(test), scores, np.sum(est.get_support()), fit_time,
+                       estimator=est if return_estimator else None, paths=paths)

@@ -96,3 +96,51 @@ def test_splits_and_cross_validation_are_reproducible():
     t1, t2 = make_similarity_task(8, 32, random_state=5), make_similarity_task(8, 32, random_state=5)
     np.testing.assert_array_equal(t1.images, t2.images)
     np.testing.assert_array_equal(t1.similarity, t2.similarity)
+
+
+def test_fold_parts_match_a_naive_split_by_images_and_by_pairs():
+    """One split rule for every cross-validation: image blocks, or every image with the other part's pairs hidden."""
+    from sklearn_ais._pairs import fold_parts, pair_indices
+
+    rng = np.random.default_rng(3)
+    X, H = rng.normal(size=(7, 3)), np.corrcoef(rng.normal(size=(7, 5)))
+    train, test = np.array([0, 2, 3, 6]), np.array([1, 4, 5])
+    Xtr, Xte, Htr, Hte = fold_parts(X, H, train, test, by_pairs=False)
+    np.testing.assert_array_equal(Xtr, X[train])
+    np.testing.assert_array_equal(Xte, X[test])
+    for part, block in ((train, Htr), (test, Hte)):
+        np.testing.assert_array_equal(block, [[H[i, j] for j in part] for i in part])
+    rows, cols = pair_indices(7)
+    ptrain, ptest = np.arange(0, 21, 2), np.arange(1, 21, 2)
+    Xtr, Xte, Htr, Hte = fold_parts(X, H, ptrain, ptest, by_pairs=True)
+    assert Xtr is X and Xte is X
+    for kept, masked in ((ptrain, Htr), (ptest, Hte)):
+        for p in range(21):
+            i, j = rows[p], cols[p]
+            expected = [H[i, j], H[j, i]] if p in kept else [np.nan, np.nan]
+            np.testing.assert_equal([masked[i, j], masked[j, i]], expected)
+    # a custom selector of images (the kernels' .subset)
+    picked = fold_parts("data", H, train, test, by_pairs=False, take=lambda d, idx: (d, tuple(idx)))[:2]
+    assert picked == (("data", (0, 2, 3, 6)), ("data", (1, 4, 5)))
+
+
+def test_fold_rows_have_one_layout_on_the_fast_and_the_generic_path():
+    """AISSelector's shared-kernel path and the generic fit/score loop build the same columns, in the same order,
+    with equal scores (a subclass that overrides fit takes the generic path)."""
+
+    class Plain(AISSelector):
+        def fit(self, X, y):
+            return super().fit(X, y)
+
+    X, H = task(24, 8, seed=5)
+    kw = dict(cv=KFold(3, shuffle=True, random_state=0), return_estimators=True, return_paths=True)
+    fast = cross_validate_alignment(AISSelector(n_features_to_select=3, device="cpu"), X, H, **kw)
+    slow = cross_validate_alignment(Plain(n_features_to_select=3, device="cpu"), X, H, **kw)
+    assert list(fast.table.columns) == list(slow.table.columns)
+    assert list(fast.table.columns)[:9] == ["fold", "split", "n_train", "n_test", "train_score_selected", "test_score_full",
+                                           "test_score_selected", "n_selected", "fit_time"]
+    cols = ["n_train", "n_test", "train_score_selected", "test_score_full", "test_score_selected", "n_selected"]
+    pd.testing.assert_frame_equal(fast.table[cols], slow.table[cols], rtol=1e-12)
+    np.testing.assert_allclose(fast.test_paths, slow.test_paths, rtol=1e-12)
+    np.testing.assert_allclose(fast.train_paths, slow.train_paths, rtol=1e-12)
+    assert [e.n_features_to_select_ for e in fast.estimators] == [e.n_features_to_select_ for e in slow.estimators]

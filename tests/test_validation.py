@@ -60,3 +60,33 @@ def test_int_cv_rule():
         check_image_cv(1)
     explicit = KFold(3)
     assert check_image_cv(explicit) is explicit  # a splitter is used as given
+
+
+def test_n_features_in_is_recorded_and_checked_alike_for_maps_and_embeddings():
+    """One rule (record_n_features) for FeatureMaps X: set in fit, an error naming both widths otherwise."""
+    from sklearn_ais.alignment import FeatureReweighting
+
+    rng = np.random.default_rng(0)
+    fm = FeatureMaps(rng.random((10, 6, 2, 2)), PoolingHead("avg"))
+    H = np.corrcoef(rng.normal(size=(10, 4)))
+    fewer = FeatureMaps(rng.random((10, 5, 2, 2)), PoolingHead("avg"))
+    sel = AISSelector(device="cpu").fit(fm, H)
+    assert sel.n_features_in_ == 6 and not hasattr(sel, "feature_names_in_")
+    with pytest.raises(ValueError, match="X has 5 feature maps, but AISSelector was fitted with 6"):
+        sel.transform(fewer)
+    rw = FeatureReweighting(alpha=1.0).fit(fm, H)
+    assert rw.n_features_in_ == 6
+    with pytest.raises(ValueError, match="X embeds to 5 features, but FeatureReweighting was fitted with 6"):
+        rw.predict_similarity(fewer)
+
+
+def test_every_similarity_estimator_requires_a_matrix_target():
+    """SimilarityTargetMixin: y required and not one output per image, other tags kept."""
+    from sklearn_ais import AISSelectorCV
+    from sklearn_ais.alignment import FeatureReweighting, GLocalAligner
+
+    for est in (AISSelector(), AISSelectorCV(), AISHeatmapper(), FeatureReweighting(), GLocalAligner()):
+        tags = est.__sklearn_tags__()
+        assert tags.target_tags.required and not tags.target_tags.single_output, type(est).__name__
+        assert tags.transformer_tags is not None  # TransformerMixin's tags survive the mixin
+    assert AISHeatmapper().__sklearn_tags__().transformer_tags.preserves_dtype == []

@@ -6,9 +6,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._similarity import correlation, similarity_matrix, upper_triangle
-from .._targets import check_similarity_target, sample_ids
+from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids
 from .._device import torch_threads  # noqa: F401  (re-exported for the alignment estimators)
-from .._validation import MIN_IMAGES, check_feature_maps, check_image_cv, is_feature_maps, validate_maps_input
+from .._validation import (
+    MIN_IMAGES,
+    check_feature_maps,
+    check_image_cv,
+    is_feature_maps,
+    record_n_features,
+    validate_maps_input,
+)
 
 
 def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -> np.ndarray:
@@ -24,6 +31,7 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
     estimator : estimator
         Receives (or is checked against) ``n_features_in_``.
     X : FeatureMaps or array-like of shape (n_images, n_features)
+        Maps are embedded through their head.
     reset : bool
         True in ``fit``.
     min_samples : int, default=4
@@ -35,15 +43,7 @@ def as_embeddings(estimator, X, *, reset: bool, min_samples: int = MIN_IMAGES) -
     if is_feature_maps(X):
         check_feature_maps(X, min_samples)
         E = np.asarray(X.embed(), dtype=np.float64)
-        if reset:
-            estimator.n_features_in_ = E.shape[1]
-            if hasattr(estimator, "feature_names_in_"):
-                del estimator.feature_names_in_
-        elif E.shape[1] != getattr(estimator, "n_features_in_", E.shape[1]):
-            raise ValueError(
-                f"X embeds to {E.shape[1]} features, but {type(estimator).__name__} was fitted with "
-                f"{estimator.n_features_in_}"
-            )
+        record_n_features(estimator, E.shape[1], reset=reset, described=f"X embeds to {E.shape[1]} features")
         return E
     return validate_maps_input(estimator, X, reset=reset, min_images=min_samples)
 
@@ -131,6 +131,7 @@ def standardization(E) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     E : ndarray of shape (n_images, n_features)
+        Training embeddings.
 
     Returns
     -------
@@ -140,7 +141,7 @@ def standardization(E) -> tuple[np.ndarray, np.ndarray]:
     return E.mean(axis=0), np.where(sd > 1e-12 * max(1.0, float(np.abs(E).max())), sd, 1.0)
 
 
-class SimilarityAligner(TransformerMixin, BaseEstimator):
+class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     """Base of the alignment estimators: learned from human similarity, scored by the 2OI of what they predict.
 
     Subclasses implement ``fit`` and :meth:`predict_similarity`; they share the
@@ -148,18 +149,13 @@ class SimilarityAligner(TransformerMixin, BaseEstimator):
     :meth:`score`.
     """
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        tags.target_tags.single_output = False
-        return tags
-
     def predict_similarity(self, X) -> np.ndarray:  # pragma: no cover - abstract
         """The model similarity matrix (n_images, n_images) of ``X`` after alignment.
 
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
+            Any images (the training ones or new ones) with the training features.
 
         Returns
         -------
