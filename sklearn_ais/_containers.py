@@ -262,6 +262,7 @@ class FeatureMaps:
         ----------
         device : str or torch.device, default="cpu"
         dtype : torch.dtype, default=torch.float32
+            A copy is made only when the stored maps differ in device or dtype.
 
         Returns
         -------
@@ -323,6 +324,7 @@ class FeatureMaps:
         Parameters
         ----------
         device : str or torch.device, default="cpu"
+            Where the pooling runs and the result lives.
         dtype : torch.dtype, default=torch.float32
 
         Returns

@@ -122,11 +122,10 @@ def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
     Returns
     -------
     ax : matplotlib Axes
+        The axes drawn on: the image, then the heatmap over it.
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import numpy as np
     >>> from sklearn_ais.plotting import plot_overlay
     >>> ax = plot_overlay(np.zeros((20, 30, 3), dtype=np.uint8), np.random.default_rng(0).random((20, 30)))
@@ -168,11 +167,10 @@ def plot_top_contours(image, maps, top=(5, 10, 15), ax=None, colors=None, linest
     Returns
     -------
     ax : matplotlib Axes
+        The axes drawn on, with a legend of maps (colours) and levels (line styles).
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import numpy as np
     >>> from sklearn_ais.plotting import plot_top_contours
     >>> yy, xx = np.mgrid[:40, :40]
@@ -235,8 +233,6 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="i
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import numpy as np
     >>> from sklearn_ais.plotting import plot_heatmap_grid
     >>> rng = np.random.default_rng(0)
@@ -300,11 +296,10 @@ def plot_path(path_scores, cv_path_scores=None, n_selected=None, ax=None, xlabel
     Returns
     -------
     ax : matplotlib Axes
+        Training path (and validation band), the chosen t marked.
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import numpy as np
     >>> from sklearn_ais.plotting import plot_path
     >>> t = np.arange(1, 51)
@@ -360,11 +355,10 @@ def plot_ais_histogram(scores, ax=None, bins=50):
     Returns
     -------
     ax : matplotlib Axes
+        Bars of the score counts; a dashed line at 0.
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import numpy as np
     >>> from sklearn_ais.plotting import plot_ais_histogram
     >>> ax = plot_ais_histogram(np.random.default_rng(0).normal(0, 0.01, size=300), bins=20)
@@ -406,8 +400,6 @@ def save_figure(fig, path, dpi=120):
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> import tempfile, numpy as np
     >>> from pathlib import Path
     >>> from sklearn_ais.plotting import plot_ais_histogram, save_figure
@@ -442,6 +434,7 @@ def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
     Returns
     -------
     ax : matplotlib Axes
+        One bar group per backbone, one bar per method.
     """
     import matplotlib.pyplot as plt
     import pandas as pd

@@ -513,6 +513,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
+            Standardised with the training ``mean_`` and ``std_``.
 
         Returns
         -------
@@ -528,6 +529,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
+            Aligned by :meth:`transform` first.
 
         Returns
         -------

@@ -407,6 +407,7 @@ class FeatureReweighting(OneToOneFeatureMixin, SimilarityAligner):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
+            Standardised with the training statistics, then weighted by ``coef_``.
 
         Returns
         -------
@@ -428,6 +429,7 @@ class FeatureReweighting(OneToOneFeatureMixin, SimilarityAligner):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
+            Standardised as in :meth:`predict_similarity`.
 
         Returns
         -------

@@ -52,6 +52,8 @@ class Head:
         Parameters
         ----------
         maps : Tensor of shape (n, K, h, w)
+            Called under ``torch.inference_mode()`` by :meth:`__call__`; an
+            ablated map is all zeros.
 
         Returns
         -------
@@ -134,6 +136,7 @@ class PoolingHead(Head):
         Parameters
         ----------
         maps : Tensor of shape (n, K, h, w)
+            Activated first (``activation``), then pooled over ``h x w``.
 
         Returns
         -------
@@ -148,6 +151,7 @@ class PoolingHead(Head):
         Parameters
         ----------
         maps : FeatureMaps
+            Only their pooled embedding (n, K) is read.
         similarity : {"pearson", "cosine"}
         device : str or torch.device
 
@@ -204,6 +208,7 @@ class MLPHead(Head):
         Parameters
         ----------
         maps : Tensor of shape (n, K, h, w)
+            Max-pooled by ``maxpool`` (when set), then average-pooled to ``output_size``.
 
         Returns
         -------
@@ -221,6 +226,7 @@ class MLPHead(Head):
         Parameters
         ----------
         pooled : Tensor of shape (n, K, P)
+            As :meth:`pooled` returns them; flattened map by map.
 
         Returns
         -------
@@ -254,6 +260,7 @@ class MLPHead(Head):
         Returns
         -------
         embeddings : Tensor of shape (n, D)
+            The output of ``rest`` (D = 4096 for VGG's fc7).
         """
         pooled = self.pooled(maps)
         pre = self.first_layer(pooled)
@@ -265,6 +272,7 @@ class MLPHead(Head):
         Parameters
         ----------
         maps : FeatureMaps
+            Pooled once to (n, K, P) on ``device`` (:meth:`FeatureMaps.pooled`).
         similarity : {"pearson", "cosine"}
         device : str or torch.device
 
@@ -321,6 +329,7 @@ class ModuleHead(Head):
         Parameters
         ----------
         maps : Tensor of shape (n, K, h, w)
+            On the device and dtype the module is run with (a cached copy moves there).
 
         Returns
         -------

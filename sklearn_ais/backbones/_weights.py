@@ -89,6 +89,7 @@ def is_default_alias(weights) -> bool:
     Parameters
     ----------
     weights : object
+        A ``weights=`` argument (string, enum, path, state dict, None).
 
     Returns
     -------

@@ -75,7 +75,8 @@ def load_kriegeskorte92(data_home=None, download=True, return_X_y=False):
         Data folder; ``None`` uses ``$SKLEARN_AIS_DATA`` or else
         ``~/sklearn_ais_data`` (see :func:`get_data_home`).
     download : bool, default=True
-        Download missing files. With ``False`` a missing file raises.
+        Fetch missing images and judgments (4.6 MB). With ``False`` a missing
+        file raises :class:`DataUnavailableError`.
     return_X_y : bool, default=False
         Return ``(images, similarity)`` instead of a Bunch, ready for
         ``estimator.fit(X, y)``.

@@ -58,8 +58,8 @@ def load_peterson_animals(data_home=None, download=True):
     Parameters
     ----------
     data_home : str or path-like, default=None
-        Data folder; ``None`` uses ``$SKLEARN_AIS_DATA`` or else
-        ``~/sklearn_ais_data`` (see :func:`get_data_home`).
+        Data folder (see :func:`get_data_home`: ``$SKLEARN_AIS_DATA``, else
+        ``~/sklearn_ais_data``).
     download : bool, default=True
         Download the file if missing. With ``False`` a missing file raises.
 
