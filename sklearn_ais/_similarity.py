@@ -330,6 +330,7 @@ class _TargetRanks:
         start = np.cumsum(counts) - counts
         self.m = m
         self.dense = dense.astype(np.int64).ravel()
+        self.dense_u64 = self.dense.view(np.uint64)  # the low bits of the keyed sorter's keys
         self.b_of_dense = 2 * start + counts + 1 - (m + 1)  # 2 * average rank - (m + 1)
         self.tied = bool((counts > 1).any())
         self.bits = max(1, (len(counts) - 1).bit_length())
@@ -403,32 +404,45 @@ class _KeyedSort(_NumpySorted):
     grid span and the human ranks share 64 bits: always up to m = 2**20 pairs,
     and at THINGS size (m ~ 1.7e6) whenever the block's similarities span
     less than 2 (not both -1 and +1).
+
+    The grid index is truncated in float64 (``np.trunc``) and turned into an
+    integer by the bits of ``trunc + 2**52`` (exact below 2**52: the mantissa
+    holds the integer), which is 3-4x cheaper than numpy's float -> uint64
+    cast; ``- lowest`` is then an integer subtraction. The same integers as
+    ``trunc(g - lowest)``: ``lowest`` is an integer at most ``g``.
     """
 
     def __init__(self, target, cb, lowest, seg, buffers):
         self.nb, m = cb.shape
         self.bits = target.bits
         self.mask = np.uint64((1 << self.bits) - 1)
-        grid_buf, keys_buf = buffers  # reused across blocks: no page faults per block
-        self.gaps = grid_buf.view(np.uint64)  # reused by links() once the keys are built
-        keys = keys_buf[: self.nb]
-        dense = target.dense.astype(np.uint64)
+        self.buffers = buffers  # reused across blocks: no page faults per block
+        grid_buf = buffers.grid
+        keys = buffers.keys[: self.nb]
+        dense = target.dense_u64
+        offset = np.uint64(_MAGIC_BITS + int(lowest))  # the bits of 2**52 + lowest
+        shift = np.uint64(self.bits)
         for s0 in range(0, m, seg):
             s1 = min(m, s0 + seg)
             g = grid_buf[: self.nb, : s1 - s0]
             np.multiply(cb[:, s0:s1], TIE_GRID, out=g)  # exact (a power of two)
-            g += TIE_GRID + 0.5  # as tie_grid; positive, so the conversion truncates
-            g -= lowest  # exact: an integer below g, in the grid's float range
+            g += TIE_GRID + 0.5  # as tie_grid; positive
+            np.trunc(g, out=g)
+            g += _MAGIC  # exact: an integer below 2**52
             k = keys[:, s0:s1]
-            np.copyto(k, g, casting="unsafe")
-            k <<= np.uint64(self.bits)
+            np.subtract(g.view(np.uint64), offset, out=k)  # trunc(g) - lowest
+            k <<= shift
             k |= dense[s0:s1]
         self.keys = keys
         self._sort()
 
     def _sort(self):
-        """The floor of every rank comparison: one sort per row (numpy's quicksort, AVX2/AVX-512)."""
-        self.keys.sort(axis=1)
+        """The floor of every rank comparison: one sort per row (numpy's quicksort, or torch's sort
+        where it is faster on this machine: see :func:`_long_row_sort`)."""
+        if self.nb == 1 and self.keys.shape[1] >= _LONG_ROW and _long_row_sort(self.keys, self.buffers) == "torch":
+            self.keys = _torch_sort_row(self.keys, self.buffers)
+        else:
+            self.keys.sort(axis=1)
 
     @staticmethod
     def lowest_grid(target, cb, similarities):
@@ -443,15 +457,19 @@ class _KeyedSort(_NumpySorted):
         return lowest if int(tie_grid(hi) - lowest).bit_length() + target.bits <= 64 else None
 
     def dense(self, lo, hi):
-        return (self.keys[:, lo:hi] & self.mask).view(np.int64)
+        out = self.buffers.work_for(self.nb, hi - lo)
+        np.bitwise_and(self.keys[:, lo:hi], self.mask, out=out)
+        return out.view(np.int64)
 
     def links(self, lo, hi):
         """As the base class, without unpacking the grid in the common case: sorted neighbours whose
         keys differ by at least ``(TIE_GAP + 1) << bits`` are more than TIE_GAP grid steps apart."""
         k = self.keys[:, lo:hi]
-        gaps = self.gaps[: k.shape[0], : k.shape[1] - 1]
+        if k.shape[1] < 2:
+            return None
+        gaps = self.buffers.work_for(self.nb, k.shape[1] - 1)
         np.subtract(k[:, 1:], k[:, :-1], out=gaps)
-        if gaps.size == 0 or gaps.min() >= np.uint64((TIE_GAP + 1) << self.bits):
+        if gaps.min() >= np.uint64((TIE_GAP + 1) << self.bits):
             return None
         return super().links(lo, hi)
 
@@ -459,11 +477,89 @@ class _KeyedSort(_NumpySorted):
         return (self.keys[:, lo:hi] >> np.uint64(self.bits)).view(np.int64)
 
     def dense_full(self):
-        return self.dense(0, self.keys.shape[1])
+        return (self.keys & self.mask).view(np.int64)  # a fresh array (Kendall keeps it)
 
     def dense_at(self, rows, pos):
         flat = self.keys.reshape(-1)  # a contiguous slice of the buffer
         return (flat[rows * self.keys.shape[1] + pos] & self.mask).view(np.int64)
+
+
+class _KeyBuffers:
+    """Work buffers of the keyed sorter, allocated once per correlate call and reused by its blocks.
+
+    ``grid`` (nb, seg) float64 for the element-wise passes, ``keys`` (nb, m) uint64; ``work``
+    (uint64, for the masked human ranks and the neighbour gaps of the tallies) and torch's sort
+    outputs are allocated on first use.
+    """
+
+    def __init__(self, nb, seg, m):
+        self.grid = np.empty((nb, seg))
+        self.keys = np.empty((nb, m), dtype=np.uint64)
+        self.work = None
+        self.sorted = None
+
+    def work_for(self, nb, width):
+        if self.work is None or self.work.shape[0] < nb or self.work.shape[1] < width:
+            self.work = np.empty((max(nb, 0 if self.work is None else self.work.shape[0]),
+                                  max(width, 0 if self.work is None else self.work.shape[1])), dtype=np.uint64)
+        return self.work[:nb, :width]
+
+
+# Rows at least this long (one row per block) may be sorted by torch instead of numpy.
+_LONG_ROW = 1 << 18
+# "auto": the faster of numpy's and torch's sort on this machine, timed once per process on the
+# first long row (numpy's AVX-512 quicksort is ~5x slower than its AVX2 one on AMD Zen 4, where
+# torch's sort wins; on other machines numpy's wins); or "numpy" / "torch". Same results (a
+# sorted array of integers is unique).
+_KEY_SORT = "auto"
+_KEY_SORT_CHOICE = {}
+_MAGIC = 2.0**52
+_MAGIC_BITS = 0x4330000000000000  # the bits of 2.0**52
+
+
+def _long_row_sort(keys=None, buffers=None):
+    """"numpy" or "torch": the sort of long rows of keys (see ``_KEY_SORT``). Under "auto" the first
+    long row (``keys``, (1, m)) is sorted both ways, twice, interleaved (a passing load hits both
+    alike), and the faster sort is kept for the process."""
+    if _KEY_SORT != "auto":
+        return _KEY_SORT
+    if "choice" not in _KEY_SORT_CHOICE:
+        if keys is None:
+            return "numpy"
+        import time
+
+        times = {"numpy": [], "torch": []}
+        for _ in range(2):
+            for name, taken in times.items():
+                probe = keys.copy()
+                t0 = time.perf_counter()
+                if name == "numpy":
+                    probe.sort(axis=1)
+                else:
+                    _torch_sort_row(probe, buffers)
+                taken.append(time.perf_counter() - t0)
+        # torch only for a clear win (numpy sorts in place; torch writes values and indices)
+        _KEY_SORT_CHOICE["choice"] = "torch" if min(times["torch"]) < 0.9 * min(times["numpy"]) else "numpy"
+        _KEY_SORT_CHOICE["times"] = {k: min(v) for k, v in times.items()}
+    return _KEY_SORT_CHOICE["choice"]
+
+
+def _torch_sort_row(keys, buffers):
+    """Sorted copy of a (1, m) uint64 row by ``torch.sort`` (int64: keys with the top bit set sort
+    first there, so the two runs are swapped back into unsigned order). Returns a (1, m) array."""
+    torch = _torch()
+    m = keys.shape[1]
+    if buffers.sorted is None or buffers.sorted[0].shape[0] != m:
+        buffers.sorted = (torch.empty(m, dtype=torch.int64), torch.empty(m, dtype=torch.int64), np.empty((1, m), np.uint64))
+    values, indices, out = buffers.sorted
+    torch.sort(torch.from_numpy(keys[0].view(np.int64)), out=(values, indices))
+    v = values.numpy().view(np.uint64)
+    negative = int(np.searchsorted(values.numpy(), 0))  # keys >= 2**63, sorted first as int64
+    if negative == 0:
+        return v[None]
+    out[0, : m - negative] = v[negative:]
+    out[0, m - negative :] = v[:negative]
+    return out
 
 
 class _ArgSort(_NumpySorted):
@@ -797,7 +893,7 @@ class TargetVector:
             step = max(1, _BLOCK_ELEMENTS // m)
             seg = m if step > 1 else _SEGMENT  # long rows: element-wise passes by L2-sized segments
             cn = c if _is_numpy(c) else c.numpy()
-            buffers = (np.empty((min(step, B), min(seg, m))), np.empty((min(step, B), m), dtype=np.uint64))
+            buffers = _KeyBuffers(min(step, B), min(seg, m), m)
         out = np.empty(B)
         for a0 in range(0, B, step):
             if torch_path:

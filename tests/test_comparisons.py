@@ -125,6 +125,39 @@ def test_keyed_route_at_thing_size_pairs_matches_scipy():
     assert got_wide == pytest.approx(stats.spearmanr(tie_runs(wide[0]), h).statistic, abs=1e-12)
 
 
+def test_torch_sort_of_a_long_row_equals_numpys_unsigned_order():
+    """Keys with the top bit set are negative as int64 (torch's order): swapped back into uint64 order."""
+    rng = np.random.default_rng(11)
+    m = 5000
+    for top in (0, 1, m // 3, m):  # keys >= 2**63: none, one, some, all
+        keys = rng.integers(0, 1 << 63, m, dtype=np.uint64)
+        keys[rng.choice(m, top, replace=False)] |= np.uint64(1 << 63)
+        keys[:10] = keys[10]  # repeated keys
+        want = np.sort(keys)
+        got = sim._torch_sort_row(keys[None].copy(), sim._KeyBuffers(1, 16, m))
+        assert got.shape == (1, m) and np.array_equal(got[0], want)
+
+
+@pytest.mark.parametrize("comparison", RANKS)
+def test_long_rows_score_the_same_with_numpys_and_torchs_sort(monkeypatch, comparison):
+    """Rows of m >= _LONG_ROW pairs may be sorted by torch (where it is faster): the same bits."""
+    rng = np.random.default_rng(12)
+    m = sim._LONG_ROW + 1234
+    h = rng.standard_normal(m)
+    h[::97] = np.round(h[::97], 1)  # some human ties
+    c = np.clip(0.3 + 0.2 * (0.5 * h + rng.standard_normal(m)), -1, 1)[None].repeat(2, 0)
+    c[1, :5000] = np.round(c[1, :5000], 3)  # model ties
+    c[1, 5000:5100] = c[1, 4999] + 1e-14 * rng.standard_normal(100)  # a near-tie run (round-off)
+    out = {}
+    for route in ("numpy", "torch"):
+        monkeypatch.setattr(sim, "_KEY_SORT", route)
+        out[route] = TargetVector(h, comparison, similarities=True).correlate(c)
+    assert np.array_equal(out["numpy"], out["torch"])
+    want = [naive_compare(row, h, comparison) for row in c] if comparison != "kendall_tau_a" else None
+    if want is not None:
+        np.testing.assert_allclose(out["numpy"], want, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("comparison", RANKS)
 def test_torch_route_gives_the_same_bits_as_the_cpu_routes(monkeypatch, comparison):
     rng = np.random.default_rng(5)
