@@ -596,7 +596,7 @@ def _sort_timings(problem, target, repeats):
         lowest = sim._KeyedSort.lowest_grid(target.ranks, z, True)
         if lowest is None:
             return dict(error="keys do not fit: the argsort route is taken")
-        buf = (np.empty((1, min(sim._SEGMENT, z.shape[1]))), np.empty(z.shape, dtype=np.uint64))
+        buf = sim._KeyBuffers(1, min(sim._SEGMENT, z.shape[1]), z.shape[1])
         keys[name] = sim._KeyedSort(target.ranks, z, lowest, min(sim._SEGMENT, z.shape[1]), buf).keys[0].copy()
     # unsort the candidate's keys back to triangle order (as the kernels produce them) ...
     z = cand[0]
@@ -615,11 +615,24 @@ def _sort_timings(problem, target, repeats):
     out["presorted_mergesort_s"] = t(lambda: np.sort(pre, kind="stable"))
     out["fresh_mergesort_s"] = t(lambda: np.sort(fresh, kind="stable"))
     out["torch_sort_s"] = t(lambda: torch.sort(torch.from_numpy(fresh.view(np.int64))))
+    out["package_sort_s"] = t(lambda: sim._KeyedSort._sort(_Row(fresh)))
+    out["package_sort"] = (sim._long_row_sort(fresh[None].copy(), sim._KeyBuffers(1, 1, len(fresh)))
+                           if len(fresh) >= sim._LONG_ROW else "numpy")  # short rows: always numpy's
     pos = np.empty(len(fresh), dtype=np.int64)
     pos[np.argsort(pre, kind="stable")] = np.arange(len(fresh))
     d = np.abs(pos - np.arange(len(fresh)))
     out["displacement_mean"], out["displacement_p99"] = float(d.mean()), float(np.percentile(d, 99))
     return out
+
+
+class _Row:
+    """A stand-in keyed sorter holding one row of fresh keys, for timing the package's own sort."""
+
+    def __init__(self, keys):
+        from sklearn_ais import _similarity as sim
+
+        self.nb, self.keys = 1, keys[None].copy()
+        self.buffers = sim._KeyBuffers(1, 1, keys.shape[0])
 
 
 def things_point(cfg, device):
@@ -664,6 +677,9 @@ def things_point(cfg, device):
     probe = mk(X, "pearson", str(device))
     floor_after = _sort_timings(probe, tv, cfg["floor_repeats"])
     res["sorts"] = dict(before=floor_before, after=floor_after)
+    # whose sort the fit used: numpy's for short rows, for long ones the faster of numpy's and torch's
+    res["sort_in_fit_by"] = dict(choice="numpy") if res["m_pairs"] < sim._LONG_ROW else \
+        dict(sim._KEY_SORT_CHOICE, choice=sim._long_row_sort())
     # The floor: the sorts of m keys our fit performed (one per candidate: base, K leave-one-out, K sweep
     # steps), timed where they ran, so that they saw the same machine load as the rest of the fit.
     res["floor_s"], res["floor_cpu_s"] = res["sort_in_fit_s"], res["sort_in_fit_cpu_s"]
@@ -812,14 +828,17 @@ def _case6_rows(r, row, lines):
     lines.append(f"{'   sorting floor':<34} {_fmt_s(r['floor_s']):>10}   ours/floor = {r['ours_over_floor']:.2f}"
                  f" (CPU time: {_fmt_s(r['floor_cpu_s'])}, ours/floor = {r['ours_over_floor_cpu']:.2f}); "
                  f"{r['sorts_in_fit']} sorts of m = {r['m_pairs']:,} uint64 keys, "
-                 f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit")
+                 f"{r['floor_per_sort_s'] * 1e3:.1f} ms each, timed inside our fit"
+                 + (f", by {r['sort_in_fit_by']['choice']}'s sort" if "sort_in_fit_by" in r else ""))
     srt = r["sorts"]["after"]
     if "fresh_quicksort_s" in srt:
         lines.append(f"{'   presorting (per sort)':<34} fresh {srt['fresh_quicksort_s'] * 1e3:.1f} ms; in base order:"
                      f" gather {srt['gather_to_base_order_s'] * 1e3:.1f} ms + quicksort "
                      f"{srt['presorted_quicksort_s'] * 1e3:.1f} ms / merge sort "
                      f"{srt['presorted_mergesort_s'] * 1e3:.1f} ms (fresh merge sort "
-                     f"{srt['fresh_mergesort_s'] * 1e3:.1f} ms, torch {srt['torch_sort_s'] * 1e3:.1f} ms; "
+                     f"{srt['fresh_mergesort_s'] * 1e3:.1f} ms, torch {srt['torch_sort_s'] * 1e3:.1f} ms"
+                     + (f", the package's {srt['package_sort_s'] * 1e3:.1f} ms ({srt['package_sort']})"
+                        if "package_sort_s" in srt else "") + "; "
                      f"mean displacement {srt['displacement_mean']:.0f} positions)")
     if "per_image_s" in r:
         row("6: THINGS per-image AIS", r["per_image_s"], None, "", r["peak_rss_mb"],
