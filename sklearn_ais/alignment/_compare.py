@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from .._containers import FeatureMaps
+from .._pairs import fold_parts
 from .._targets import check_similarity_target, sample_ids, similarity_frame
 from ._base import embedding_2oi
 
@@ -559,8 +560,7 @@ def _check_same_images(label, X, n, ids):
 
 def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) -> dict:
     """Held-out and training 2OI of one method on one fold (``template`` None: all maps, nothing fitted)."""
-    X_tr, X_te = X[train_idx], X[test_idx]
-    H_tr, H_te = H[np.ix_(train_idx, train_idx)], H[np.ix_(test_idx, test_idx)]
+    X_tr, X_te, H_tr, H_te = fold_parts(X, H, train_idx, test_idx, by_pairs=False)
     if template is None:
         return {
             "test_2oi": embedding_2oi(_embed(X_te), H_te, similarity, comparison),
