@@ -122,6 +122,27 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
                 cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1)
 
 
+def test_feature_maps_cross_to_the_cluster_once_per_call_not_once_per_task(client, monkeypatch):
+    """9 fold x method tasks on one backbone's maps: the client serialises the maps once (joblib's auto-scatter,
+    which reads their __sizeof__), and the table is the serial one."""
+    rng = np.random.default_rng(1)
+    fm = FeatureMaps(rng.random((24, 16, 4, 4)).astype(np.float32), PoolingHead())
+    H = np.corrcoef(fm.embed()[:, :3] + 0.1 * rng.normal(size=(24, 3)))
+    serial = compare_alignment([("a", fm)], None, H, methods=METHODS, cv=CV).table
+    sent = []
+    plain = FeatureMaps.__reduce_ex__
+
+    def counted(self, protocol):
+        sent.append(protocol)
+        return plain(self, protocol)
+
+    monkeypatch.setattr(FeatureMaps, "__reduce_ex__", counted)
+    with _deadline(240), parallel_config(backend="dask"):
+        clustered = compare_alignment([("a", fm)], None, H, methods=METHODS, cv=CV, n_jobs=-1).table
+    assert len(sent) == 1, f"the maps were serialised {len(sent)} times for {len(clustered)} tasks"
+    pd.testing.assert_frame_equal(serial.drop(columns="fit_time"), clustered.drop(columns="fit_time"))
+
+
 def test_feature_maps_report_what_pickling_sends():
     # dask's sizeof (joblib's auto-scatter, task placement) reads __sizeof__: the maps and the head's weights.
     import sys
