@@ -24,6 +24,13 @@ counters (``psutil.net_io_counters``) during the cluster run: scheduler,
 workers and client all talk over ``lo`` on one machine; they are compared
 with the size of the two backbones' feature maps.
 
+The workers run without dask's default ``MALLOC_TRIM_THRESHOLD_=65536``
+(``distributed.nanny.pre-spawn-environ``), as the README's "Running on a
+cluster" recommends: setting it turns off glibc's adaptive mmap threshold, so
+every large temporary array is mapped and unmapped again (page faults), which
+made the fold tasks about 2x slower on the workers than in the client.
+``--dask-defaults`` keeps dask's setting, for comparison.
+
 ``--quick``: 30 images, 3 folds, Lite0 and a random RegNetY-400MF (a smoke run).
 """
 
@@ -96,6 +103,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/scale_out.json")
     parser.add_argument("--one-core", action="store_true", help="also time the serial run on one core")
+    parser.add_argument("--dask-defaults", action="store_true", help="keep dask's MALLOC_TRIM_THRESHOLD_ on the workers")
     args = parser.parse_args(argv)
 
     import distributed
@@ -114,6 +122,10 @@ def main(argv=None):
         one_core_s, _, one_core = _run_on_one_core(backbones, images, H, cv)
         print(f"serial on one core: {one_core_s:.1f} s", flush=True)
 
+    import dask
+
+    if not args.dask_defaults:  # None unsets the variable (see the module docstring)
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     t0 = time.perf_counter()
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        silence_logs=logging.ERROR)
@@ -139,6 +151,7 @@ def main(argv=None):
         "cluster_s": cluster_s, "ratio": cluster_s / serial_s,
         "ratio_vs_one_core": None if one_core_s is None else cluster_s / one_core_s,
         "cluster_startup_s": startup_s,
+        "worker_malloc_trim_threshold": "dask default (65536)" if args.dask_defaults else "unset",
         "loopback_mb": wire_mb, "feature_maps_mb": maps_mb, "tables_equal": True,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
