@@ -137,6 +137,9 @@ def test_feature_maps_cross_to_the_cluster_once_per_call_not_once_per_task(clien
         return plain(self, protocol)
 
     monkeypatch.setattr(FeatureMaps, "__reduce_ex__", counted)
+    # Both workers up (the dead-worker test's worker may still be restarting): with one core joblib would run the
+    # tasks in this process, and nothing would cross.
+    client.wait_for_workers(2, timeout=120)
     with _deadline(240), parallel_config(backend="dask"):
         clustered = compare_alignment([("a", fm)], None, H, methods=METHODS, cv=CV, n_jobs=-1).table
     assert len(sent) == 1, f"the maps were serialised {len(sent)} times for {len(clustered)} tasks"
