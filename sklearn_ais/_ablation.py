@@ -446,33 +446,29 @@ class PooledKernel(AblationKernel):
         """
         Zu = torch.empty(C, self.n * (self.n - 1) // 2, dtype=self.E.dtype, device=self.device)
         blocks = self._row_blocks(C)
-        if self.device.type != "cpu":
-            for r0, r1, lo, hi, cols in blocks:
-                Z = gram_block(r0, r1) * r[:, r0:r1, None]
-                Z *= r[:, None, r0:]
-                for x, y in terms:
-                    Z -= x[:, r0:r1, None] * y[:, None, r0:]
-                Zu[:, lo:hi] = torch.index_select(Z.reshape(C, -1), 1, cols)
-            return Zu
-        # CPU: the same operations into two reused block buffers, by torch (its broadcast multiply is
-        # ~3x numpy's on these (rows, 1) x (1, cols) outer products); the gather of the triangle by
-        # numpy (its take is ~3x torch's indexing, and writes straight into the triangle).
-        Zn = Zu.numpy()
+        # Every device: the same element-wise torch operations into two reused block buffers (on CPU
+        # torch's broadcast multiply is ~3x numpy's on these (rows, 1) x (1, cols) outer products).
         size = max(C * (r1 - r0) * (self.n - r0) for r0, r1, *_ in blocks)
-        buf, tmp = torch.empty(size, dtype=self.E.dtype), torch.empty(size, dtype=self.E.dtype)
-        bufn = buf.numpy()
+        buf, tmp = (torch.empty(size, dtype=self.E.dtype, device=self.device) for _ in range(2))
+        on_cpu = self.device.type == "cpu"
+        Zn, bufn = (Zu.numpy(), buf.numpy()) if on_cpu else (None, None)
         for r0, r1, lo, hi, cols in blocks:
             shape = (C, r1 - r0, self.n - r0)
-            Z, T = buf[: math.prod(shape)].view(shape), tmp[: math.prod(shape)].view(shape)
+            k = math.prod(shape)
+            Z, T = buf[:k].view(shape), tmp[:k].view(shape)
             torch.mul(gram_block(r0, r1), r[:, r0:r1, None], out=Z)
             Z *= r[:, None, r0:]
             for x, y in terms:
                 torch.mul(x[:, r0:r1, None], y[:, None, r0:], out=T)
                 Z -= T
-            if C == 1:
-                np.take(bufn[: math.prod(shape)], cols, out=Zn[0, lo:hi], mode="clip")
+            # The gather of the triangle: on CPU by numpy (its take is ~3x torch's indexing, and
+            # writes straight into one candidate's triangle).
+            if not on_cpu:
+                Zu[:, lo:hi] = torch.index_select(Z.reshape(C, -1), 1, cols)
+            elif C == 1:
+                np.take(bufn[:k], cols, out=Zn[0, lo:hi], mode="clip")
             else:
-                Zn[:, lo:hi] = np.take(bufn[: math.prod(shape)].reshape(C, -1), cols, axis=1)
+                Zn[:, lo:hi] = np.take(bufn[:k].reshape(C, -1), cols, axis=1)
         return Zu
 
     def _set_rows(self, zu, rows, z):

@@ -499,9 +499,10 @@ class _KeyBuffers:
         self.sorted = None
 
     def work_for(self, nb, width):
-        if self.work is None or self.work.shape[0] < nb or self.work.shape[1] < width:
-            self.work = np.empty((max(nb, 0 if self.work is None else self.work.shape[0]),
-                                  max(width, 0 if self.work is None else self.work.shape[1])), dtype=np.uint64)
+        """A (nb, width) uint64 view of the work buffer, grown when too small."""
+        have = (0, 0) if self.work is None else self.work.shape
+        if have[0] < nb or have[1] < width:
+            self.work = np.empty((max(nb, have[0]), max(width, have[1])), dtype=np.uint64)
         return self.work[:nb, :width]
 
 
