@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from joblib import Parallel, delayed, effective_n_jobs
 
-__all__ = ["effective_workers", "parallel_map"]
+__all__ = ["effective_workers", "nested_calls_share_the_pool", "parallel_map"]
 
 # Exceptions of the backends that mean a worker died (not an error in the task itself).
 _WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError",
@@ -37,7 +37,36 @@ def effective_workers(n_jobs) -> int:
         return 1
 
 
-def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="task", prefer=None) -> list:
+def nested_calls_share_the_pool(n_jobs) -> bool:
+    """Whether a joblib call made inside a task runs on the same pool of workers as the call around it.
+
+    True for dask's backend: a task's own ``Parallel`` call is scheduled on the
+    whole cluster, and the task gives its slot back while it waits (joblib's
+    ``secede``). False where nested calls run in threads of the one worker
+    (loky, multiprocessing), for thread backends and when only one task runs
+    at a time: there a task that waits for its own sub-tasks would keep a
+    worker to itself.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+
+    Returns
+    -------
+    shared : bool
+    """
+    from joblib.parallel import get_active_backend
+
+    if effective_workers(n_jobs) == 1:
+        return False
+    backend, _ = get_active_backend()
+    if getattr(backend, "uses_threads", False):
+        return False
+    nested, _ = backend.get_nested_backend()
+    return type(nested) is type(backend)
+
+
+def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="task", prefer=None, sizes=None) -> list:
     """``[func(*t) for t in tasks]`` through ``joblib.Parallel``, in order, with one progress bar.
 
     Parameters
@@ -55,6 +84,9 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
         Label of the progress bar.
     prefer : {"processes", "threads"} or None
         joblib's soft hint, used when no backend is configured.
+    sizes : sequence of int, optional
+        Units of the progress bar each task counts for (default 1 each): a
+        task that runs a backbone's whole grid moves the bar by its fits.
 
     Returns
     -------
@@ -74,27 +106,29 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
     if verbose:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(tasks), desc=desc, unit=unit)
+        progress = tqdm(total=len(tasks) if sizes is None else int(sum(sizes)), desc=desc, unit=unit)
+    step = [1] * len(tasks) if sizes is None else list(sizes)
     try:
         if effective_workers(n_jobs) == 1 and n_jobs in (None, 1):
-            for t in tasks:
+            for i, t in enumerate(tasks):
                 results.append(func(*t))
                 if progress is not None:
-                    progress.update()
+                    progress.update(step[i])
             return results
         # mmap_mode="c": large arrays reach loky workers as copy-on-write memmaps, writable as the caller's own
         # (read-only ones made torch warn, and share memory a tensor op could write to).
         runner = Parallel(n_jobs=n_jobs, return_as="generator", prefer=prefer, mmap_mode="c")
-        for result in runner(delayed(func)(*t) for t in tasks):
+        for i, result in enumerate(runner(delayed(func)(*t) for t in tasks)):
             results.append(result)
             if progress is not None:
-                progress.update()
+                progress.update(step[i])
         return results
     except Exception as exc:
         if type(exc).__name__ in _WORKER_DEATHS:
+            counted = unit if sizes is None else "task"
             error = RuntimeError(
                 f"a worker died while running {desc} ({type(exc).__name__}: {exc}); {len(results)} of "
-                f"{len(tasks)} {unit}s had finished (kept in this error's .completed). Check the workers' memory "
+                f"{len(tasks)} {counted}s had finished (kept in this error's .completed). Check the workers' memory "
                 "and logs"
             )
             error.completed = list(results)  # the finished tasks' results, in order: nothing computed is lost

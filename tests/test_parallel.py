@@ -161,3 +161,59 @@ def test_feature_maps_report_what_pickling_sends():
     want = maps.nbytes + (fc6.numel() + 16 + 16 * 16 + 16) * 4
     assert want <= sys.getsizeof(fm) <= want + 1024
     assert len(pickle.dumps(fm)) <= sys.getsizeof(fm) + 8192
+
+
+def test_head_weights_travel_as_one_buffer_each_and_come_back_as_tensors():
+    # Pickle protocol 5 hands NumPy buffers out of band (dask sends them without a copy, loky maps them):
+    # VGG16's fc6 would otherwise be written into a bytes object by torch's storage pickling.
+    import torch
+
+    from sklearn_ais.backbones import MLPHead
+
+    fc6 = torch.randn(32, 8 * 2 * 2)
+    rest = torch.nn.Sequential(torch.nn.ReLU())
+    head = MLPHead(fc6, torch.randn(32), rest, maxpool=None, output_size=(2, 2))
+    buffers = []
+    data = pickle.dumps(head, protocol=5, buffer_callback=buffers.append)
+    assert sum(memoryview(b).nbytes for b in buffers) == (fc6.numel() + 32) * 4
+    # Received as read-only memory (bytes, as a network frame is): copied into writable tensors.
+    back = pickle.loads(data, buffers=[bytes(b) for b in buffers])
+    assert type(back.weight) is torch.Tensor and torch.equal(back.weight, head.weight)
+    assert torch.equal(back.bias, head.bias)
+    back.weight += 1  # a tensor over read-only memory would fail here
+    maps = torch.rand(5, 8, 2, 2)
+    assert torch.equal(pickle.loads(pickle.dumps(head))(maps), head(maps))
+
+
+def _images(n=10, seed=0):
+    return list(np.random.default_rng(seed).integers(0, 256, (n, 40, 48, 3), dtype=np.uint8))
+
+
+def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(client):
+    """With transformers to run, each backbone's task extracts its maps on a worker and sends its fold x method
+    tasks to the cluster from there: the table is the serial one, and the fits ran as tasks of their own."""
+    from sklearn.base import clone
+
+    from sklearn_ais import DNNFeatureMapTransformer
+
+    images = _images()
+    backbones = [("random regnet", DNNFeatureMapTransformer("regnet_y_400mf", weights=None, random_state=0,
+                                                           device="cpu")),
+                 ("lite0", DNNFeatureMapTransformer("efficientnet_lite0", device="cpu"))]
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(10, 10))
+    H = (A + A.T) / 2
+    cv = KFold(2, shuffle=True, random_state=0)
+
+    def run(**kw):
+        return compare_alignment([(b, clone(t)) for b, t in backbones], images, H, methods=("none", "ais"), cv=cv,
+                                 **kw).table.drop(columns="fit_time")
+
+    serial = run()
+    client.wait_for_workers(2, timeout=120)
+    with _deadline(300), parallel_config(backend="dask"), distributed.get_task_stream(client) as stream:
+        clustered = run(n_jobs=-1)
+    pd.testing.assert_frame_equal(serial, clustered)
+    keys = [t["key"] if isinstance(t["key"], str) else str(t["key"]) for t in stream.data]
+    assert sum("_backbone_grid" in k for k in keys) == 2
+    assert sum("_fit_and_score" in k for k in keys) >= 2  # batches of the 2 x 2 x 2 fits

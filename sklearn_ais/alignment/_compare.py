@@ -462,8 +462,12 @@ def compare_alignment(
         from ._bootstrap import oriented_subjects
 
         oriented_subjects(np.asarray(subject_similarities, dtype=np.float64), H)  # before any extraction
-    Xs = _extract_all(entries, images, n, ids, n_jobs, verbose)
-    rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose)
+    if inference == "folds" and _extract_where_evaluated(entries, n_jobs):
+        rows = _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs,
+                                     verbose)
+    else:
+        Xs = _extract_all(entries, images, n, ids, n_jobs, verbose)
+        rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose)
     table = pd.DataFrame(rows)
     reference = "none" if "none" in methods else next(iter(methods))
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
@@ -488,25 +492,39 @@ def _folds_per_repeat(cv, splits) -> int:
     return int(k) if k else len(splits)
 
 
+_PRECOMPUTED = (FeatureMaps, np.ndarray)
+
+
 def _extract_all(entries, images, n, ids, n_jobs, verbose):
     """``[(label, FeatureMaps)]``: one extraction task per backbone that needs one (precomputed maps stay put)."""
     from .._parallel import parallel_map
 
-    precomputed = (FeatureMaps, np.ndarray)
-    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, precomputed)]
+    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, _PRECOMPUTED)]
     extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, verbose=verbose, desc="feature extraction",
                                   unit="backbone"))
-    out, seen = [], set()
+    out = []
     for label, entry in entries:
-        if isinstance(entry, precomputed):
-            label, X = label or getattr(entry, "backbone", None) or "features", entry
+        if isinstance(entry, _PRECOMPUTED):
+            label, X = _precomputed_label(label, entry), entry
         else:
             label, X = next(extracted)
+        _check_same_images(label, X, n, ids)
+        out.append((label, X))
+    return _unique_labels(out)
+
+
+def _precomputed_label(label, entry):
+    return label or getattr(entry, "backbone", None) or "features"
+
+
+def _unique_labels(items):
+    """``(label, value)`` pairs with repeated labels numbered (``"vgg16 #1"``), in order."""
+    out, seen = [], set()
+    for label, value in items:
         if label in seen:
             label = f"{label} #{len(seen)}"
         seen.add(label)
-        _check_same_images(label, X, n, ids)
-        out.append((label, X))
+        out.append((label, value))
     return out
 
 
@@ -514,17 +532,67 @@ def _labelled_maps(entry, images, label, verbose):
     return feature_maps_of(entry, images, label=label, verbose=verbose)
 
 
+def _extract_where_evaluated(entries, n_jobs) -> bool:
+    """Whether each backbone's grid is better sent from the worker that extracts it (see ``_extract_and_evaluate``)."""
+    from .._parallel import nested_calls_share_the_pool
+
+    return any(not isinstance(entry, _PRECOMPUTED) for _, entry in entries) and nested_calls_share_the_pool(n_jobs)
+
+
+def _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs, verbose):
+    """Rows of ``_evaluate``, with one task per backbone that extracts its maps and then sends out its own
+    fold x method tasks (on dask, where a task's joblib calls reach the whole cluster).
+
+    The fold tasks of a backbone start as soon as its maps exist (not after the slowest backbone's extraction),
+    and the maps go from the worker that made them to the workers that use them, without a detour through the
+    client. The progress bar counts fits, a backbone's at a time.
+    """
+    from .._parallel import parallel_map
+
+    tasks = [(entry, images, label, n, ids, H, splits, methods, similarity, comparison, n_jobs)
+             for label, entry in entries]
+    fits = len(splits) * len(methods)
+    done = parallel_map(_backbone_grid, tasks, n_jobs=n_jobs, verbose=verbose, desc="backbone x fold x method",
+                        unit="fit", sizes=[fits] * len(tasks))
+    return [row for label, records in _unique_labels(done)
+            for row in _rows(label, splits, methods, records)]
+
+
+def _backbone_grid(entry, images, label, n, ids, H, splits, methods, similarity, comparison, n_jobs):
+    """``(label, records)`` of one backbone: its maps (extracted here), then its fold x method tasks."""
+    if isinstance(entry, _PRECOMPUTED):
+        label, X = _precomputed_label(label, entry), entry
+    else:
+        label, X = feature_maps_of(entry, images, label=label)
+    _check_same_images(label, X, n, ids)
+    return label, _fold_records(X, H, splits, methods, similarity, comparison, n_jobs, verbose=0)
+
+
 def _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose) -> list[dict]:
     """One row per backbone, fold and method (one task each): fitted on the training images, scored on the test images."""
     from .._parallel import parallel_map
 
-    units = [(b, fold, name) for b in range(len(Xs)) for fold in range(len(splits)) for name in methods]
-    tasks = [(Xs[b][1], H, splits[fold][0], splits[fold][1], methods[name], similarity, comparison)
-             for b, fold, name in units]
-    records = parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose, desc="backbone x fold x method",
-                           unit="fit")
-    return [{"backbone": Xs[b][0], "method": name, "fold": fold, "n_train": len(splits[fold][0]),
-             "n_test": len(splits[fold][1]), **record} for (b, fold, name), record in zip(units, records)]
+    tasks = [(X, H, train, test, methods[name], similarity, comparison)
+             for _, X in Xs for train, test in splits for name in methods]
+    records = iter(parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose,
+                                desc="backbone x fold x method", unit="fit"))
+    per_backbone = len(splits) * len(methods)
+    return [row for label, _ in Xs for row in _rows(label, splits, methods, [next(records) for _ in range(per_backbone)])]
+
+
+def _fold_records(X, H, splits, methods, similarity, comparison, n_jobs, verbose):
+    """Records of one backbone's fold x method tasks, fold by fold."""
+    from .._parallel import parallel_map
+
+    tasks = [(X, H, train, test, methods[name], similarity, comparison) for train, test in splits for name in methods]
+    return parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose, desc="fold x method", unit="fit")
+
+
+def _rows(label, splits, methods, records) -> list[dict]:
+    """Table rows of one backbone from its records (fold by fold, methods in order)."""
+    units = [(fold, name) for fold in range(len(splits)) for name in methods]
+    return [{"backbone": label, "method": name, "fold": fold, "n_train": len(splits[fold][0]),
+             "n_test": len(splits[fold][1]), **record} for (fold, name), record in zip(units, records)]
 
 
 def _fold_ceilings(subject_similarities, splits, n, comparison):
