@@ -66,7 +66,8 @@ def nested_calls_share_the_pool(n_jobs) -> bool:
     return type(nested) is type(backend)
 
 
-def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="task", prefer=None, sizes=None) -> list:
+def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="task", prefer=None, sizes=None,
+                 progress=None) -> list:
     """``[func(*t) for t in tasks]`` through ``joblib.Parallel``, in order, with one progress bar.
 
     Parameters
@@ -87,6 +88,9 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
     sizes : sequence of int, optional
         Units of the progress bar each task counts for (default 1 each): a
         task that runs a backbone's whole grid moves the bar by its fits.
+    progress : tqdm, optional
+        A bar to move instead of a new one (left open): several calls of one
+        job share one bar.
 
     Returns
     -------
@@ -102,8 +106,8 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
     tasks = list(tasks)
     if not tasks:
         return []
-    results, progress = [], None
-    if verbose:
+    results, own = [], progress is None and bool(verbose)
+    if own:
         from tqdm import tqdm
 
         progress = tqdm(total=len(tasks) if sizes is None else int(sum(sizes)), desc=desc, unit=unit)
@@ -135,5 +139,5 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
             raise error from exc
         raise
     finally:
-        if progress is not None:
+        if own:
             progress.close()

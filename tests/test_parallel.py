@@ -189,7 +189,7 @@ def _images(n=10, seed=0):
     return list(np.random.default_rng(seed).integers(0, 256, (n, 40, 48, 3), dtype=np.uint8))
 
 
-def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(client):
+def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(client, capsys):
     """With transformers to run, each backbone's task extracts its maps on a worker and sends its fold x method
     tasks to the cluster from there: the table is the serial one, and the fits ran as tasks of their own."""
     from sklearn.base import clone
@@ -197,9 +197,8 @@ def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(c
     from sklearn_ais import DNNFeatureMapTransformer
 
     images = _images()
-    backbones = [("random regnet", DNNFeatureMapTransformer("regnet_y_400mf", weights=None, random_state=0,
-                                                           device="cpu")),
-                 ("lite0", DNNFeatureMapTransformer("efficientnet_lite0", device="cpu"))]
+    regnet = DNNFeatureMapTransformer("regnet_y_400mf", weights=None, random_state=0, device="cpu")
+    backbones = [("random regnet", regnet), ("lite0", DNNFeatureMapTransformer("efficientnet_lite0", device="cpu"))]
     rng = np.random.default_rng(0)
     A = rng.normal(size=(10, 10))
     H = (A + A.T) / 2
@@ -207,13 +206,29 @@ def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(c
 
     def run(**kw):
         return compare_alignment([(b, clone(t)) for b, t in backbones], images, H, methods=("none", "ais"), cv=cv,
-                                 **kw).table.drop(columns="fit_time")
+                                 verbose=1, **kw).table.drop(columns="fit_time")
 
     serial = run()
+    assert _bar_counts(capsys.readouterr().err) == ["10/10"]  # one bar: 2 extractions + 2 x 2 folds x 2 methods
     client.wait_for_workers(2, timeout=120)
     with _deadline(300), parallel_config(backend="dask"), distributed.get_task_stream(client) as stream:
         clustered = run(n_jobs=-1)
     pd.testing.assert_frame_equal(serial, clustered)
+    assert _bar_counts(capsys.readouterr().err) == ["10/10"]
     keys = [t["key"] if isinstance(t["key"], str) else str(t["key"]) for t in stream.data]
     assert sum("_backbone_grid" in k for k in keys) == 2
     assert sum("_fit_and_score" in k for k in keys) >= 2  # batches of the 2 x 2 x 2 fits
+
+
+def _bar_counts(err):
+    """The final ``done/total`` of every tqdm bar written to ``err``."""
+    import re
+
+    lines = [line for line in err.replace("\r", "\n").splitlines() if "|" in line]
+    finals = {}
+    for line in lines:
+        desc = line.split(":")[0]
+        m = re.search(r"(\d+/\d+)", line)
+        if m:
+            finals[desc] = m.group(1)
+    return list(finals.values())

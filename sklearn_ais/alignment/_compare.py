@@ -383,7 +383,9 @@ def compare_alignment(
     comparison : {"spearman", "pearson"}, default="spearman"
         Correlation of ``"none"`` (the estimators use their own parameter).
     verbose : int, default=0
-        Progress bar over backbones and folds when > 0.
+        One progress bar over the extractions and the backbone x fold x
+        method fits when > 0 (on ``dask``, it moves as each backbone's grid
+        ends).
     random_state : int, RandomState instance or None, default=0
         Seeds the folds of an int ``cv``.
     test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
@@ -404,13 +406,16 @@ def compare_alignment(
     n_bootstrap : int, default=1000
         Replicates of ``inference="bootstrap"``.
     n_jobs : int or None, default=None
-        Work runs through ``joblib``: first one feature extraction per
-        backbone (on the worker that runs it, with its own device when
-        ``device="auto"``), then one task per backbone, fold and method (the
-        maps go to each worker once: the ``dask`` backend scatters them). Any
-        joblib backend works, e.g. ``with joblib.parallel_config(backend="dask"):``
-        on a ``dask.distributed`` cluster; the tables are identical to
-        ``n_jobs=1``, in the same order.
+        Work runs through ``joblib``: one feature extraction per backbone (on
+        the worker that runs it, with its own device when ``device="auto"``)
+        and one task per backbone, fold and method (the maps go to each worker
+        once: the ``dask`` backend scatters them). On ``dask``
+        (``with joblib.parallel_config(backend="dask"):`` on a
+        ``dask.distributed`` cluster) a backbone's extraction task sends its
+        own fold x method tasks to the cluster, so they start as soon as its
+        maps exist and the maps never travel back through the client; other
+        backends (``loky``, threads) extract every backbone first. The tables
+        are identical to ``n_jobs=1``, in the same order.
 
     Returns
     -------
@@ -462,12 +467,13 @@ def compare_alignment(
         from ._bootstrap import oriented_subjects
 
         oriented_subjects(np.asarray(subject_similarities, dtype=np.float64), H)  # before any extraction
-    if inference == "folds" and _extract_where_evaluated(entries, n_jobs):
-        rows = _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs,
-                                     verbose)
-    else:
-        Xs = _extract_all(entries, images, n, ids, n_jobs, verbose)
-        rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose)
+    with _progress(entries, splits, methods, verbose) as progress:  # one bar: extractions and fits
+        if inference == "folds" and _extract_where_evaluated(entries, n_jobs):
+            rows = _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs,
+                                         progress)
+        else:
+            Xs = _extract_all(entries, images, n, ids, n_jobs, progress)
+            rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, progress)
     table = pd.DataFrame(rows)
     reference = "none" if "none" in methods else next(iter(methods))
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
@@ -495,12 +501,25 @@ def _folds_per_repeat(cv, splits) -> int:
 _PRECOMPUTED = (FeatureMaps, np.ndarray)
 
 
-def _extract_all(entries, images, n, ids, n_jobs, verbose):
+def _progress(entries, splits, methods, verbose):
+    """One progress bar over a comparison's extractions and fits (a no-op context when ``verbose`` is 0)."""
+    from contextlib import nullcontext
+
+    if not verbose:
+        return nullcontext()
+    from tqdm import tqdm
+
+    extractions = sum(not isinstance(entry, _PRECOMPUTED) for _, entry in entries)
+    return tqdm(total=extractions + len(entries) * len(splits) * len(methods), unit="task",
+                desc="extractions + backbone x fold x method fits")
+
+
+def _extract_all(entries, images, n, ids, n_jobs, progress):
     """``[(label, FeatureMaps)]``: one extraction task per backbone that needs one (precomputed maps stay put)."""
     from .._parallel import parallel_map
 
     todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, _PRECOMPUTED)]
-    extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, verbose=verbose, desc="feature extraction",
+    extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, progress=progress, desc="feature extraction",
                                   unit="backbone"))
     out = []
     for label, entry in entries:
@@ -539,21 +558,22 @@ def _extract_where_evaluated(entries, n_jobs) -> bool:
     return any(not isinstance(entry, _PRECOMPUTED) for _, entry in entries) and nested_calls_share_the_pool(n_jobs)
 
 
-def _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs, verbose):
+def _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs, progress):
     """Rows of ``_evaluate``, with one task per backbone that extracts its maps and then sends out its own
     fold x method tasks (on dask, where a task's joblib calls reach the whole cluster).
 
     The fold tasks of a backbone start as soon as its maps exist (not after the slowest backbone's extraction),
     and the maps go from the worker that made them to the workers that use them, without a detour through the
-    client. The progress bar counts fits, a backbone's at a time.
+    client. The progress bar moves by a backbone's extraction and fits when its task ends.
     """
     from .._parallel import parallel_map
 
     tasks = [(entry, images, label, n, ids, H, splits, methods, similarity, comparison, n_jobs)
              for label, entry in entries]
     fits = len(splits) * len(methods)
-    done = parallel_map(_backbone_grid, tasks, n_jobs=n_jobs, verbose=verbose, desc="backbone x fold x method",
-                        unit="fit", sizes=[fits] * len(tasks))
+    sizes = [fits + (not isinstance(entry, _PRECOMPUTED)) for _, entry in entries]
+    done = parallel_map(_backbone_grid, tasks, n_jobs=n_jobs, progress=progress, desc="backbone x fold x method",
+                        unit="fit", sizes=sizes)
     return [row for label, records in _unique_labels(done)
             for row in _rows(label, splits, methods, records)]
 
@@ -568,13 +588,13 @@ def _backbone_grid(entry, images, label, n, ids, H, splits, methods, similarity,
     return label, _fold_records(X, H, splits, methods, similarity, comparison, n_jobs, verbose=0)
 
 
-def _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, verbose) -> list[dict]:
+def _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, progress) -> list[dict]:
     """One row per backbone, fold and method (one task each): fitted on the training images, scored on the test images."""
     from .._parallel import parallel_map
 
     tasks = [(X, H, train, test, methods[name], similarity, comparison)
              for _, X in Xs for train, test in splits for name in methods]
-    records = iter(parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose,
+    records = iter(parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, progress=progress,
                                 desc="backbone x fold x method", unit="fit"))
     per_backbone = len(splits) * len(methods)
     return [row for label, _ in Xs for row in _rows(label, splits, methods, [next(records) for _ in range(per_backbone)])]
