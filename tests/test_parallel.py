@@ -232,3 +232,24 @@ def _bar_counts(err):
         if m:
             finals[desc] = m.group(1)
     return list(finals.values())
+
+
+def test_loky_maps_a_large_head_and_gives_the_serial_table():
+    # fc6-like weights over joblib's 1 MB threshold reach loky workers as copy-on-write memory maps of the pickled
+    # NumPy buffer; the tensors built on them must give the serial table, exactly.
+    import torch
+
+    from sklearn_ais.backbones import MLPHead
+
+    rng = np.random.default_rng(0)
+    K, D = 64, 4096
+    head = MLPHead(torch.randn(D, K * 4) * 0.05, torch.zeros(D), torch.nn.Sequential(torch.nn.ReLU()), maxpool=None,
+                   output_size=(2, 2))
+    assert head.weight.nbytes > 2**20
+    fm = FeatureMaps(rng.random((16, K, 2, 2)).astype(np.float32), head)
+    H = np.corrcoef(fm.embed()[:, :5])
+    cv = KFold(2, shuffle=True, random_state=0)
+    serial = compare_alignment([("m", fm)], None, H, methods=("none", "ais"), cv=cv).table
+    with _deadline(300):
+        loky = compare_alignment([("m", fm)], None, H, methods=("none", "ais"), cv=cv, n_jobs=2).table
+    pd.testing.assert_frame_equal(serial.drop(columns="fit_time"), loky.drop(columns="fit_time"), check_exact=True)
