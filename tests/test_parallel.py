@@ -253,3 +253,21 @@ def test_loky_maps_a_large_head_and_gives_the_serial_table():
     with _deadline(300):
         loky = compare_alignment([("m", fm)], None, H, methods=("none", "ais"), cv=cv, n_jobs=2).table
     pd.testing.assert_frame_equal(serial.drop(columns="fit_time"), loky.drop(columns="fit_time"), check_exact=True)
+    if os.path.exists("/proc/self/maps"):  # where the worker's fc6 tensor lives: joblib's memory-mapped file
+        from sklearn_ais._parallel import parallel_map
+
+        with _deadline(120):
+            files = parallel_map(_file_behind_weight, [(fm,), (fm,)], n_jobs=2)
+        assert all("joblib_memmapping" in f for f in files), files
+
+
+def _file_behind_weight(fm):
+    """The file mapped at the address of ``fm.head.weight`` in this process ("" for anonymous memory)."""
+    address = fm.head.weight.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5] if len(fields) > 5 else ""
+    return ""

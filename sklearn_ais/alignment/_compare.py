@@ -18,6 +18,8 @@ __all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "feature_maps_
 
 METHODS = ("none", "ais", "reweighting", "glocal")
 
+_PRECOMPUTED = (FeatureMaps, np.ndarray)  # entries that need no extraction
+
 
 def make_method(name: str):
     """The default estimator of a method name (``None`` for ``"none"``: all maps, nothing fitted).
@@ -98,11 +100,12 @@ def feature_maps_of(entry, images, *, label=None, verbose=0):
 
     Parameters
     ----------
-    entry : str, Backbone, DNNFeatureMapTransformer or FeatureMaps
+    entry : str, Backbone, DNNFeatureMapTransformer, FeatureMaps or ndarray
         A registered name or Backbone (pretrained weights), a transformer
-        (fitted if needed), or precomputed maps (returned as they are).
+        (fitted if needed), or precomputed maps or a 2-D embedding (returned
+        as they are).
     images : images or None
-        What the transformer reads; unused for FeatureMaps.
+        What the transformer reads; unused for precomputed entries.
     label : str, optional
         Default: the backbone's name, with " (random)" for random weights.
     verbose : int, default=0
@@ -110,12 +113,12 @@ def feature_maps_of(entry, images, *, label=None, verbose=0):
     Returns
     -------
     label : str
-    maps : FeatureMaps
+    maps : FeatureMaps or ndarray
     """
     from .._feature_maps import DNNFeatureMapTransformer
 
-    if isinstance(entry, FeatureMaps):
-        return label or entry.backbone or "features", entry
+    if isinstance(entry, _PRECOMPUTED):
+        return label or getattr(entry, "backbone", None) or "features", entry
     if not isinstance(entry, DNNFeatureMapTransformer):
         entry = DNNFeatureMapTransformer(backbone=entry, verbose=verbose)
     if images is None:
@@ -498,9 +501,6 @@ def _folds_per_repeat(cv, splits) -> int:
     return int(k) if k else len(splits)
 
 
-_PRECOMPUTED = (FeatureMaps, np.ndarray)
-
-
 def _progress(entries, splits, methods, verbose):
     """One progress bar over a comparison's extractions and fits (a no-op context when ``verbose`` is 0)."""
     from contextlib import nullcontext
@@ -509,31 +509,32 @@ def _progress(entries, splits, methods, verbose):
         return nullcontext()
     from tqdm import tqdm
 
-    extractions = sum(not isinstance(entry, _PRECOMPUTED) for _, entry in entries)
+    extractions = sum(_extracts(entry) for _, entry in entries)
     return tqdm(total=extractions + len(entries) * len(splits) * len(methods), unit="task",
                 desc="extractions + backbone x fold x method fits")
+
+
+def _extracts(entry) -> bool:
+    return not isinstance(entry, _PRECOMPUTED)
+
+
+def _checked_maps(entry, images, label, n, ids):
+    """``(label, maps)`` of one entry (extracted when it needs it), checked to hold the comparison's images."""
+    label, X = feature_maps_of(entry, images, label=label)
+    _check_same_images(label, X, n, ids)
+    return label, X
 
 
 def _extract_all(entries, images, n, ids, n_jobs, progress):
     """``[(label, FeatureMaps)]``: one extraction task per backbone that needs one (precomputed maps stay put)."""
     from .._parallel import parallel_map
 
-    todo = [(entry, images, label, 0) for label, entry in entries if not isinstance(entry, _PRECOMPUTED)]
-    extracted = iter(parallel_map(_labelled_maps, todo, n_jobs=n_jobs, progress=progress, desc="feature extraction",
+    todo = [(entry, images, label, n, ids) for label, entry in entries if _extracts(entry)]
+    extracted = iter(parallel_map(_checked_maps, todo, n_jobs=n_jobs, progress=progress, desc="feature extraction",
                                   unit="backbone"))
-    out = []
-    for label, entry in entries:
-        if isinstance(entry, _PRECOMPUTED):
-            label, X = _precomputed_label(label, entry), entry
-        else:
-            label, X = next(extracted)
-        _check_same_images(label, X, n, ids)
-        out.append((label, X))
+    out = [next(extracted) if _extracts(entry) else _checked_maps(entry, None, label, n, ids)
+           for label, entry in entries]
     return _unique_labels(out)
-
-
-def _precomputed_label(label, entry):
-    return label or getattr(entry, "backbone", None) or "features"
 
 
 def _unique_labels(items):
@@ -547,15 +548,11 @@ def _unique_labels(items):
     return out
 
 
-def _labelled_maps(entry, images, label, verbose):
-    return feature_maps_of(entry, images, label=label, verbose=verbose)
-
-
 def _extract_where_evaluated(entries, n_jobs) -> bool:
     """Whether each backbone's grid is better sent from the worker that extracts it (see ``_extract_and_evaluate``)."""
     from .._parallel import nested_calls_share_the_pool
 
-    return any(not isinstance(entry, _PRECOMPUTED) for _, entry in entries) and nested_calls_share_the_pool(n_jobs)
+    return any(_extracts(entry) for _, entry in entries) and nested_calls_share_the_pool(n_jobs)
 
 
 def _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarity, comparison, n_jobs, progress):
@@ -571,41 +568,35 @@ def _extract_and_evaluate(entries, images, n, ids, H, splits, methods, similarit
     tasks = [(entry, images, label, n, ids, H, splits, methods, similarity, comparison, n_jobs)
              for label, entry in entries]
     fits = len(splits) * len(methods)
-    sizes = [fits + (not isinstance(entry, _PRECOMPUTED)) for _, entry in entries]
     done = parallel_map(_backbone_grid, tasks, n_jobs=n_jobs, progress=progress, desc="backbone x fold x method",
-                        unit="fit", sizes=sizes)
-    return [row for label, records in _unique_labels(done)
-            for row in _rows(label, splits, methods, records)]
+                        unit="fit", sizes=[fits + _extracts(entry) for _, entry in entries])
+    return [row for label, records in _unique_labels(done) for row in _rows(label, splits, methods, records)]
 
 
 def _backbone_grid(entry, images, label, n, ids, H, splits, methods, similarity, comparison, n_jobs):
     """``(label, records)`` of one backbone: its maps (extracted here), then its fold x method tasks."""
-    if isinstance(entry, _PRECOMPUTED):
-        label, X = _precomputed_label(label, entry), entry
-    else:
-        label, X = feature_maps_of(entry, images, label=label)
-    _check_same_images(label, X, n, ids)
-    return label, _fold_records(X, H, splits, methods, similarity, comparison, n_jobs, verbose=0)
+    from .._parallel import parallel_map
+
+    label, X = _checked_maps(entry, images, label, n, ids)
+    tasks = _grid_tasks(X, H, splits, methods, similarity, comparison)
+    return label, parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, desc="fold x method", unit="fit")
 
 
 def _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, progress) -> list[dict]:
     """One row per backbone, fold and method (one task each): fitted on the training images, scored on the test images."""
     from .._parallel import parallel_map
 
-    tasks = [(X, H, train, test, methods[name], similarity, comparison)
-             for _, X in Xs for train, test in splits for name in methods]
-    records = iter(parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, progress=progress,
-                                desc="backbone x fold x method", unit="fit"))
+    tasks = [t for _, X in Xs for t in _grid_tasks(X, H, splits, methods, similarity, comparison)]
+    records = parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, progress=progress, desc="backbone x fold x method",
+                           unit="fit")
     per_backbone = len(splits) * len(methods)
-    return [row for label, _ in Xs for row in _rows(label, splits, methods, [next(records) for _ in range(per_backbone)])]
+    return [row for b, (label, _) in enumerate(Xs)
+            for row in _rows(label, splits, methods, records[b * per_backbone:(b + 1) * per_backbone])]
 
 
-def _fold_records(X, H, splits, methods, similarity, comparison, n_jobs, verbose):
-    """Records of one backbone's fold x method tasks, fold by fold."""
-    from .._parallel import parallel_map
-
-    tasks = [(X, H, train, test, methods[name], similarity, comparison) for train, test in splits for name in methods]
-    return parallel_map(_fit_and_score, tasks, n_jobs=n_jobs, verbose=verbose, desc="fold x method", unit="fit")
+def _grid_tasks(X, H, splits, methods, similarity, comparison) -> list[tuple]:
+    """``_fit_and_score`` arguments of one backbone's fold x method grid, fold by fold (the order of ``_rows``)."""
+    return [(X, H, train, test, methods[name], similarity, comparison) for train, test in splits for name in methods]
 
 
 def _rows(label, splits, methods, records) -> list[dict]:
