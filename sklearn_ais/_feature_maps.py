@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from numbers import Integral
 
@@ -14,11 +15,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from tqdm import tqdm
 
 from ._containers import FeatureMaps
 from ._device import resolve_device
 from ._feature_cache import FeatureCache, cache_config, cache_folder, config_key, fingerprint, library_versions
+from ._parallel import progress_bar
 from ._sklearn_compat import HasMethods, Interval, _fit_context
 from .backbones._capture import device_lease
 from .backbones._heads import Head
@@ -75,8 +76,10 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     batch_size : int, default=32
         Images decoded and run together (images are loaded lazily, one
         batch at a time).
-    verbose : int, default=0
-        Show a progress bar over batches when > 0.
+    verbose : int, default=1
+        A progress bar over batches (1: on an interactive terminal, once
+        the extraction has taken a few seconds; 2: always; 0: silent) and,
+        for a folder, one line saying the order its images were read in.
     memory : str, path, joblib.Memory or None, default=None
         A folder where feature maps are cached, one ``.npy`` file per image
         (named by the SHA-256 of its preprocessed pixels) in a subfolder per
@@ -185,7 +188,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         head=None,
         device="auto",
         batch_size=32,
-        verbose=0,
+        verbose=1,
         memory=None,
         random_state=0,
         crop=None,
@@ -313,7 +316,10 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : sequence of paths, PIL images, arrays or tensors, or one array/tensor
+        X : folder, sequence of paths, PIL images, arrays or tensors, or one array/tensor
+            A folder (``"stim/"``) is read in natural order of its file
+            names (``im2`` before ``im10``, hidden files skipped), the names
+            as ``ids``; the order is printed unless ``verbose=0``.
             ``uint8`` arrays (0..255), float arrays/tensors in [0, 1],
             shapes ``(n, H, W, 3)``, ``(n, H, W)``, ``(n, 3, H, W)`` (tensors)
             or a list of differently sized images.
@@ -324,8 +330,8 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
             ``maps.maps`` is float32 of shape ``(n_images, n_maps_, h, w)``
             (with ``crop=False`` and images of different aspect ratios, a
             list of ``(n_maps_, h_i, w_i)`` arrays, and ``maps.input_size``
-            one size per image); ``maps.ids`` are the file paths when X is a
-            list of paths, else None (in-memory images carry no identity;
+            one size per image); ``maps.ids`` are the file names for a
+            folder, the file paths when X is a list of paths, else None (in-memory images carry no identity;
             set ``maps.ids`` to label them).
         """
         check_is_fitted(self)
@@ -337,15 +343,18 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32) if bb.crop else [None] * n
         geometry = np.empty((n, 6), dtype=np.int64)
         sizes = np.empty((n, 2), dtype=np.int64)
-        batches = tqdm(range(0, n, self.batch_size), disable=not self.verbose, desc=f"{bb.name} feature maps",
-                       unit="batch")
-        with device_lease(bb.model, device):
-            for start in batches:
+        if source.description and self.verbose:
+            print(source.description, file=sys.stderr, flush=True)
+        batches = progress_bar(self.verbose, total=-(-n // self.batch_size), desc=f"{bb.name} feature maps",
+                               unit="batch")
+        with device_lease(bb.model, device), batches:
+            for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 pixels, geometry[start:stop] = bb.preprocessing.batch(source[start:stop])
                 sizes[start:stop] = [p.shape[1:] for p in pixels]
                 for i, m in enumerate(self._run(pixels, cache, device), start):
                     maps[i] = m
+                batches.update(1)
         return FeatureMaps(maps, self.head_, geometry=geometry, input_size=sizes if not bb.crop else bb.input_size,
                            ids=source.ids, backbone=bb.name, layer=self.layer_)
 

@@ -137,6 +137,147 @@ def read_matrix(path, key: str | None = None) -> np.ndarray:
     raise InputFileError(f"{display_name(path)}: use a .npy, .csv, .tsv, .txt or .mat file")
 
 
+def read_labelled_matrix(path, key: str | None = None):
+    """A matrix file's values and the image labels it carries (a text file's header row and/or index column).
+
+    Parameters
+    ----------
+    path : str or path-like
+    key : str, optional
+        See :func:`read_matrix`.
+
+    Returns
+    -------
+    M : ndarray of shape (n_rows, n_cols), float64
+    labels : list of str or None
+        One label per row (and column) of a square matrix; None when the file
+        has none (``.npy``, ``.mat``, a text file without header and index, or
+        one labelled by its row numbers ``0..n-1`` / ``1..n`` only).
+
+    Raises
+    ------
+    InputFileError
+        What :func:`read_matrix` raises; a header and an index column that
+        disagree (the message names the first position where they differ);
+        labels of a matrix that is not square.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
+    >>> _ = p.write_text(",b,a\\nb,1.0,0.2\\na,0.2,1.0\\n")
+    >>> M, labels = read_labelled_matrix(p)
+    >>> labels
+    ['b', 'a']
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".tsv", ".txt") or not p.is_file():
+        return read_matrix(path, key), None
+    M, rows, cols = _parse_matrix_text(p)
+    rows, cols = (None if lab is None or _are_row_numbers(lab) else lab for lab in (rows, cols))
+    if rows is not None and cols is not None and rows != cols:
+        i = next(i for i, (r, c) in enumerate(zip(rows, cols)) if r != c) if len(rows) == len(cols) else None
+        where = (f"row {i + 1} is labelled {rows[i]!r} but column {i + 1} {cols[i]!r}" if i is not None
+                 else f"{len(rows)} row labels but {len(cols)} column labels")
+        raise InputFileError(
+            f"{display_name(path)}: the header row and the index column disagree ({where}); a similarity matrix "
+            "lists its images in the same order on both axes"
+        )
+    labels = rows if rows is not None else cols
+    if labels is not None and M.shape[0] != M.shape[1]:
+        raise InputFileError(f"{display_name(path)}: a labelled matrix of shape {M.shape}; expected a square matrix")
+    return M, labels
+
+
+def _are_row_numbers(labels) -> bool:
+    """Labels that are only positions (0..n-1 or 1..n): pandas' default index, not image names."""
+    try:
+        values = np.array([float(v) for v in labels])
+    except ValueError:
+        return False
+    return _is_row_numbers(values)
+
+
+def match_labels(labels, names, what: str = "the matrix") -> np.ndarray:
+    """Positions of ``names`` among ``labels``: each image's row of a labelled matrix.
+
+    A label matches an image by its file name (``im1.png``) or, when every
+    label does so, by the name without its suffix (``im1``). Every image needs
+    exactly one label and every label one image: a missing, an extra or a
+    repeated label is an error naming it (the same rule as a labelled ``y``).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        The matrix's labels, in its row order.
+    names : sequence of str
+        The images' names (file names), in the order of the images.
+    what : str
+        How to name the matrix in messages.
+
+    Returns
+    -------
+    index : ndarray of int of shape (n_images,)
+        ``M[np.ix_(index, index)]`` has the images' order.
+
+    Examples
+    --------
+    >>> match_labels(["im1", "im10", "im2"], ["im1.png", "im2.png", "im10.png"]).tolist()
+    [0, 2, 1]
+    """
+    labels = [str(v) for v in labels]
+    names = [str(v) for v in names]
+    seen, repeated = set(), []
+    for lab in labels:
+        (repeated.append(lab) if lab in seen else seen.add(lab))
+    if repeated:
+        raise InputFileError(f"{what}: the label {repeated[0]!r} appears more than once; every image needs one row")
+    stems = [os.path.splitext(n)[0] for n in names]
+    by_stem = len(set(stems)) == len(stems) and len(set(stems) & seen) > len(set(names) & seen)
+    keys = stems if by_stem else names
+    missing = [n for n, k in zip(names, keys) if k not in seen]
+    extra = [lab for lab in labels if lab not in set(keys)]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} image(s) have no row in it, e.g. {missing[:3]}")
+        if extra:
+            parts.append(f"{len(extra)} of its label(s) name no image, e.g. {extra[:3]}")
+        raise InputFileError(
+            f"{what} is labelled and its labels are matched to the images by name, but {'; '.join(parts)} "
+            f"(its labels look like {labels[:3]}, the images like {names[:3]}). Label every row with its image's "
+            "file name (with or without the suffix), or remove the labels to pair rows with the images by position"
+        )
+    where = {lab: i for i, lab in enumerate(labels)}
+    return np.array([where[k] for k in keys], dtype=np.intp)
+
+
+def read_matrix_for(path, names, key: str | None = None):
+    """A matrix file read for images named ``names``: aligned by its labels where it has them.
+
+    Parameters
+    ----------
+    path : str or path-like
+    names : sequence of str
+        The images' file names, in their order.
+    key : str, optional
+        See :func:`read_matrix`.
+
+    Returns
+    -------
+    M : ndarray of shape (n_images, n_images)
+        Rows and columns in the order of ``names`` (an unlabelled file: as
+        stored).
+    how : str
+        How rows were paired with images, for reports.
+    """
+    M, labels = read_labelled_matrix(path, key)
+    if labels is None:
+        return M, "rows paired with the images by position (the file carries no labels)"
+    index = match_labels(labels, names, display_name(path))
+    return M[np.ix_(index, index)], "rows matched to the images by the file's labels"
+
+
 def _sniff_separator(lines: list[str]) -> str | None:
     """The separator that splits every non-empty line into the same number (> 1) of cells; None: whitespace."""
     sample = [ln for ln in lines if ln.strip()][:50]
@@ -168,7 +309,7 @@ def _is_number(cell: str, decimal_comma: bool) -> bool:
 
 
 def read_matrix_text(path) -> np.ndarray:
-    """A matrix from a delimited text file (see the module docstring for the rules).
+    """A matrix from a delimited text file (see the module docstring for the rules); its labels are dropped.
 
     Parameters
     ----------
@@ -187,6 +328,11 @@ def read_matrix_text(path) -> np.ndarray:
     array([[1. , nan],
            [0.5, 1. ]])
     """
+    return _parse_matrix_text(path)[0]
+
+
+def _parse_matrix_text(path):
+    """``(values, row_labels, column_labels)`` of a delimited text file; a label list is None where absent."""
     name = display_name(path)
     raw = Path(path).read_bytes()
     try:
@@ -238,13 +384,17 @@ def read_matrix_text(path) -> np.ndarray:
                     "mean 'pair not judged')"
                 )
             values[r, c] = float(cell.replace(",", ".") if decimal_comma else cell)
+    rows_labels = [row[0] for row in body] if index else None
+    cols_labels = first[start_col:] if header else None
+    if cols_labels is not None and len(cols_labels) != width:
+        cols_labels = None  # a header that does not label every column (checked by the shape rules below)
     if index and len(body) == width:
-        return values
+        return values, rows_labels, cols_labels
     if not index and values.shape[0] + 1 == values.shape[1] and _is_row_numbers(values[:, 0]):
-        return values[:, 1:]  # a numeric index column (0..n-1 or 1..n) in front of a square matrix
+        return values[:, 1:], None, None  # a numeric index column (0..n-1 or 1..n) in front of a square matrix
     if not header and values.shape[0] == values.shape[1] + 1 and _is_row_numbers(values[0]):
-        return values[1:]  # a header of integer labels (pandas' to_csv(index=False) of an unlabelled frame)
-    return values
+        return values[1:], None, None  # a header of integer labels (pandas' to_csv(index=False) of an unlabelled frame)
+    return values, rows_labels, cols_labels
 
 
 def _is_row_numbers(col) -> bool:

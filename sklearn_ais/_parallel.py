@@ -13,7 +13,44 @@ from __future__ import annotations
 
 from joblib import Parallel, delayed, effective_n_jobs
 
-__all__ = ["effective_workers", "nested_calls_share_the_pool", "parallel_map"]
+__all__ = ["PROGRESS_DELAY", "effective_workers", "nested_calls_share_the_pool", "parallel_map", "progress_bar"]
+
+# Seconds of work before a progress bar appears at verbose=1 (a call that ends sooner prints nothing).
+PROGRESS_DELAY = 3.0
+
+
+def progress_bar(verbose, **kwargs):
+    """The package's one kind of progress bar (tqdm), by the ``verbose`` rule every long call follows.
+
+    ``verbose=0`` (or False): no bar. ``verbose=1`` (the default of long
+    calls): a bar on an interactive terminal once the work has taken
+    :data:`PROGRESS_DELAY` seconds (tqdm's ``disable=None``: none when output
+    goes to a file, a pipe or a log). ``verbose >= 2``: a bar from the start,
+    wherever output goes.
+
+    Parameters
+    ----------
+    verbose : int or bool
+    **kwargs
+        Passed to ``tqdm`` (``total``, ``desc``, ``unit``, ...).
+
+    Returns
+    -------
+    bar : tqdm
+        A disabled bar counts nothing and prints nothing.
+
+    Examples
+    --------
+    >>> bar = progress_bar(0, total=3)
+    >>> bar.disable
+    True
+    >>> bar.close()
+    """
+    from tqdm import tqdm
+
+    level = int(verbose or 0)
+    disable = True if level <= 0 else (None if level == 1 else False)
+    return tqdm(disable=disable, delay=PROGRESS_DELAY if level == 1 else 0, **kwargs)
 
 # Exceptions of the backends that mean a worker died (not an error in the task itself).
 _WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError",
@@ -80,7 +117,7 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
         joblib's ``n_jobs``; None runs serially unless a
         ``joblib.parallel_config`` sets it.
     verbose : int, default=0
-        A progress bar (tqdm) over the tasks when > 0.
+        A progress bar over the tasks (see :func:`progress_bar`).
     desc, unit : str
         Label of the progress bar.
     prefer : {"processes", "threads"} or None
@@ -108,9 +145,7 @@ def parallel_map(func, tasks, *, n_jobs=None, verbose=0, desc="tasks", unit="tas
         return []
     results, own = [], progress is None and bool(verbose)
     if own:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(tasks) if sizes is None else int(sum(sizes)), desc=desc, unit=unit)
+        progress = progress_bar(verbose, total=len(tasks) if sizes is None else int(sum(sizes)), desc=desc, unit=unit)
     step = [1] * len(tasks) if sizes is None else list(sizes)
     try:
         if effective_workers(n_jobs) == 1 and n_jobs in (None, 1):

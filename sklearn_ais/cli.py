@@ -82,7 +82,7 @@ def _check_backbone(args):
 
 def _validate_run(args):
     """Everything that can be checked before feature extraction; returns the inputs of the analysis."""
-    from ._files import InputFileError, read_matrix
+    from ._files import InputFileError, read_matrix_for
     from ._targets import check_similarity_target
     from .workflow import check_output_folder, load_images
 
@@ -91,7 +91,7 @@ def _validate_run(args):
         check_output_folder(args.out, args.overwrite, inputs=images_dir)
         images, ids = load_images(args.images)
         _check_readable(images)
-        S = read_matrix(args.similarity, args.similarity_key)
+        S, _ = read_matrix_for(args.similarity, ids, args.similarity_key)  # aligned by its labels, if any
     except InputFileError as exc:
         raise UserError(cli_terms(str(exc))) from None
     n = len(images)
@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--images", required=True, help="folder of images (natural order) or .npy array (n, H, W, 3)")
     run.add_argument("--similarity", required=True, help="n x n matrix: .npy, .csv/.tsv/.txt or .mat, rows and "
-                     "columns in image order; empty cells, NaN and NA mark pairs nobody judged")
+                     "columns in image order, or labelled with the file names (a header and/or index column: "
+                     "matched by name); empty cells, NaN and NA mark pairs nobody judged")
     run.add_argument("--similarity-key", default=None, help="variable of a .mat file (name or struct.field)")
     run.add_argument("--kind", choices=("similarity", "dissimilarity"), default="similarity",
                      help="what the matrix holds; an RDM (zero diagonal) is a dissimilarity (default: %(default)s)")

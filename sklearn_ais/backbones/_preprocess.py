@@ -8,7 +8,9 @@ Accepted inputs (see :func:`as_image_source`):
   ``(n, H, W, 1)`` or ``(n, H, W)`` (grayscale);
 * one tensor of shape ``(n, C, H, W)`` or ``(C, H, W)`` with ``C`` in
   ``{1, 3}``;
-* a single file path or PIL image (one image).
+* a single file path or PIL image (one image);
+* a folder: its image files in natural order (``im2`` before ``im10``),
+  hidden files and sub-folders skipped, the file names as ids.
 
 Pixel values: ``uint8`` arrays and tensors are 0..255, ``uint16`` arrays are
 0..65535 and floating-point arrays and tensors must lie in [0, 1] (values
@@ -337,6 +339,7 @@ class ImageSource(Sequence):
         # items: paths, PIL images, or validated (H, W) / (H, W, 3) arrays.
         self._items = items
         self.ids = ids
+        self.description = None  # how a folder was read (its order), for messages
 
     def __len__(self):
         return len(self._items)
@@ -395,8 +398,10 @@ def _checked_item(item, i: int):
             raise FileNotFoundError(f"image file not found: {os.fspath(item)!r} (image {i})")
         if os.path.isdir(item):
             raise ValueError(
-                f"image {i} is a directory, not an image file: {os.fspath(item)!r}; "
-                "pass a list of files, e.g. sorted(Path(d).glob('*.jpg'))"
+                f"image {i} is a directory, not an image file: {os.fspath(item)!r}; pass the folder itself "
+                "(transform('stim/') reads its images in natural order, im2 before im10, with their file names as "
+                "ids), or sklearn_ais.datasets.load_image_folder('stim/', similarity=...) for images and a matrix "
+                "file; a sorted glob would read im10 before im2"
             )
         return item
     if isinstance(item, Image.Image):
@@ -409,6 +414,34 @@ def _checked_item(item, i: int):
     arr = _channels_last(item, label)
     _check_pixels(arr, label)
     return arr
+
+
+def folder_source(folder) -> ImageSource:
+    """The image files of a folder in natural order (``im2`` before ``im10``), their file names as ids.
+
+    Hidden files (``.x.png``, macOS' ``._x.png``) and sub-folders are skipped
+    (:func:`sklearn_ais._files.list_image_files`); the order is in ``ids`` and
+    in ``description``.
+
+    Parameters
+    ----------
+    folder : str or path-like
+
+    Returns
+    -------
+    source : ImageSource
+    """
+    from .._files import IMAGE_SUFFIXES, display_name, list_image_files
+
+    files = list_image_files(folder)
+    if not files:
+        raise ValueError(f"{display_name(folder)}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    names = [display_name(f.name) for f in files]
+    source = ImageSource([str(f) for f in files], np.asarray(names))
+    shown = ", ".join(names) if len(names) <= 6 else ", ".join(names[:3] + ["..."] + names[-2:])
+    source.description = (f"{display_name(folder)}: {len(names)} images in natural order of their file names "
+                          f"({shown}); FeatureMaps.ids holds the order")
+    return source
 
 
 def as_image_source(X) -> ImageSource:
@@ -436,6 +469,8 @@ def as_image_source(X) -> ImageSource:
     TypeError
         An element that is not a path, PIL image, array or tensor.
     """
+    if _is_path(X) and os.path.isdir(X):
+        return folder_source(X)
     if _is_path(X) or isinstance(X, Image.Image):
         X = [X]
     stack = _stack_of_images(X)

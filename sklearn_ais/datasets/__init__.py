@@ -1,4 +1,4 @@
-"""Datasets: real images with human similarity judgments, and a synthetic task.
+"""Datasets: real images with human similarity judgments, a synthetic task, and a folder of your own.
 
 Real data are read from a data folder (``data_home`` argument, else the
 ``SKLEARN_AIS_DATA`` environment variable, else ``~/sklearn_ais_data``) and
@@ -7,6 +7,7 @@ missing.
 """
 
 from ._base import DataUnavailableError, get_data_home
+from ._folder import load_image_folder
 from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
 from ._synthetic import make_similarity_task
@@ -15,6 +16,7 @@ from ._things import load_things_similarity
 __all__ = [
     "DataUnavailableError",
     "get_data_home",
+    "load_image_folder",
     "load_kriegeskorte92",
     "load_peterson_animals",
     "load_things_similarity",

@@ -1,0 +1,93 @@
+"""A folder of your own images and, optionally, the matrix file of their human (dis)similarities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch
+
+from .._files import InputFileError, display_name, list_image_files, read_matrix_for
+
+
+def load_image_folder(folder, similarity=None, *, similarity_key=None):
+    """A folder of images and the matrix file that judges them, returned aligned.
+
+    The images are read in natural order of their file names (``im2`` before
+    ``im10``; a sorted glob would put ``im10`` first), hidden files
+    (``.x.png``, macOS' ``._x.png``) and sub-folders skipped. A matrix file
+    that carries labels (a header row and/or an index column, as pandas'
+    ``to_csv`` writes) is matched to the images by name: a label is a file
+    name, with or without its suffix; a missing, extra or repeated label is
+    an error naming it, and a header that disagrees with the index is an
+    error. A file without labels (``.npy``, ``.mat``, a bare CSV) is paired
+    with the images by position, in the order above.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The folder of image files (``.png``, ``.jpg``, ``.tif``, ...).
+    similarity : str or path-like, optional
+        A ``.csv``/``.tsv``/``.txt``, ``.npy`` or ``.mat`` file holding the
+        n x n human similarity (or dissimilarity) matrix.
+    similarity_key : str, optional
+        The variable of a ``.mat`` file holding the matrix.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        images : list of str
+            The image files, in the order of every output.
+        ids : list of str
+            Their file names.
+        similarity : ndarray of shape (n, n) or None
+            The matrix, rows and columns in the order of ``images``; pass it
+            as ``y`` (with ``y_kind="dissimilarity"`` for an RDM).
+        order : str
+            How the images were ordered and the matrix paired with them.
+
+    Raises
+    ------
+    InputFileError
+        No such folder, no images in it, an unreadable matrix file, a matrix
+        whose size or labels do not match the images.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from sklearn_ais.datasets import load_image_folder
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["im10.png", "im2.png", "im1.png"]:
+    ...     Image.new("RGB", (8, 8)).save(d / name)
+    >>> _ = (d / "judgments.csv").write_text(",im1,im10,im2\\nim1,1,0.1,0.9\\nim10,0.1,1,0.2\\nim2,0.9,0.2,1\\n")
+    >>> data = load_image_folder(d, similarity=d / "judgments.csv")
+    >>> data.ids
+    ['im1.png', 'im2.png', 'im10.png']
+    >>> data.similarity
+    array([[1. , 0.9, 0.1],
+           [0.9, 1. , 0.2],
+           [0.1, 0.2, 1. ]])
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        raise InputFileError(f"{display_name(folder)}: no such folder" + (" (a file: give the folder of images)"
+                                                                           if p.is_file() else ""))
+    files = list_image_files(p)
+    if not files:
+        raise InputFileError(f"{display_name(folder)}: the folder holds no image files")
+    ids = [display_name(f.name) for f in files]
+    order = f"{len(ids)} images of {display_name(folder)} in natural order of their file names"
+    S = None
+    if similarity is not None:
+        S, how = read_matrix_for(similarity, ids, similarity_key)
+        if S.ndim != 2 or S.shape[0] != S.shape[1]:
+            raise InputFileError(f"{display_name(similarity)}: expected a square matrix, got shape {S.shape}")
+        if S.shape[0] != len(ids):
+            raise InputFileError(
+                f"{display_name(similarity)} is {S.shape[0]} x {S.shape[1]} but {display_name(folder)} holds "
+                f"{len(ids)} images; they must match"
+            )
+        order += f"; {display_name(similarity)}: {how}"
+    return Bunch(images=[str(f) for f in files], ids=ids, similarity=None if S is None else np.asarray(S), order=order)

@@ -1,0 +1,132 @@
+"""A newcomer's path: a folder of images in Python, labelled matrix files, progress bars, small folds, heatmaps."""
+
+import argparse
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sklearn_ais._files import InputFileError, match_labels, read_labelled_matrix
+
+NATURAL = ["im1.png", "im2.png", "im3.png", "im10.png", "im11.png", "im20.png", "Im21.png", "im100.png"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "stim"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["im10.png", "im2.png", "im100.png", "im20.png", "im1.png", "Im21.png", "im11.png", "im3.png"]:
+        Image.fromarray(rng.integers(0, 256, (36, 30, 3), dtype=np.uint8)).save(d / name)
+    (d / "._im4.png").write_bytes(b"resource fork")  # macOS metadata: skipped
+    (d / ".hidden.png").write_bytes(b"")
+    (d / "sub.png").mkdir()  # a folder with an image suffix: skipped
+    return d
+
+
+# --- item 1: a folder in Python ------------------------------------------------------------------------------------
+def test_transform_of_a_folder_reads_natural_order_with_names_and_says_so(folder, capsys):
+    from sklearn_ais import DNNFeatureMapTransformer
+
+    t = DNNFeatureMapTransformer("regnet_y_400mf", weights=None, device="cpu").fit(None)
+    fm = t.transform(str(folder))
+    assert list(fm.ids) == NATURAL
+    err = capsys.readouterr().err
+    assert "natural order" in err and "im1.png, im2.png, im3.png" in err
+    ref = t.transform([str(folder / n) for n in NATURAL])  # the explicit list in the order written out by hand
+    np.testing.assert_array_equal(fm.maps, ref.maps)
+    t.set_params(verbose=0).transform(folder)
+    assert capsys.readouterr().err == ""  # verbose=0 is silent
+
+
+def test_a_folder_inside_a_list_points_to_the_folder_reader_not_to_a_glob(folder):
+    from sklearn_ais.backbones._preprocess import as_image_source
+
+    with pytest.raises(ValueError, match="natural order") as info:
+        as_image_source([folder])
+    assert "glob('" not in str(info.value)
+    with pytest.raises(ValueError, match="no image files"):
+        as_image_source(folder / "sub.png")
+
+
+def test_load_image_folder_aligns_a_lexicographic_labelled_csv(folder):
+    from sklearn_ais.datasets import load_image_folder
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(8, 8))
+    S = A + A.T  # natural order
+    lexical = sorted(NATURAL)  # Im21, im1, im10, im100, ...: what a sorted glob gives
+    pos = [NATURAL.index(n) for n in lexical]
+    stems = [n[:-4] for n in lexical]
+    pd.DataFrame(S[np.ix_(pos, pos)], index=stems, columns=stems).to_csv(folder.parent / "lexical.csv")
+    data = load_image_folder(folder, similarity=folder.parent / "lexical.csv")
+    assert data.ids == NATURAL and [p.rsplit("/", 1)[-1] for p in data.images] == NATURAL
+    np.testing.assert_array_equal(data.similarity, S)
+    assert "labels" in data.order
+    np.save(folder.parent / "plain.npy", S)  # no labels: by position
+    np.testing.assert_array_equal(load_image_folder(folder, similarity=folder.parent / "plain.npy").similarity, S)
+    assert load_image_folder(folder).similarity is None
+
+
+# --- issue 23, class 6: labels in a matrix file --------------------------------------------------------------------
+def _write(path, frame, **kw):
+    frame.to_csv(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["header+index", "header only", "index only", "tab, full names"])
+def test_labelled_matrix_files_are_matched_by_name(tmp_path, layout):
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(4, 4))
+    S = np.round(A + A.T, 6)
+    names = ["a1.jpg", "a2.jpg", "a10.jpg", "b.jpg"]
+    order = [2, 0, 3, 1]
+    labels = [names[i][:-4] for i in order] if layout != "tab, full names" else [names[i] for i in order]
+    F = pd.DataFrame(S[np.ix_(order, order)], index=labels, columns=labels)
+    path = tmp_path / ("m.tsv" if layout.startswith("tab") else "m.csv")
+    if layout == "header only":
+        _write(path, F, index=False)
+    elif layout == "index only":
+        _write(path, F, header=False)
+    else:
+        _write(path, F, sep="\t" if layout.startswith("tab") else ",")
+    M, got = read_labelled_matrix(path)
+    assert got == labels
+    idx = match_labels(got, names)
+    np.testing.assert_allclose(M[np.ix_(idx, idx)], S)  # reference: the matrix before it was shuffled
+
+
+def test_label_errors_name_the_label(tmp_path):
+    with pytest.raises(InputFileError, match=r"no row in it, e\.g\. \['c\.png'\]"):
+        match_labels(["a", "b", "x"], ["a.png", "b.png", "c.png"])
+    with pytest.raises(InputFileError, match=r"name no image, e\.g\. \['x'\]"):
+        match_labels(["a", "b", "x"], ["a.png", "b.png", "c.png"])
+    with pytest.raises(InputFileError, match="'a' appears more than once"):
+        match_labels(["a", "a", "b"], ["a.png", "b.png", "c.png"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",a,b,c\nb,1,0.5,0.2\na,0.5,1,0.3\nc,0.2,0.3,1\n")
+    with pytest.raises(InputFileError, match="header row and the index column disagree.*row 1 is labelled 'b'"):
+        read_labelled_matrix(bad)
+    positions = tmp_path / "pos.csv"
+    pd.DataFrame(np.eye(3)).to_csv(positions)  # pandas' default 0..n-1 labels are positions, not names
+    assert read_labelled_matrix(positions)[1] is None
+
+
+def test_cli_pairs_a_labelled_csv_by_name(folder, tmp_path):
+    from sklearn_ais import cli
+
+    rng = np.random.default_rng(3)
+    A = rng.random((8, 8))
+    S = (A + A.T) / 2
+    np.fill_diagonal(S, np.nan)
+    lexical = sorted(NATURAL)
+    pos = [NATURAL.index(n) for n in lexical]
+    pd.DataFrame(S[np.ix_(pos, pos)], index=lexical, columns=lexical).to_csv(tmp_path / "s.csv")
+    args = argparse.Namespace(images=str(folder), similarity=str(tmp_path / "s.csv"), similarity_key=None,
+                              out=str(tmp_path / "out"), overwrite=False, kind="similarity", cv=2, repeats=1,
+                              backbone="regnet_y_400mf", weights="none")
+    images, ids, got, _ = cli._validate_run(args)
+    assert ids == NATURAL
+    np.testing.assert_array_equal(got, S)
