@@ -317,7 +317,7 @@ def _check_fold_sizes(splits, H, by_pairs):
 
 def cross_validate_alignment(
     estimator, X, y, cv=None, *, y_kind=None, random_state=0, test="corrected_t", alternative="two-sided",
-    return_estimators=False, return_paths=False, n_jobs=None, verbose=0,
+    return_estimators=False, return_paths=False, n_jobs=None, verbose=1,
 ) -> AlignmentCVResult:
     """Held-out 2OI of all maps vs the selected maps, fold by fold.
 
@@ -355,8 +355,10 @@ def cross_validate_alignment(
         joblib backend works, e.g. ``with joblib.parallel_config(backend="dask"):``
         on a ``dask.distributed`` cluster. The table is identical to
         ``n_jobs=1``, in the same order.
-    verbose : int, default=0
-        Show a progress bar over folds when > 0.
+    verbose : int, default=1
+        A progress bar over the folds
+        (see the ``verbose`` rule of :func:`sklearn_ais._parallel.progress_bar`: 1 shows the bar on a terminal
+        when the call takes more than a few seconds, 0 is silent).
 
     Returns
     -------
@@ -496,7 +498,7 @@ def _gain(records) -> float:
 
 
 def permutation_test_alignment(
-    estimator, X, y, *, cv=None, n_permutations=1000, y_kind=None, random_state=0, n_jobs=None, verbose=0,
+    estimator, X, y, *, cv=None, n_permutations=1000, y_kind=None, random_state=0, n_jobs=None, verbose=1,
 ) -> PermutationTestResult:
     """Permutation test of the held-out gain of a cross-validated selection.
 
@@ -527,7 +529,10 @@ def permutation_test_alignment(
         Seeds the permutations (and the folds of an int ``cv``).
     n_jobs : int or None, default=None
         Permutations and folds run through ``joblib``; results identical to a serial run.
-    verbose : int, default=0
+    verbose : int, default=1
+        A progress bar over the permutations' folds
+        (see the ``verbose`` rule of :func:`sklearn_ais._parallel.progress_bar`: 1 shows the bar on a terminal
+        when the call takes more than a few seconds, 0 is silent).
 
     Returns
     -------

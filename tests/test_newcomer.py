@@ -13,6 +13,18 @@ from sklearn_ais._files import InputFileError, match_labels, read_labelled_matri
 NATURAL = ["im1.png", "im2.png", "im3.png", "im10.png", "im11.png", "im20.png", "Im21.png", "im100.png"]
 
 
+def _tiny_backbone():
+    import torch
+    from torch import nn
+
+    from sklearn_ais.backbones import get_backbone
+
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("features", nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU()))
+    return get_backbone(net, layer="features", input_size=16, resize_size=16)
+
+
 @pytest.fixture
 def folder(tmp_path):
     d = tmp_path / "stim"
@@ -30,7 +42,7 @@ def folder(tmp_path):
 def test_transform_of_a_folder_reads_natural_order_with_names_and_says_so(folder, capsys):
     from sklearn_ais import DNNFeatureMapTransformer
 
-    t = DNNFeatureMapTransformer("regnet_y_400mf", weights=None, device="cpu").fit(None)
+    t = DNNFeatureMapTransformer(_tiny_backbone(), device="cpu").fit(None)
     fm = t.transform(str(folder))
     assert list(fm.ids) == NATURAL
     err = capsys.readouterr().err
@@ -130,3 +142,52 @@ def test_cli_pairs_a_labelled_csv_by_name(folder, tmp_path):
     images, ids, got, _ = cli._validate_run(args)
     assert ids == NATURAL
     np.testing.assert_array_equal(got, S)
+
+
+# --- item 3: progress on long calls ---------------------------------------------------------------------------------
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _small_problem(n=16, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, k))
+    A = rng.normal(size=(n, n))
+    return X, (A + A.T) / 2
+
+
+@pytest.mark.parametrize("call", ["cross_validate_alignment", "permutation_test_alignment", "compare_alignment",
+                                  "transform"])
+def test_long_calls_show_one_bar_on_a_terminal_by_default_and_none_at_verbose_0(monkeypatch, call):
+    import sys
+
+    from sklearn.model_selection import KFold
+
+    from sklearn_ais import AISSelector, DNNFeatureMapTransformer, _parallel
+    from sklearn_ais.alignment import compare_alignment
+    from sklearn_ais.model_selection import cross_validate_alignment, permutation_test_alignment
+
+    X, H = _small_problem()
+    cv = KFold(2, shuffle=True, random_state=0)
+    runs = {
+        "cross_validate_alignment": lambda **kw: cross_validate_alignment(AISSelector(), X, H, cv=cv, **kw),
+        "permutation_test_alignment": lambda **kw: permutation_test_alignment(AISSelector(), X, H, cv=cv,
+                                                                              n_permutations=3, **kw),
+        "compare_alignment": lambda **kw: compare_alignment([("x", X)], None, H, methods=("none", "ais"), cv=cv, **kw),
+        "transform": lambda **kw: DNNFeatureMapTransformer(_tiny_backbone(), device="cpu", batch_size=4,
+                                                           **kw).fit(None).transform(np.zeros((8, 16, 16), np.uint8)),
+    }
+    for delay, kw, shown in [(0.0, {}, True), (0.0, {"verbose": 0}, False), (60.0, {}, False)]:
+        monkeypatch.setattr(_parallel, "PROGRESS_DELAY", delay)  # a call shorter than the delay prints nothing
+        term = _Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        runs[call](**kw)
+        out = term.getvalue()
+        bars = {line.split(":")[0] for line in out.replace("\r", "\n").splitlines() if "|" in line}
+        assert (len(bars) == 1) == shown and (len(bars) <= 1), (call, kw, out)
+    piped = io.StringIO()  # not a terminal (a log, CI): the default bar switches itself off
+    monkeypatch.setattr(_parallel, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(sys, "stderr", piped)
+    runs[call]()
+    assert "|" not in piped.getvalue()

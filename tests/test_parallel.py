@@ -206,7 +206,7 @@ def test_dask_extracts_each_backbone_on_a_worker_and_sends_its_grid_from_there(c
 
     def run(**kw):
         return compare_alignment([(b, clone(t)) for b, t in backbones], images, H, methods=("none", "ais"), cv=cv,
-                                 verbose=1, **kw).table.drop(columns="fit_time")
+                                 verbose=2, **kw).table.drop(columns="fit_time")
 
     serial = run()
     assert _bar_counts(capsys.readouterr().err) == ["10/10"]  # one bar: 2 extractions + 2 x 2 folds x 2 methods

@@ -340,7 +340,7 @@ def compare_alignment(
     y_kind="similarity",
     similarity="pearson",
     comparison="spearman",
-    verbose=0,
+    verbose=1,
 ) -> AlignmentComparison:
     """Held-out 2OI of alignment methods across architectures, fold by fold.
 
@@ -385,10 +385,11 @@ def compare_alignment(
         Model RSM of ``"none"``.
     comparison : {"spearman", "pearson"}, default="spearman"
         Correlation of ``"none"`` (the estimators use their own parameter).
-    verbose : int, default=0
+    verbose : int, default=1
         One progress bar over the extractions and the backbone x fold x
-        method fits when > 0 (on ``dask``, it moves as each backbone's grid
-        ends).
+        method fits (on ``dask``, it moves as each backbone's grid ends)
+        (see the ``verbose`` rule of :func:`sklearn_ais._parallel.progress_bar`: 1 shows the bar on a terminal
+        when the call takes more than a few seconds, 0 is silent).
     random_state : int, RandomState instance or None, default=0
         Seeds the folds of an int ``cv``.
     test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
@@ -505,12 +506,12 @@ def _progress(entries, splits, methods, verbose):
     """One progress bar over a comparison's extractions and fits (a no-op context when ``verbose`` is 0)."""
     from contextlib import nullcontext
 
+    from .._parallel import progress_bar
+
     if not verbose:
         return nullcontext()
-    from tqdm import tqdm
-
     extractions = sum(_extracts(entry) for _, entry in entries)
-    return tqdm(total=extractions + len(entries) * len(splits) * len(methods), unit="task",
+    return progress_bar(verbose, total=extractions + len(entries) * len(splits) * len(methods), unit="task",
                 desc="extractions + backbone x fold x method fits")
 
 
