@@ -122,3 +122,71 @@ def fold_parts(data, H, train, test, *, by_pairs: bool, take=None) -> tuple:
         return data, data, mask_pairs(H, train), mask_pairs(H, test)
     take = take or (lambda d, idx: d[idx])
     return take(data, train), take(data, test), H[np.ix_(train, train)], H[np.ix_(test, test)]
+
+
+# A held-out fold with fewer observed pairs than this gets a warning: its 2OI is a correlation of so few numbers.
+MIN_TEST_PAIRS = 30
+
+
+class SmallFoldWarning(UserWarning):
+    """A held-out fold holds so few observed pairs that its 2OI is very noisy."""
+
+
+def warn_small_test_folds(splits, H, *, by_pairs: bool, stacklevel: int = 4) -> str | None:
+    """Warn once when some held-out fold has fewer than :data:`MIN_TEST_PAIRS` observed human pairs.
+
+    Parameters
+    ----------
+    splits : sequence of (train, test)
+        Image indices, or pair indices when ``by_pairs``.
+    H : ndarray of shape (n_images, n_images)
+        NaN = a pair nobody judged (not counted).
+    by_pairs : bool
+    stacklevel : int, default=4
+        Of the warning (4: the caller of a public function that called this
+        through one helper).
+
+    Returns
+    -------
+    message : str or None
+        The warning's text (also issued as a :class:`SmallFoldWarning`), or
+        None when every held-out fold is large enough.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from sklearn.model_selection import KFold
+    >>> H = np.ones((20, 20))
+    >>> splits = list(KFold(5).split(np.zeros((20, 1))))
+    >>> with warnings.catch_warnings(record=True):
+    ...     warnings.simplefilter("always")
+    ...     print(warn_small_test_folds(splits, H, by_pairs=False)[:62])
+    5 of 5 held-out folds have fewer than 30 observed human pairs
+    """
+    import warnings
+
+    if by_pairs:
+        counts = [len(test) for _, test in splits]
+    else:
+        counts = []
+        for _, test in splits:
+            test = np.asarray(test)
+            iu = np.triu_indices(len(test), 1)
+            counts.append(int((~np.isnan(H[np.ix_(test, test)][iu])).sum()))
+    small = [c for c in counts if c < MIN_TEST_PAIRS]
+    if not small:
+        return None
+    m = min(small)
+    sem = 1 / np.sqrt(max(m - 3, 1))
+    unit = "pairs" if by_pairs else "images"
+    example = "" if by_pairs else f" (e.g. {min(len(te) for _, te in splits)} images hold {m} pairs)"
+    message = (
+        f"{len(small)} of {len(counts)} held-out folds have fewer than {MIN_TEST_PAIRS} observed human pairs (the "
+        f"smallest: {m}{example}): a fold's held-out 2OI is a correlation over so few numbers that it is very noisy "
+        f"(standard error about 1/sqrt({m} - 3) = {sem:.2f}), and so are the per-fold table and the tests over folds. "
+        f"Use fewer folds (larger held-out {unit}: e.g. cv=2 or 3), entry-wise cross-validation "
+        "(RepeatedPairKFold: held-out pairs of all images), or more repeats (RepeatedKFold) and report the mean"
+    )
+    warnings.warn(message, SmallFoldWarning, stacklevel=stacklevel)
+    return message

@@ -30,7 +30,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
-from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices
+from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices, warn_small_test_folds
 from ._stats import fold_record
 from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
 from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
@@ -444,6 +444,7 @@ def _prepare_cv(estimator, X, y, cv, y_kind, random_state):
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
+    warn_small_test_folds(splits, H, by_pairs=by_pairs)
     return X, H, splits, by_pairs
 
 

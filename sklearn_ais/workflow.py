@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,6 +332,7 @@ def run_analysis(
         f"baseline 2OI, all maps, all images: {baseline:.3f}",
         f"maps kept when fitted on all images: {int(selector.support_.sum())} of {fm.n_maps} "
         f"(training 2OI {selector.path_scores_[selector.n_features_to_select_ - 1]:.3f})",
+        *res.warnings,
     ]
     rr = None
     if masks is not None:
@@ -376,11 +378,20 @@ def _cross_validated_selection(fm, H, n_splits, n_repeats, device, verbose):
     from sklearn.model_selection import RepeatedKFold
 
     from . import AISSelector
+    from ._pairs import SmallFoldWarning
     from .model_selection import cross_validate_alignment
 
     _say(f"[2/4] AIS selection, {n_splits}-fold x {n_repeats} image-wise cross-validation ...", verbose)
     cv = RepeatedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=0)
-    res = cross_validate_alignment(AISSelector(device=device), fm, H, cv=cv, return_paths=True, verbose=verbose)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallFoldWarning)
+        res = cross_validate_alignment(AISSelector(device=device), fm, H, cv=cv, return_paths=True, verbose=verbose)
+    res.warnings = []
+    for w in caught:  # the small-fold warning goes into the report too; every warning is issued again here
+        if issubclass(w.category, SmallFoldWarning):
+            res.warnings.append(f"Warning: {w.message}")
+            _say(f"      {res.warnings[-1]}", verbose)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     s = res.summary
     _say(f"      held-out 2OI: all maps {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f}, selected "
          f"{s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (corrected resampled t = "

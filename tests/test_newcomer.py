@@ -191,3 +191,46 @@ def test_long_calls_show_one_bar_on_a_terminal_by_default_and_none_at_verbose_0(
     monkeypatch.setattr(sys, "stderr", piped)
     runs[call]()
     assert "|" not in piped.getvalue()
+
+
+# --- item 4: small held-out folds -----------------------------------------------------------------------------------
+def test_small_held_out_folds_warn_with_the_consequence_and_the_remedy():
+    import warnings
+
+    from sklearn.model_selection import KFold
+
+    from sklearn_ais import AISSelector
+    from sklearn_ais._pairs import SmallFoldWarning
+    from sklearn_ais.model_selection import RepeatedPairKFold, cross_validate_alignment
+
+    X, H = _small_problem(n=20)
+    with pytest.warns(SmallFoldWarning) as record:
+        cross_validate_alignment(AISSelector(), X, H, cv=KFold(5), verbose=0)
+    msg = str(record[0].message)
+    assert "5 of 5 held-out folds" in msg and "smallest: 6" in msg  # 4 test images: 4 * 3 / 2 = 6 pairs
+    assert "noisy" in msg and "fewer folds" in msg and "RepeatedPairKFold" in msg and "repeats" in msg
+    H[0, 1] = H[1, 0] = np.nan  # an unjudged pair is not counted: fold 0's test block (images 0-3) has 5
+    with pytest.warns(SmallFoldWarning, match="smallest: 5"):
+        cross_validate_alignment(AISSelector(), X, H, cv=KFold(5), verbose=0)
+    X, H = _small_problem(n=24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallFoldWarning)
+        cross_validate_alignment(AISSelector(), X, H, cv=KFold(2), verbose=0)  # 12 images: 66 pairs
+    X, H = _small_problem(n=12)  # 66 pairs in 5 entry-wise folds: 13 or 14 each
+    with pytest.warns(SmallFoldWarning, match="smallest: 13"):
+        cross_validate_alignment(AISSelector(), X, H, cv=RepeatedPairKFold(5, n_repeats=1), verbose=0)
+
+
+def test_small_folds_are_said_in_the_report():
+    from sklearn_ais import DNNFeatureMapTransformer
+    from sklearn_ais._pairs import SmallFoldWarning
+    from sklearn_ais.workflow import run_analysis
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    _, H = _small_problem(n=20)
+    with pytest.warns(SmallFoldWarning):
+        result = run_analysis(images, H, n_splits=5, n_repeats=1, device="cpu", verbose=0,
+                              transformer=DNNFeatureMapTransformer(_tiny_backbone(), device="cpu", verbose=0))
+    assert any("fewer than 30 observed human pairs" in line for line in result.summary_lines)
+    assert "fewer than 30 observed human pairs" in result.to_html()

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from .._containers import FeatureMaps
-from .._pairs import fold_parts
+from .._pairs import fold_parts, warn_small_test_folds
 from .._targets import check_similarity_target, sample_ids, similarity_frame
 from ._base import embedding_2oi
 
@@ -464,6 +464,7 @@ def compare_alignment(
     n, ids = _image_count_and_ids(entries, images)
     H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
     splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    warn_small_test_folds(splits, H, by_pairs=False, stacklevel=3)
     if inference not in ("folds", "bootstrap"):
         raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
