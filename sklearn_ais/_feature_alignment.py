@@ -14,7 +14,7 @@ from ._sklearn_compat import Interval, validate_params
 __all__ = ["feature_alignment_score", "split_half_map_ceiling"]
 
 
-def _as_maps(maps, name, ndim):
+def _as_maps(maps, name, ndim, allow_nan=False):
     if isinstance(maps, (list, tuple)) and ndim == 3:
         shapes = {np.shape(m) for m in maps}
         if len(shapes) != 1:
@@ -24,26 +24,40 @@ def _as_maps(maps, name, ndim):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {M.shape}")
     if M.size == 0:
         raise ValueError(f"{name} is empty")
-    if not np.isfinite(M).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    if np.isinf(M).any() or (not allow_nan and np.isnan(M).any()):
+        raise ValueError(f"{name} contains {'inf' if allow_nan else 'NaN or inf'}")
+    if allow_nan and np.isnan(M).all(axis=tuple(range(1, M.ndim))).any():
+        raise ValueError(f"{name} holds a map of nothing but NaN (no pixel seen)")
     return M
 
 
 def _resize(maps, size):
-    """Bilinear resize of (n, h, w) float maps to ``size``, as heatmaps are (``_geometry.resize_maps``)."""
-    import torch
+    """Bilinear resize of (n, h, w) float maps to ``size``, as heatmaps are; NaN (not seen) keeps its place."""
+    from ._geometry import resize_with_nan  # torch is imported only when maps are compared
 
-    from ._geometry import resize_maps  # torch is imported only when maps are compared
+    return resize_with_nan(maps, tuple(size))
 
-    return resize_maps(torch.from_numpy(np.ascontiguousarray(maps)), size).numpy()
+
+def _blur(maps, sigma):
+    """Gaussian blur of (n, h, w) maps; NaN pixels are left out (normalised convolution) and stay NaN."""
+    seen = ~np.isnan(maps)
+    sig = (0, float(sigma), float(sigma))
+    if seen.all():
+        return ndimage.gaussian_filter(maps, sigma=sig, mode="reflect")
+    value = ndimage.gaussian_filter(np.where(seen, maps, 0.0), sigma=sig, mode="reflect")
+    weight = ndimage.gaussian_filter(seen.astype(np.float64), sigma=sig, mode="reflect")
+    return np.where(seen, value / np.maximum(weight, 1e-12), np.nan)
 
 
 def _rowwise_spearman(A, B):
     """Spearman correlation of each row of A with the same row of B (n, m).
 
     Returns NaN where ``B``'s row is constant and 0 where only ``A``'s is
-    (a constant model map carries no spatial information).
+    (a constant model map carries no spatial information). Pixels where ``A``
+    is NaN (not seen by the network) are left out of that row.
     """
+    if np.isnan(A).any():
+        return np.array([_rowwise_spearman(a[~np.isnan(a)][None], b[~np.isnan(a)][None])[0] for a, b in zip(A, B)])
     ra = stats.rankdata(A, axis=1)
     rb = stats.rankdata(B, axis=1)
     ra -= ra.mean(axis=1, keepdims=True)
@@ -138,7 +152,9 @@ def feature_alignment_score(
         ceiling can be computed from split halves).
     model_maps : array-like of shape (n_images, h, w)
         Model importance maps (AIS heatmaps, attention maps...). Resized
-        bilinearly to ``(H, W)`` when their size differs.
+        bilinearly to ``(H, W)`` when their size differs. NaN marks pixels
+        the network never saw (outside its crop): they are left out of the
+        image's correlation (and of the blur).
     sigma : float or None, default=None
         Standard deviation (pixels, at ``(H, W)``) of a Gaussian blur applied
         to the model maps before the comparison (``scipy.ndimage.gaussian_filter``,
@@ -189,7 +205,7 @@ def feature_alignment_score(
         group = _as_maps(human, "human_maps", 3)
     else:
         raise ValueError(f"human_maps must have shape (n_images, H, W) or (n_raters, n_images, H, W), got {human.shape}")
-    model = _as_maps(model_maps, "model_maps", 3)
+    model = _as_maps(model_maps, "model_maps", 3, allow_nan=True)
     if model.shape[0] != group.shape[0]:
         raise ValueError(f"model_maps has {model.shape[0]} images but human_maps has {group.shape[0]}")
     model = _resize(model, group.shape[1:])
@@ -197,7 +213,7 @@ def feature_alignment_score(
         if not np.isfinite(sigma):
             raise ValueError(f"sigma must be finite, got {sigma!r}")
         if sigma > 0:
-            model = ndimage.gaussian_filter(model, sigma=(0, float(sigma), float(sigma)), mode="reflect")
+            model = _blur(model, sigma)
 
     if isinstance(ceiling, str):
         if ceiling != "none":

@@ -5,8 +5,10 @@ resizes an ``(orig_h, orig_w)`` image to ``(resized_h, resized_w)`` and feeds
 the window of ``input_size`` starting at ``(crop_top, crop_left)`` to the
 network. :func:`to_original` undoes this for maps computed on the network
 input (or on the coarser feature-map grid): upsample to ``input_size``, paste
-the window into an all-zero canvas of the resized size (the network never saw
-what lies outside the crop), and resize the canvas to the original size.
+the window into a canvas of the resized size, and resize the canvas to the
+original size. What lies outside the crop the network never saw: it is NaN
+(not 0, which would read as "unimportant"), and every consumer of heatmaps
+(metrics, plots, the report) leaves NaN pixels out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["minmax", "resize_maps", "to_original"]
+__all__ = ["minmax", "resize_maps", "resize_with_nan", "to_original"]
+
+# A pixel of a resized map is NaN when less than this fraction of its bilinear weight falls on seen pixels.
+_MIN_COVERAGE = 0.5
 
 _OUTPUTS = ("original", "resized", "input")
 
@@ -37,6 +42,42 @@ def resize_maps(x: torch.Tensor, size) -> torch.Tensor:
         return x
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[:, 0]
+
+
+def resize_with_nan(x, size):
+    """:func:`resize_maps` of maps holding NaN (pixels never seen): a normalised resize of the seen pixels.
+
+    A pixel of the result is the bilinear average of the seen pixels under
+    it (weights renormalised), or NaN where less than half of its weight
+    falls on seen pixels, so a NaN region keeps its place and size.
+
+    Parameters
+    ----------
+    x : Tensor or ndarray of shape (n, h, w)
+    size : (int, int)
+
+    Returns
+    -------
+    resized : same type as ``x``, of shape (n, *size)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.array([[[np.nan, 1.0], [np.nan, 3.0]]])
+    >>> resize_with_nan(m, (2, 4))
+    array([[[nan, nan, 1., 1.],
+            [nan, nan, 3., 3.]]])
+    """
+    is_numpy = not isinstance(x, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x
+    seen = torch.isfinite(t)
+    if bool(seen.all()):
+        out = resize_maps(t, size)
+    else:
+        value = resize_maps(torch.where(seen, t, torch.zeros_like(t)), size)
+        cover = resize_maps(seen.to(t.dtype), size)
+        out = torch.where(cover >= _MIN_COVERAGE, value / cover.clamp_min(1e-12), torch.full_like(value, float("nan")))
+    return out.numpy() if is_numpy else out
 
 
 def _as_size(input_size, default):
@@ -81,7 +122,7 @@ def _per_image_sizes(input_size, n: int):
     return sizes
 
 
-def _paste(x: torch.Tensor, geometry: np.ndarray, output: str) -> list:
+def _paste(x: torch.Tensor, geometry: np.ndarray, output: str, outside=float("nan")) -> list:
     """Maps ``x`` (n, H, W) on the network input -> canvases of the resized (or original) images."""
     H, W = x.shape[-2:]
     out = [None] * len(x)
@@ -89,7 +130,7 @@ def _paste(x: torch.Tensor, geometry: np.ndarray, output: str) -> list:
     keys, inverse = np.unique(geometry, axis=0, return_inverse=True)
     for g, (oh, ow, rh, rw, top, left) in enumerate(keys.tolist()):
         idx = np.flatnonzero(inverse.ravel() == g)
-        canvas = x.new_zeros((len(idx), rh, rw))
+        canvas = x.new_full((len(idx), rh, rw), float(outside))
         # Intersection of the crop window with the canvas (PIL pads a crop
         # that overhangs the image; those pixels have no original).
         t0, t1 = max(top, 0), min(top + H, rh)
@@ -97,7 +138,7 @@ def _paste(x: torch.Tensor, geometry: np.ndarray, output: str) -> list:
         if t1 > t0 and l1 > l0:
             canvas[:, t0:t1, l0:l1] = x[torch.from_numpy(idx)][:, t0 - top : t1 - top, l0 - left : l1 - left]
         if output == "original":
-            canvas = resize_maps(canvas, (oh, ow))
+            canvas = resize_with_nan(canvas, (oh, ow)) if np.isnan(outside) else resize_maps(canvas, (oh, ow))
         for j, i in enumerate(idx):
             out[i] = canvas[j].numpy()
     return out
@@ -107,7 +148,7 @@ def _stack_if_same(out: list):
     return np.stack(out) if len({o.shape for o in out}) == 1 else out
 
 
-def to_original(heatmaps, geometry=None, input_size=None, output="original"):
+def to_original(heatmaps, geometry=None, input_size=None, output="original", outside=float("nan")):
     """Map heatmaps from the network input back onto the original images.
 
     Parameters
@@ -128,13 +169,19 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     output : {"original", "resized", "input"}, default="original"
         Geometry of the result: the original image, the resized image before
         the crop, or the network input.
+    outside : float, default=nan
+        Value of the pixels outside the crop window (the network never saw
+        them). NaN keeps "not seen" apart from "unimportant"; the resize to
+        the original size then averages seen pixels only
+        (:func:`resize_with_nan`). A number fills the window's surround
+        before the resize (0: the behaviour of version 0.1).
 
     Returns
     -------
     maps : ndarray of shape (n_images, H, W) or list of ndarray
         Float maps (float64 for float64 input, else float32). A list of 2-D
         arrays when the results differ in size. Pixels outside the crop
-        window are 0 before the final resize to the original size.
+        window are ``outside`` (NaN).
 
     Notes
     -----
@@ -150,15 +197,15 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
     >>> import numpy as np
     >>> from sklearn_ais._geometry import to_original
     >>> m = np.zeros((1, 4, 4)); m[0, :, :2] = 1
-    >>> to_original(m, [(8, 4, 8, 4, 2, 0)], (4, 4))[0].astype(int)
-    array([[0, 0, 0, 0],
-           [0, 0, 0, 0],
-           [1, 1, 0, 0],
-           [1, 1, 0, 0],
-           [1, 1, 0, 0],
-           [1, 1, 0, 0],
-           [0, 0, 0, 0],
-           [0, 0, 0, 0]])
+    >>> to_original(m, [(8, 4, 8, 4, 2, 0)], (4, 4))[0]
+    array([[nan, nan, nan, nan],
+           [nan, nan, nan, nan],
+           [ 1.,  1.,  0.,  0.],
+           [ 1.,  1.,  0.,  0.],
+           [ 1.,  1.,  0.,  0.],
+           [ 1.,  1.,  0.,  0.],
+           [nan, nan, nan, nan],
+           [nan, nan, nan, nan]])
     """
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
@@ -176,18 +223,18 @@ def to_original(heatmaps, geometry=None, input_size=None, output="original"):
         geometry = _check_geometry(geometry, n, output)
     if items is None and sizes is None:  # one batch
         x = resize_maps(x, _as_size(input_size, x.shape[-2:]))
-        return x.numpy() if output == "input" else _stack_if_same(_paste(x, geometry, output))
+        return x.numpy() if output == "input" else _stack_if_same(_paste(x, geometry, output, outside))
     # Image by image: maps or network inputs of different sizes.
     items = items if items is not None else [x[i : i + 1] for i in range(n)]
     out = []
     for i, xi in enumerate(items):
         xi = resize_maps(xi, sizes[i] if sizes is not None else _as_size(input_size, xi.shape[-2:]))
-        out.append(xi[0].numpy() if output == "input" else _paste(xi, geometry[i : i + 1], output)[0])
+        out.append(xi[0].numpy() if output == "input" else _paste(xi, geometry[i : i + 1], output, outside)[0])
     return _stack_if_same(out)
 
 
 def minmax(heatmaps):
-    """Rescale each map to [0, 1]; a constant map becomes all zeros.
+    """Rescale each map to [0, 1]; a constant map becomes all zeros; NaN (pixels not seen) stays NaN.
 
     Parameters
     ----------
@@ -196,13 +243,14 @@ def minmax(heatmaps):
     Returns
     -------
     scaled : ndarray or list of ndarray
-        Same structure and shape; ``(x - min) / (max - min)`` per map.
-        Never NaN: a constant map (no spatial information) maps to 0.
+        Same structure and shape; ``(x - min) / (max - min)`` per map over
+        its finite pixels. NaN only where the input is NaN: a constant map
+        (no spatial information) maps to 0.
 
     Raises
     ------
     ValueError
-        A map contains NaN or inf, or the input is empty.
+        A map contains inf or nothing but NaN, or the input is empty.
 
     Examples
     --------
@@ -221,8 +269,13 @@ def minmax(heatmaps):
     if x.size == 0:
         raise ValueError(f"heatmaps is empty (shape {x.shape})")
     x = x.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError("heatmaps contain NaN or inf")
-    lo = x.min(axis=(-2, -1), keepdims=True)
-    span = x.max(axis=(-2, -1), keepdims=True) - lo
-    return np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
+    if np.isinf(x).any():
+        raise ValueError("heatmaps contain inf")
+    seen = ~np.isnan(x)
+    if not seen.any(axis=(-2, -1)).all():
+        raise ValueError("a heatmap holds nothing but NaN (no pixel was seen by the network)")
+    lo = np.nanmin(x, axis=(-2, -1), keepdims=True)
+    span = np.nanmax(x, axis=(-2, -1), keepdims=True) - lo
+    out = np.divide(x - lo, span, out=np.zeros_like(x), where=(span > 0) & seen)
+    out[~seen] = np.nan
+    return out

@@ -59,7 +59,10 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     the model's similarity matrix (the n - 1 other images) and row t of the
     human one. The heatmap of image t is ``sum_k w_k A_k``, upsampled and
     mapped back onto the original image (the transformer's resize and crop
-    undone), then min-max scaled to [0, 1] within the image.
+    undone), then min-max scaled to [0, 1] within the image. The part of the
+    original image outside the network's centre crop was never seen by the
+    network: it is NaN, not 0 (which would read as "unimportant"); the
+    metrics, plots and the report leave it out or draw it hatched.
 
     Parameters
     ----------
@@ -82,7 +85,8 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         positive normaliser gives the same scaled heatmap).
     output : {"original", "input", "maps"}, default="original"
         Geometry of the returned heatmaps: the original images' (a stacked
-        array when they share a size, else a list), the network input's
+        array when they share a size, else a list; NaN outside the crop),
+        the network input's
         ``(n, H, W)``, or the feature maps' ``(n, h, w)`` (not upsampled).
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
     device : str, default="auto"
@@ -304,7 +308,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
     def transform(self, X):
-        """Heatmaps in [0, 1].
+        """Heatmaps in [0, 1] (NaN where the network saw nothing: outside its centre crop).
 
         Parameters
         ----------

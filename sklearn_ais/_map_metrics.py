@@ -5,11 +5,17 @@ map are its ``k = ceil(p * n_pixels / 100)`` highest pixels. The pixels are
 ordered by decreasing value with a stable sort, so ties are broken in favour
 of the pixel that comes first in row-major (raster) order and exactly ``k``
 pixels are always chosen, even for maps with large flat regions.
+
+NaN in a heatmap marks a pixel the network never saw (outside its centre
+crop, :func:`sklearn_ais._geometry.to_original`): such pixels are left out of
+every comparison, so "not seen" is never counted as "unimportant". A
+comparison of two maps uses the pixels finite in both (``N`` below).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -36,6 +42,26 @@ def _check_finite(x, name):
         raise ValueError(f"{name} contains NaN or inf")
 
 
+def _check_seen(x, name):
+    """Maps may hold NaN (pixels not seen) but no inf, and at least one finite pixel each."""
+    if x.size == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape})")
+    if np.isinf(x).any():
+        raise ValueError(f"{name} contains inf")
+    flat = x.reshape(-1, x.shape[-2] * x.shape[-1]) if x.ndim >= 2 else x[None]
+    if np.isnan(flat).all(axis=1).any():
+        raise ValueError(f"{name} holds a map of nothing but NaN (no pixel seen)")
+
+
+def _seen(*rows):
+    """Pixels finite in every row (bool rows are always seen)."""
+    keep = np.ones(rows[0].shape, dtype=bool)
+    for r in rows:
+        if r.dtype != bool:
+            keep &= ~np.isnan(r)
+    return keep
+
+
 def _check_maps(x, name, allow_bool=False):
     """A (H, W) or (n, H, W) map as (n, H, W), and whether it was 2-D."""
     x = np.asarray(x)
@@ -47,7 +73,7 @@ def _check_maps(x, name, allow_bool=False):
     if x.ndim not in (2, 3):
         raise ValueError(f"{name} must have shape (H, W) or (n_images, H, W), got {x.shape}")
     if x.dtype != bool:
-        _check_finite(x, name)
+        _check_seen(x, name)
     elif x.size == 0:
         raise ValueError(f"{name} is empty (shape {x.shape})")
     return (x[None] if x.ndim == 2 else x), x.ndim == 2
@@ -107,9 +133,9 @@ def top_mask(heatmaps, top=10):
     ----------
     heatmaps : array-like of shape (H, W) or (n_images, H, W)
     top : float, default=10
-        Percentage of pixels, in (0, 100]. Exactly ``ceil(top * H * W / 100)``
-        pixels are selected per map; ties go to the earlier pixel in raster
-        order.
+        Percentage of pixels, in (0, 100]. Exactly ``ceil(top * N / 100)``
+        pixels are selected per map, ``N`` its finite (seen) pixels; ties go
+        to the earlier pixel in raster order. NaN pixels are never selected.
 
     Returns
     -------
@@ -128,7 +154,11 @@ def top_mask(heatmaps, top=10):
     if not scalar:
         raise ValueError(f"top must be a single percentage, got {top!r}")
     flat = X.reshape(len(X), -1)
-    return np.stack([_target_mask(row, tops[0]) for row in flat]).reshape(np.shape(heatmaps))
+    out = np.zeros(flat.shape, dtype=bool)
+    for i, row in enumerate(flat):
+        seen = _seen(row)
+        out[i, seen] = _target_mask(row[seen], tops[0])
+    return out.reshape(np.shape(heatmaps))
 
 
 def relative_risk(predictor, target, top=10):
@@ -142,6 +172,7 @@ def relative_risk(predictor, target, top=10):
 
     RR = 1 is chance overlap, RR = 0 disjoint top regions, and identical maps
     reach ``N / |P|`` (``100 / p`` when ``p`` % of ``N`` is a whole number).
+    ``N`` counts the pixels seen in both maps (NaN pixels are left out).
 
     Parameters
     ----------
@@ -161,7 +192,7 @@ def relative_risk(predictor, target, top=10):
     Raises
     ------
     ValueError
-        Shapes differ, a map is empty or holds NaN/inf, ``top`` is outside
+        Shapes differ, a map is empty, holds inf or only NaN, ``top`` is outside
         (0, 100], or a target region is empty (RR undefined).
 
     Examples
@@ -176,13 +207,17 @@ def relative_risk(predictor, target, top=10):
     """
     P, T, squeeze = _check_pair(predictor, target, "predictor", "target", allow_bool_b=True)
     tops, scalar = _check_percents(top, "top")
-    n, N = P.shape
+    n = len(P)
     rr = np.empty((n, len(tops)))
     for i in range(n):
-        order = _order(P[i])
+        seen = _seen(P[i], T[i])
+        Pi, Ti, N = P[i][seen], T[i][seen], int(seen.sum())
+        if N == 0:
+            raise ValueError(f"image {i}: no pixel is seen in both maps (NaN in one wherever the other is finite)")
+        order = _order(Pi)
         for j, p in enumerate(tops):
             k = _n_top(p, N)
-            mask = _target_mask(T[i], p)
+            mask = _target_mask(Ti, p)
             n_target = mask.sum()
             if n_target == 0:
                 raise ValueError(f"target mask of image {i} is empty: relative risk is undefined")
@@ -230,16 +265,20 @@ def precision_recall(predictor, target, target_top=10, percentiles=range(1, 100,
     if not t_scalar:
         raise ValueError(f"target_top must be a single percentage, got {target_top!r}")
     qs, _ = _check_percents(percentiles, "percentiles")
-    n, N = P.shape
-    ks = np.array([_n_top(q, N) for q in qs])
+    n = len(P)
     precision, recall = np.empty((n, len(qs))), np.empty((n, len(qs)))
     for i in range(n):
-        mask = _target_mask(T[i], t_top[0])
+        seen = _seen(P[i], T[i])
+        Pi, Ti, N = P[i][seen], T[i][seen], int(seen.sum())
+        if N == 0:
+            raise ValueError(f"image {i}: no pixel is seen in both maps (NaN in one wherever the other is finite)")
+        ks = np.array([_n_top(q, N) for q in qs])
+        mask = _target_mask(Ti, t_top[0])
         n_target = mask.sum()
         if n_target == 0:
             raise ValueError(f"target mask of image {i} is empty: recall is undefined")
         # hits[k - 1] = |top-k predictor pixels ∩ T|, for every k at once.
-        hits = np.cumsum(mask[_order(P[i])])[ks - 1]
+        hits = np.cumsum(mask[_order(Pi)])[ks - 1]
         precision[i], recall[i] = hits / ks, hits / n_target
     if squeeze:
         return precision[0], recall[0]
@@ -291,8 +330,8 @@ def heatmap_match(maps_a, maps_b):
     Returns
     -------
     match : ndarray of shape (n_images,), or float for 2-D input
-        Pearson's r over pixels. NaN where either map is constant (the
-        correlation is undefined).
+        Pearson's r over the pixels seen in both maps (finite). NaN where
+        either map is constant there (the correlation is undefined).
 
     Examples
     --------
@@ -303,10 +342,14 @@ def heatmap_match(maps_a, maps_b):
     array([1., 1., 1.])
     """
     A, B, squeeze = _check_pair(maps_a, maps_b, "maps_a", "maps_b")
+    seen = ~np.isnan(A) & ~np.isnan(B)
+    A, B = np.where(seen, A, np.nan), np.where(seen, B, np.nan)
     # Tested on the raw values: centring leaves rounding noise in a constant map.
-    defined = (np.ptp(A, axis=1) > 0) & (np.ptp(B, axis=1) > 0)
-    A = A - A.mean(1, keepdims=True)
-    B = B - B.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a map with no pixel seen in both: NaN
+        defined = (np.nanmax(A, 1) - np.nanmin(A, 1) > 0) & (np.nanmax(B, 1) - np.nanmin(B, 1) > 0)
+        A = np.where(seen, A - np.nanmean(A, 1, keepdims=True), 0.0)
+        B = np.where(seen, B - np.nanmean(B, 1, keepdims=True), 0.0)
     denom = np.sqrt((A * A).sum(1) * (B * B).sum(1))
     r = np.divide((A * B).sum(1), denom, out=np.full(len(A), np.nan), where=defined & (denom > 0))
     r = np.clip(r, -1.0, 1.0)

@@ -180,12 +180,12 @@ def warn_small_test_folds(splits, H, *, by_pairs: bool, stacklevel: int = 4) -> 
     m = min(small)
     sem = 1 / np.sqrt(max(m - 3, 1))
     unit = "pairs" if by_pairs else "images"
-    example = "" if by_pairs else f" (e.g. {min(len(te) for _, te in splits)} images hold {m} pairs)"
+    example = "" if by_pairs else f", among {min(len(te) for _, te in splits)} test images"
     message = (
-        f"{len(small)} of {len(counts)} held-out folds have fewer than {MIN_TEST_PAIRS} observed human pairs (the "
-        f"smallest: {m}{example}): a fold's held-out 2OI is a correlation over so few numbers that it is very noisy "
+        f"{len(small)} of {len(counts)} held-out folds have fewer than {MIN_TEST_PAIRS} observed human pairs "
+        f"(smallest: {m}{example}): a fold's held-out 2OI is a correlation over so few numbers that it is very noisy "
         f"(standard error about 1/sqrt({m} - 3) = {sem:.2f}), and so are the per-fold table and the tests over folds. "
-        f"Use fewer folds (larger held-out {unit}: e.g. cv=2 or 3), entry-wise cross-validation "
+        f"Use fewer folds (more held-out {unit} per fold: e.g. cv=2 or 3), entry-wise cross-validation "
         "(RepeatedPairKFold: held-out pairs of all images), or more repeats (RepeatedKFold) and report the mean"
     )
     warnings.warn(message, SmallFoldWarning, stacklevel=stacklevel)

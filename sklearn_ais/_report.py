@@ -90,12 +90,12 @@ def histogram_figure(scores):
 
 
 def _resize_to(heatmap, shape):
-    from PIL import Image
+    from ._geometry import resize_with_nan
 
     h = np.asarray(heatmap, dtype=np.float32)
     if h.shape == tuple(shape[:2]):
         return h
-    return np.asarray(Image.fromarray(h).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return resize_with_nan(h[None], tuple(shape[:2]))[0]  # NaN (not seen by the network) keeps its place
 
 
 def grid_figure(images, heatmaps, titles=None, ncols=GRID_COLUMNS):
@@ -117,7 +117,7 @@ def grid_figure(images, heatmaps, titles=None, ncols=GRID_COLUMNS):
     from .plotting import plot_heatmap_grid
 
     heatmaps = [_resize_to(h, np.shape(im)) for im, h in zip(images, heatmaps)]
-    return plot_heatmap_grid(images, heatmaps, ncols=ncols, titles=titles)
+    return plot_heatmap_grid(images, heatmaps, ncols=max(1, ncols // 2), titles=titles, panels="both")
 
 
 def _what_was_computed(result) -> str:
@@ -188,9 +188,10 @@ def _heatmap_pages(result, titles, out_dir) -> list[str]:
         blocks.append(_figure_block(
             f"Where the aligned information is: images {start + 1}-{stop} of {n}",
             grid_figure(result.images[start:stop], result.heatmaps[start:stop], titles[start:stop]),
-            "Per-image AIS heatmaps of the selected maps over each image (inferno colour scale: dark = low, bright "
-            "= high), each scaled to [0, 1] within its own image. Every image's heatmap at its original resolution "
-            "is in heatmaps.npz.",
+            "Per-image AIS heatmaps of the selected maps, over each image and alone beside it (inferno colour "
+            "scale: dark = low, bright = high), each scaled to [0, 1] within its own image; grey hatching: the "
+            "part of the photo outside the network's centre crop, never seen by it (NaN in heatmaps.npz, which "
+            "holds every image's heatmap at its original resolution).",
             out_dir, name,
         ))
     return blocks

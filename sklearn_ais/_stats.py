@@ -24,7 +24,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
-__all__ = ["ALTERNATIVES", "TESTS", "fold_record", "fold_summary", "nan_mean_sd", "paired_test", "transform_for_test"]
+__all__ = ["ALTERNATIVES", "TESTS", "fold_record", "fold_summary", "median_with_spread", "nan_mean_sd", "paired_test",
+           "transform_for_test"]
 
 TESTS = ("corrected_t", "paired_t", "wilcoxon")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -224,3 +225,40 @@ def warn_undefined_folds(n_undefined: int, n_total: int, stacklevel=3):
             UserWarning,
             stacklevel=stacklevel,
         )
+
+
+def median_with_spread(values, *, level=0.95, n_resamples=1000, random_state=0) -> dict:
+    """The median of per-image values with its spread and a bootstrap interval (images resampled).
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        NaN entries are left out.
+    level : float, default=0.95
+    n_resamples : int, default=1000
+    random_state : int, default=0
+
+    Returns
+    -------
+    summary : dict
+        ``median``, ``q1``, ``q3`` (the interquartile range of the values),
+        ``low``, ``high`` (the percentile bootstrap interval of the median)
+        and ``n``.
+
+    Examples
+    --------
+    >>> s = median_with_spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    >>> s["median"], s["q1"], s["q3"]
+    (3.0, 2.0, 4.0)
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        nan = float("nan")
+        return {"median": nan, "q1": nan, "q3": nan, "low": nan, "high": nan, "n": 0}
+    rng = np.random.default_rng(random_state)
+    boot = np.median(v[rng.integers(0, v.size, size=(n_resamples, v.size))], axis=1)
+    low, high = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    q1, q3 = np.percentile(v, [25, 75])
+    return {"median": float(np.median(v)), "q1": float(q1), "q3": float(q3), "low": float(low), "high": float(high),
+            "n": int(v.size)}

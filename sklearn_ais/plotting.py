@@ -6,7 +6,9 @@ on; :func:`save_figure` writes it to disk. Images may be ``uint8`` (0..255)
 or float (0..1), RGB ``(H, W, 3)`` or grayscale ``(H, W)``; heatmaps are
 ``(H, W)`` on the same geometry (as returned by
 :class:`~sklearn_ais.AISHeatmapper` and
-:func:`~sklearn_ais.attention.attention_maps`).
+:func:`~sklearn_ais.attention.attention_maps`). NaN in a heatmap marks pixels
+the network never saw (outside its centre crop): they are drawn grey and
+hatched, never as a colour of the scale.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ._stats import nan_mean_sd
 __all__ = [
     "plot_ais_histogram",
     "plot_comparison",
+    "plot_heatmap",
     "plot_heatmap_grid",
     "plot_overlay",
     "plot_path",
@@ -31,6 +34,10 @@ __all__ = [
 # Colours that stay visible on natural photographs, one per map.
 _MAP_COLORS = ("#ff2020", "#00c8ff", "#ffd700", "#40e040", "#ff8c00", "#c060ff")
 _LEVEL_STYLES = ("solid", "dashed", "dotted", "dashdot")
+# Pixels the network never saw (NaN in a heatmap): grey, hatched.
+_UNSEEN_COLOR, _UNSEEN_HATCH = "0.6", "////"
+UNSEEN_LABEL = "not seen by the network (outside its crop)"
+COLORBAR_LABEL = "heatmap\n(0–1 per image)"
 
 
 # How each comparison reads on an axis.
@@ -95,9 +102,70 @@ def _as_heatmap(heatmap, shape, name="heatmap") -> np.ndarray:
             f"{name} must have the image's shape {tuple(shape)}, got {h.shape}; "
             "map heatmaps to the original geometry first (AISHeatmapper does by default)"
         )
-    if not np.isfinite(h).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    if np.isinf(h).any():
+        raise ValueError(f"{name} contains inf")
+    if np.isnan(h).all():
+        raise ValueError(f"{name} holds nothing but NaN (no pixel seen by the network)")
     return h
+
+
+def _draw_unseen(ax, h):
+    """Grey hatching over the NaN pixels of ``h`` (what the network never saw); nothing when there are none."""
+    unseen = np.isnan(h)
+    if not unseen.any():
+        return
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(np.where(unseen, 1.0, np.nan), cmap=ListedColormap([_UNSEEN_COLOR]), vmin=0, vmax=1, alpha=0.9)
+    import matplotlib as mpl
+
+    with mpl.rc_context({"hatch.color": "0.35", "hatch.linewidth": 0.6}):
+        ax.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none", hatches=[_UNSEEN_HATCH])
+
+
+def _unit_range(h) -> bool:
+    return bool(np.nanmin(h) >= 0 and np.nanmax(h) <= 1)
+
+
+def plot_heatmap(heatmap, ax=None, cmap="inferno", colorbar=True):
+    """Draw a heatmap alone (no image under it): its values read straight off the colour scale.
+
+    Parameters
+    ----------
+    heatmap : array-like of shape (H, W)
+        NaN pixels (not seen by the network) are drawn grey and hatched. A
+        fixed [0, 1] scale when the heatmap lies in [0, 1], else autoscaled.
+    ax : matplotlib Axes, optional
+    cmap : str or Colormap, default="inferno"
+    colorbar : bool, default=True
+        A colour bar beside the panel.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.plotting import plot_heatmap
+    >>> h = np.random.default_rng(0).random((20, 30)); h[:, :3] = np.nan
+    >>> ax = plot_heatmap(h)
+    >>> len(ax.images)  # the heatmap and the grey layer of the unseen pixels
+    2
+    """
+    h = np.asarray(heatmap, dtype=np.float64)
+    if h.ndim != 2 or 0 in h.shape:
+        raise ValueError(f"heatmap must have shape (H, W), got {h.shape}")
+    h = _as_heatmap(h, h.shape)
+    ax = _axes(ax)
+    unit = _unit_range(h)
+    im = ax.imshow(h, cmap=cmap, vmin=0 if unit else None, vmax=1 if unit else None)
+    _draw_unseen(ax, h)
+    if colorbar:
+        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(COLORBAR_LABEL if unit else "heatmap", fontsize=8)
+    ax.set_axis_off()
+    return ax
 
 
 def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
@@ -109,7 +177,8 @@ def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
         ``uint8`` or float in [0, 1].
     heatmap : array-like of shape (H, W)
         Drawn on a fixed [0, 1] colour scale when it lies in [0, 1] (so
-        overlays of different images are comparable), else autoscaled.
+        overlays of different images are comparable), else autoscaled. NaN
+        pixels (not seen by the network) are drawn grey and hatched.
     ax : matplotlib Axes, optional
         Default: a new figure.
     alpha : float, default=0.5
@@ -136,8 +205,9 @@ def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
     h = _as_heatmap(heatmap, img.shape[:2])
     ax = _axes(ax)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-    unit = h.min() >= 0 and h.max() <= 1
+    unit = _unit_range(h)
     ax.imshow(h, cmap=cmap, alpha=alpha, vmin=0 if unit else None, vmax=1 if unit else None)
+    _draw_unseen(ax, h)
     ax.set_axis_off()
     return ax
 
@@ -207,8 +277,9 @@ def plot_top_contours(image, maps, top=(5, 10, 15), ax=None, colors=None, linest
     return ax
 
 
-def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="inferno", colorbar=True):
-    """Overlays of heatmaps on their images, in a grid.
+def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="inferno", colorbar=True,
+                      panels="overlay"):
+    """Overlays of heatmaps on their images (or the heatmaps alone), in a grid.
 
     Parameters
     ----------
@@ -223,13 +294,18 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="i
     alpha, cmap
         See :func:`plot_overlay`.
     colorbar : bool, default=True
-        A colour bar for the [0, 1] scale, labelled "heatmap (scaled to
-        [0, 1] within each image)".
+        A colour bar for the [0, 1] scale, labelled "heatmap (0–1 per image)"
+        on two lines (it fits beside a narrow grid).
+    panels : {"overlay", "heatmap", "both"}, default="overlay"
+        Per image: the heatmap over the image, the heatmap alone (its values
+        are not confused with the image's colours), or both side by side.
+        NaN pixels (not seen by the network) are grey and hatched, with a
+        legend entry.
 
     Returns
     -------
     fig : matplotlib Figure
-        With one Axes per image (and one for the colour bar).
+        With one Axes per panel (and one for the colour bar).
 
     Examples
     --------
@@ -251,25 +327,39 @@ def plot_heatmap_grid(images, heatmaps, ncols=8, titles=None, alpha=0.5, cmap="i
         raise ValueError(f"got {n} images but {len(titles)} titles")
     if int(ncols) < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
-    ncols = min(int(ncols), n)
-    nrows = -(-n // ncols)
+    if panels not in ("overlay", "heatmap", "both"):
+        raise ValueError(f"panels must be 'overlay', 'heatmap' or 'both', got {panels!r}")
+    kinds = ("overlay", "heatmap") if panels == "both" else (panels,)
+    ncols = min(int(ncols), n) * len(kinds)
+    nrows = -(-n * len(kinds) // ncols)
     # Panels 2 inches wide, as tall as the typical image's aspect ratio asks.
     aspect = float(np.median([np.shape(im)[0] / np.shape(im)[1] for im in images]))
     fig = plt.figure(figsize=(2 * ncols, (2 * aspect + (0.3 if titles is not None else 0)) * nrows))
-    axes = []
+    axes, unseen = [], False
     for i in range(n):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        plot_overlay(images[i], heatmaps[i], ax=ax, alpha=alpha, cmap=cmap)
-        if titles is not None:
-            ax.set_title(plain_text(titles[i]), fontsize=9)
-        axes.append(ax)
+        for j, kind in enumerate(kinds):
+            ax = fig.add_subplot(nrows, ncols, i * len(kinds) + j + 1)
+            if kind == "overlay":
+                plot_overlay(images[i], heatmaps[i], ax=ax, alpha=alpha, cmap=cmap)
+            else:
+                h = _as_heatmap(heatmaps[i], np.shape(images[i])[:2])
+                plot_heatmap(h, ax=ax, cmap=cmap, colorbar=False)
+            unseen = unseen or bool(np.isnan(np.asarray(heatmaps[i], dtype=float)).any())
+            if titles is not None and j == 0:
+                ax.set_title(plain_text(titles[i]), fontsize=9)
+            axes.append(ax)
     fig.tight_layout()
     if colorbar:
         from matplotlib import cm, colors
 
         mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap)
         bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01, shrink=min(1.0, 3.0 / nrows + 0.2))
-        bar.set_label("heatmap (scaled to [0, 1] within each image)")
+        bar.set_label(COLORBAR_LABEL, fontsize=8)
+    if unseen:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(facecolor=_UNSEEN_COLOR, hatch=_UNSEEN_HATCH, edgecolor="0.35", label=UNSEEN_LABEL)],
+                   loc="upper right", bbox_to_anchor=(1.0, 0.0), fontsize="small", frameon=False)
     return fig
 
 

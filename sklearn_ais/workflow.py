@@ -126,7 +126,7 @@ def check_output_folder(out, overwrite: bool = False, inputs=()) -> Path:
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class AnalysisResult:
     """Everything :func:`run_analysis` computed.
 
@@ -167,6 +167,21 @@ class AnalysisResult:
     provenance: dict = field(default_factory=dict)
     relative_risk: np.ndarray | None = None
     simulated: bool = False
+
+    def __repr__(self) -> str:
+        """A few lines: what was analysed and the main numbers (the arrays stay out of it)."""
+        s, sel = self.cv.summary, self.selector
+        lines = [
+            f"AnalysisResult({self.title!r}: {len(self.ids)} images, {self.provenance.get('backbone', '?')})",
+            f"  baseline 2OI (all maps, all images): {self.baseline:.3f}",
+            f"  held-out 2OI over {int(s.n_folds)} folds: all maps {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f}, "
+            f"selected {s.test_score_selected:.3f} ± {s.test_score_selected_sem:.3f} (corrected t p = {s.p_value:.2g})",
+            f"  maps kept on all images: {int(sel.support_.sum())} of {len(sel.support_)}",
+        ]
+        if self.relative_risk is not None:
+            lines.append(f"  relative risk (top 10 %): median {np.nanmedian(self.relative_risk):.2f}")
+        lines.append("  .summary_lines, .cv.table, .heatmaps, .save(out), .to_html()")
+        return "\n".join(lines)
 
     def to_html(self, out_dir=None) -> str:
         """The self-contained HTML report (figures embedded); figures also written to ``out_dir`` if given.
@@ -338,8 +353,15 @@ def run_analysis(
     if masks is not None:
         from .metrics import relative_risk
 
+        from ._stats import median_with_spread
+
         rr = relative_risk(np.asarray(heatmaps, dtype=float), np.asarray(masks, bool), top=10)
-        lines.append(f"ground truth: top-10% heatmap pixels on the object, median relative risk {np.median(rr):.2f}")
+        s = median_with_spread(rr)
+        lines.append(
+            f"ground truth: top-10% heatmap pixels on the object, relative risk over {s['n']} images: median "
+            f"{s['median']:.2f} (interquartile range {s['q1']:.2f}-{s['q3']:.2f}; 95% bootstrap interval of the "
+            f"median {s['low']:.2f}-{s['high']:.2f}; 1 = chance)"
+        )
         _say(f"      {lines[-1]}", verbose)
     _say(f"[4/4] done in {time.perf_counter() - t0:.0f} s", verbose)
     return AnalysisResult(

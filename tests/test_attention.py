@@ -32,17 +32,25 @@ def test_to_original_crop_quadrant():
     m[0, :20, :20] = 1  # top-left quadrant of the crop
     resized = to_original(m, [geom], (40, 40), output="resized")[0]
     assert resized.shape == (50, 100)
-    assert resized[5:25, 30:50].min() == 1 and resized.sum() == 400
+    assert resized[5:25, 30:50].min() == 1 and np.nansum(resized) == 400
+    # outside the crop window (rows 5..44, cols 30..69) the network saw nothing: NaN, not 0
+    assert np.isnan(resized[:5]).all() and np.isnan(resized[45:]).all() and np.isnan(resized[:, :30]).all()
+    assert np.isfinite(resized[5:45, 30:70]).all()
     out = to_original(m, [geom], (40, 40))[0]
     assert out.shape == (100, 200)
     # x2 upscale of rows 5..24, cols 30..49 -> rows 10..49, cols 60..99 (bilinear edges blur by a pixel)
     assert out[12:48, 62:98].min() == pytest.approx(1)
-    assert out[:9].max() == 0 and out[51:].max() == 0 and out[:, :59].max() == 0 and out[:, 101:].max() == 0
+    assert out[51:89, 60:140].max() == 0 and out[10:90, 101:140].max() == 0
+    assert np.isnan(out[:9]).all() and np.isnan(out[91:]).all() and np.isnan(out[:, :59]).all()
+    assert np.isnan(out[:, 141:]).all()
+    zero = to_original(m, [geom], (40, 40), outside=0.0)[0]  # the old convention on request
+    assert np.isfinite(zero).all() and zero[:9].max() == 0
     # the same quadrant given on a coarse 2 x 2 feature grid lands on the same region
     # (bilinear: 1 up to the cell centre, crop rows/cols < 10, fading to 0 at the next centre, 29.5)
     coarse = to_original(np.array([[[1.0, 0.0], [0.0, 0.0]]]), [geom], (40, 40))[0]
     assert coarse[11:29, 61:79].min() == pytest.approx(1, abs=0.01)
-    assert coarse[:9].max() == 0 and coarse[71:].max() == 0 and coarse[:, :59].max() == 0 and coarse[:, 121:].max() == 0
+    assert np.isnan(coarse[:9]).all() and coarse[71:89, 60:140].max() == 0 and np.isnan(coarse[:, :59]).all()
+    assert coarse[10:90, 121:140].max() == 0
 
 
 def test_to_original_matches_preprocessing():
@@ -58,7 +66,7 @@ def test_to_original_matches_preprocessing():
     c0, c1 = int((left + 2) * ow / rw), int((left + 46) * ow / rw)
     err = np.abs(back[r0:r1, c0:c1] - image[r0:r1, c0:c1] / 255.0)
     assert err.mean() < 0.02
-    assert c0 > 20 and back[:, : c0 - 4].max() == 0  # left of the crop: the network saw nothing
+    assert c0 > 20 and np.isnan(back[:, : c0 - 4]).all()  # left of the crop: the network saw nothing (NaN)
 
 
 def test_to_original_mixed_sizes_and_validation():
@@ -81,8 +89,11 @@ def test_minmax():
     np.testing.assert_allclose(out[0], np.arange(6).reshape(2, 3) / 5)
     assert (out[1] == 0).all() and not np.isnan(out).any()
     assert [o.shape for o in minmax([np.ones((2, 2)), np.arange(6.0).reshape(3, 2)])] == [(2, 2), (3, 2)]
-    with pytest.raises(ValueError, match="NaN"):
-        minmax(np.array([[np.nan, 1.0]]))
+    np.testing.assert_array_equal(minmax(np.array([[np.nan, 1.0, 3.0]])), [[np.nan, 0.0, 1.0]])  # NaN: not seen
+    with pytest.raises(ValueError, match="nothing but NaN"):
+        minmax(np.array([[np.nan, np.nan]]))
+    with pytest.raises(ValueError, match="inf"):
+        minmax(np.array([[np.inf, 1.0]]))
 
 
 # -- attention maps ---------------------------------------------------------------
@@ -172,7 +183,7 @@ def test_attention_matches_reference(tiny, method):
     maps = attention_maps(bb, images, method=method, batch_size=2)
     assert isinstance(maps, list) and [m.shape for m in maps] == [im.shape[:2] for im in images]
     for got, ref in zip(maps, _reference(bb, images, method)):
-        assert got.min() >= 0 and got.max() <= 1 and got.max() == pytest.approx(1)
+        assert np.nanmin(got) >= 0 and np.nanmax(got) <= 1 and np.nanmax(got) == pytest.approx(1)
         np.testing.assert_allclose(got, ref, atol=1e-5)
     again = attention_maps(bb, images, method=method, batch_size=3)
     for a, b in zip(maps, again):

@@ -221,16 +221,89 @@ def test_small_held_out_folds_warn_with_the_consequence_and_the_remedy():
         cross_validate_alignment(AISSelector(), X, H, cv=RepeatedPairKFold(5, n_repeats=1), verbose=0)
 
 
-def test_small_folds_are_said_in_the_report():
+def test_report_says_small_folds_stores_nan_outside_the_crop_and_prints_short(tmp_path):
     from sklearn_ais import DNNFeatureMapTransformer
     from sklearn_ais._pairs import SmallFoldWarning
     from sklearn_ais.workflow import run_analysis
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (20, 16, 24, 3), dtype=np.uint8)  # wider than tall: the 16 x 16 crop drops 4 + 4
+    masks = np.zeros((20, 16, 24), bool)
+    masks[:, 4:12, 8:16] = True
     _, H = _small_problem(n=20)
     with pytest.warns(SmallFoldWarning):
-        result = run_analysis(images, H, n_splits=5, n_repeats=1, device="cpu", verbose=0,
+        result = run_analysis(images, H, n_splits=5, n_repeats=1, device="cpu", verbose=0, masks=masks,
                               transformer=DNNFeatureMapTransformer(_tiny_backbone(), device="cpu", verbose=0))
     assert any("fewer than 30 observed human pairs" in line for line in result.summary_lines)
-    assert "fewer than 30 observed human pairs" in result.to_html()
+    rr_line = next(line for line in result.summary_lines if "relative risk" in line)
+    assert "interquartile range" in rr_line and "bootstrap interval" in rr_line
+    text = repr(result)
+    assert len(text) < 1000 and "20 images" in text and "held-out 2OI" in text  # not the thumbnails' arrays
+    report = result.save(tmp_path / "out")
+    assert "fewer than 30 observed human pairs" in report.read_text(encoding="utf-8")
+    with np.load(tmp_path / "out" / "heatmaps.npz") as f:
+        h = f["heatmap_0"]
+    assert h.shape == (16, 24)
+    assert np.isnan(h[:, :4]).all() and np.isnan(h[:, 20:]).all()  # never seen by the network: NaN, not 0
+    assert np.isfinite(h[:, 4:20]).all() and np.nanmin(h) == 0 and np.nanmax(h) == 1
+
+
+# --- item 5: heatmaps as data ---------------------------------------------------------------------------------------
+def test_heatmaps_are_nan_outside_the_crop():
+    from sklearn_ais import AISHeatmapper, DNNFeatureMapTransformer
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(6)] + [
+        rng.integers(0, 256, (32, 16, 3), dtype=np.uint8) for _ in range(2)]  # resized to 16 x 32: rows 8 + 8 dropped
+    fm = DNNFeatureMapTransformer(_tiny_backbone(), device="cpu", verbose=0).fit(None).transform(images)
+    _, H = _small_problem(n=8)
+    heat = AISHeatmapper().fit(fm, H).transform(fm)
+    for i in range(6):
+        assert np.isnan(heat[i][:, :4]).all() and np.isnan(heat[i][:, 20:]).all() and np.isfinite(heat[i][:, 4:20]).all()
+    for i in (6, 7):
+        assert np.isnan(heat[i][:8]).all() and np.isnan(heat[i][24:]).all() and np.isfinite(heat[i][8:24]).all()
+    inner = AISHeatmapper(output="input").fit(fm, H).transform(fm)  # the network input: every pixel seen
+    assert np.isfinite(inner).all()
+
+
+def test_metrics_leave_unseen_pixels_out():
+    from scipy import stats
+
+    from sklearn_ais.metrics import feature_alignment_score, heatmap_match, precision_recall, relative_risk, top_mask
+
+    rng = np.random.default_rng(2)
+    a, b = rng.random((3, 12, 16)), rng.random((3, 12, 16))
+    a_nan = a.copy()
+    a_nan[:, :, :3] = np.nan  # unseen border
+    inner_a, inner_b = a[:, :, 3:], b[:, :, 3:]  # the reference: the seen pixels alone
+    np.testing.assert_allclose(relative_risk(a_nan, b, top=(5, 10)), relative_risk(inner_a, inner_b, top=(5, 10)))
+    np.testing.assert_allclose(precision_recall(a_nan, b, percentiles=[5, 50]),
+                               precision_recall(inner_a, inner_b, percentiles=[5, 50]))
+    np.testing.assert_allclose(heatmap_match(a_nan, b), [stats.pearsonr(x.ravel(), y.ravel())[0]
+                                                         for x, y in zip(inner_a, inner_b)])
+    mask = top_mask(a_nan, 10)
+    assert not mask[:, :, :3].any() and (mask[:, :, 3:] == top_mask(inner_a, 10)).all()
+    ref = np.mean([stats.spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(inner_a, inner_b)])
+    assert np.isclose(feature_alignment_score(b, a_nan), ref)
+
+
+def test_unseen_pixels_are_drawn_hatched_a_heatmap_alone_panel_and_a_colour_bar_that_fits():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn_ais.plotting import UNSEEN_LABEL, plot_heatmap, plot_heatmap_grid, plot_overlay
+
+    rng = np.random.default_rng(3)
+    images = rng.random((6, 20, 30, 3))
+    heat = rng.random((6, 20, 30))
+    heat[:, :, :4] = np.nan
+    ax = plot_overlay(images[0], heat[0])
+    assert [c for c in ax.collections if getattr(c, "hatches", None) and c.hatches[0]]  # the unseen border, hatched
+    ax = plot_heatmap(heat[0])
+    assert len(ax.images) == 2  # the heatmap alone and the grey layer of the unseen pixels
+    fig = plot_heatmap_grid(images, heat, ncols=6, panels="both")
+    assert len(fig.axes) == 13 and fig.legends and fig.legends[0].get_texts()[0].get_text() == UNSEEN_LABEL
+    fig = plot_heatmap_grid(images, heat, ncols=6)  # one row of panels: a short figure
+    fig.canvas.draw()
+    label = fig.axes[-1].yaxis.label.get_window_extent()
+    assert fig.bbox.y0 <= label.y0 and label.y1 <= fig.bbox.y1  # the colour bar's label stays on the figure

@@ -82,7 +82,7 @@ def test_heatmap_grid(scene, tmp_path):
     fig = plot_heatmap_grid(images, heatmaps, ncols=2, titles=["a", "b", "c"])
     assert len(fig.axes) == 4  # three panels and the colour bar
     assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
-    assert fig.axes[3].get_ylabel() == "heatmap (scaled to [0, 1] within each image)"
+    assert fig.axes[3].get_ylabel() == "heatmap\n(0–1 per image)"
     _read_png(save_figure(fig, tmp_path / "sub" / "grid.png"))
     assert len(plot_heatmap_grid(images, heatmaps, colorbar=False).axes) == 3
     with pytest.raises(ValueError, match="3 images but 2 heatmaps"):
