@@ -52,6 +52,7 @@ def progress_bar(verbose, **kwargs):
     disable = True if level <= 0 else (None if level == 1 else False)
     return tqdm(disable=disable, delay=PROGRESS_DELAY if level == 1 else 0, **kwargs)
 
+
 # Exceptions of the backends that mean a worker died (not an error in the task itself).
 _WORKER_DEATHS = ("TerminatedWorkerError", "KilledWorker", "BrokenProcessPool", "CommClosedError",
                   "FutureCancelledError", "CancelledError")

@@ -1,7 +1,13 @@
-"""The teaching notebooks in examples/ are stored without outputs and run top to bottom without errors."""
+"""The teaching notebooks in examples/ are stored executed (outputs and small figures, so a reader on a code-hosting
+site sees them), and the tests run them again top to bottom: an error fails, and so does a stored number that a fresh
+run no longer gives (beyond noise). Refresh the stored outputs after a change with
+``SKLEARN_AIS_UPDATE_NOTEBOOKS=1 SKLEARN_AIS_DATA=../shared/data python -m pytest -p no:xdist tests/test_notebooks.py``.
+"""
 
+import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,20 +21,81 @@ REAL_DATA = {
     "tutorial_where_is_the_aligned_information.ipynb",
     "tutorial_which_model_and_method.ipynb",
 }
+# A stored figure stays small (a repository, not a gallery): bytes of one PNG, and of all of a notebook's.
+MAX_FIGURE_BYTES, MAX_NOTEBOOK_FIGURE_BYTES = 200_000, 2_000_000
+# Numbers printed by a fresh run may differ from the stored ones by this much (float noise of another machine or
+# BLAS; last-digit rounding of a printed value): |a - b| <= max(ABS_TOL, REL_TOL * max(|a|, |b|)).
+ABS_TOL, REL_TOL = 0.011, 0.03
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+# Text that is not a result: timings, addresses, progress bars.
+_VOLATILE = re.compile(r"\d+(?:\.\d+)?\s*(?:s|ms|min)\b|0x[0-9a-f]+|\d+it/s|it/s|\[\d+:\d+")
 
 
 def test_notebooks_exist():
     assert REAL_DATA <= {p.name for p in NOTEBOOKS}
 
 
+def _text_outputs(cell) -> str:
+    """A code cell's printed text (stdout and results; not stderr, which holds warnings and progress bars)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream" and out.get("name") == "stdout":
+            parts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            text = out.get("data", {}).get("text/plain")
+            if text is not None and "image/png" not in out.get("data", {}):
+                parts.append("".join(text) if isinstance(text, list) else text)
+    return "\n".join(parts)
+
+
+def _numbers(text) -> list[float]:
+    return [float(m) for m in _NUMBER.findall(_VOLATILE.sub(" ", text))]
+
+
+def stale_outputs(stored_cells, fresh_cells) -> list[str]:
+    """Where a fresh run's printed numbers differ from the stored ones beyond noise: one line per cell."""
+    problems = []
+    for i, (old, new) in enumerate(zip(stored_cells, fresh_cells)):
+        if old.get("cell_type") != "code":
+            continue
+        a, b = _numbers(_text_outputs(old)), _numbers(_text_outputs(new))
+        if len(a) != len(b):
+            problems.append(f"cell {i}: {len(a)} numbers stored, {len(b)} printed now")
+            continue
+        bad = [(x, y) for x, y in zip(a, b) if abs(x - y) > max(ABS_TOL, REL_TOL * max(abs(x), abs(y)))]
+        if bad:
+            problems.append(f"cell {i}: stored vs fresh {bad[:4]}")
+    return problems
+
+
+def test_stale_output_detector():
+    def cell(text):
+        return {"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stdout", "text": text}]}
+
+    stored = [cell("baseline 2OI 0.372, 251 maps kept, p = 3.6e-13 (12.3 s)"), {"cell_type": "markdown"}]
+    assert stale_outputs(stored, [cell("baseline 2OI 0.375, 250 maps kept, p = 4.1e-13 (19.0 s)")]) == []
+    assert stale_outputs(stored, [cell("baseline 2OI -0.038, 251 maps kept, p = 3.6e-13 (12.3 s)")]) == [
+        "cell 0: stored vs fresh [(0.372, -0.038)]"]
+    assert stale_outputs(stored, [cell("baseline 2OI 0.372, 251 maps kept")]) == [
+        "cell 0: 3 numbers stored, 2 printed now"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_is_stored_without_outputs(path):
+def test_notebook_is_stored_executed_with_small_figures(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
-    dirty = [
-        i for i, cell in enumerate(nb["cells"])
-        if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
-    ]
-    assert not dirty, f"{path.name}: clear the outputs of code cells {dirty} before saving"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    unrun = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
+    assert not unrun, f"{path.name}: code cells {unrun} have no stored run (refresh: see this module's docstring)"
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), f"{path.name}: run out of order"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: stored with an error output"
+    sizes = [len(base64.b64decode("".join(o["data"]["image/png"]))) for c in code for o in c.get("outputs", [])
+             if "image/png" in o.get("data", {})]
+    assert len(sizes) >= 5, f"{path.name} stores only {len(sizes)} figures"
+    assert max(sizes) <= MAX_FIGURE_BYTES and sum(sizes) <= MAX_NOTEBOOK_FIGURE_BYTES, (path.name, max(sizes), sum(sizes))
+    widgets = [o for c in code for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in
+               o.get("data", {})]
+    assert not widgets, f"{path.name}: widget outputs do not render on a code-hosting site"
 
 
 def _kernel_from_this_python(tmp_path, monkeypatch) -> str:
@@ -49,7 +116,7 @@ def _kernel_from_this_python(tmp_path, monkeypatch) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs_and_its_stored_outputs_are_current(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[test]' (nbformat)")
     nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[test]' (nbclient)")
     pytest.importorskip("ipykernel", reason="pip install -e '.[test]' (ipykernel)")
@@ -58,6 +125,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         if not data or not (Path(data) / "kriegeskorte92").is_dir():
             pytest.skip("real data folder not available (set SKLEARN_AIS_DATA)")
     kernel = _kernel_from_this_python(tmp_path, monkeypatch)
+    stored = nbformat.read(path, as_version=4)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, kernel_name=kernel, timeout=600, resources={"metadata": {"path": str(tmp_path)}}
@@ -67,7 +135,14 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not errors
     figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert figures >= 5, f"{path.name} drew only {figures} figures"
+    if os.environ.get("SKLEARN_AIS_UPDATE_NOTEBOOKS"):  # store this run as the notebook's outputs
+        nb.metadata["kernelspec"] = stored.metadata.get("kernelspec", nb.metadata.get("kernelspec"))
+        nbformat.write(nb, path)
+        return
     if os.environ.get("SKLEARN_AIS_KEEP_NOTEBOOKS"):  # keep the executed copy for a look
         keep = Path(os.environ["SKLEARN_AIS_KEEP_NOTEBOOKS"])
         keep.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, keep / path.name)
+    stale = stale_outputs(stored.cells, nb.cells)
+    assert not stale, (f"{path.name}: the stored outputs are stale (refresh them, see tests/test_notebooks.py): "
+                       + "; ".join(stale))

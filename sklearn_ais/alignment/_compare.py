@@ -513,7 +513,7 @@ def _progress(entries, splits, methods, verbose):
         return nullcontext()
     extractions = sum(_extracts(entry) for _, entry in entries)
     return progress_bar(verbose, total=extractions + len(entries) * len(splits) * len(methods), unit="task",
-                desc="extractions + backbone x fold x method fits")
+                        desc="extractions + backbone x fold x method fits")
 
 
 def _extracts(entry) -> bool:

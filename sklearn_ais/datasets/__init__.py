@@ -7,7 +7,7 @@ missing.
 """
 
 from ._base import DataUnavailableError, get_data_home
-from ._folder import load_image_folder
+from ._folder import load_image_folder, write_example_folder
 from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
 from ._synthetic import make_similarity_task
@@ -21,4 +21,5 @@ __all__ = [
     "load_peterson_animals",
     "load_things_similarity",
     "make_similarity_task",
+    "write_example_folder",
 ]

@@ -72,8 +72,8 @@ def load_image_folder(folder, similarity=None, *, similarity_key=None):
     """
     p = Path(folder)
     if not p.is_dir():
-        raise InputFileError(f"{display_name(folder)}: no such folder" + (" (a file: give the folder of images)"
-                                                                           if p.is_file() else ""))
+        hint = " (a file: give the folder of images)" if p.is_file() else ""
+        raise InputFileError(f"{display_name(folder)}: no such folder{hint}")
     files = list_image_files(p)
     if not files:
         raise InputFileError(f"{display_name(folder)}: the folder holds no image files")
@@ -91,3 +91,56 @@ def load_image_folder(folder, similarity=None, *, similarity_key=None):
             )
         order += f"; {display_name(similarity)}: {how}"
     return Bunch(images=[str(f) for f in files], ids=ids, similarity=None if S is None else np.asarray(S), order=order)
+
+
+def write_example_folder(path="stim", n_images=30, *, image_size=96, random_state=0):
+    """Write a folder of images and its labelled judgments file, laid out as your own study would be.
+
+    The images of :func:`~sklearn_ais.datasets.make_similarity_task` (a
+    simulated observer who judges shape and colour) as ``path/im1.png`` ..
+    ``path/imN.png``, and the observer's similarity matrix as
+    ``path/judgments.csv``, labelled with the images' names in alphabetical
+    order (``im1, im10, im11, ..., im2``), as a spreadsheet sorts them:
+    :func:`load_image_folder` matches the rows by name.
+
+    Parameters
+    ----------
+    path : str or path-like, default="stim"
+        The folder (created; it must not hold image files already).
+    n_images : int, default=30
+    image_size : int, default=96
+    random_state : int, default=0
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        folder : Path
+        similarity_file : Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from sklearn_ais.datasets import load_image_folder, write_example_folder
+    >>> example = write_example_folder(pathlib.Path(tempfile.mkdtemp()) / "stim", n_images=12, image_size=32)
+    >>> data = load_image_folder(example.folder, similarity=example.similarity_file)
+    >>> data.ids[:3], data.similarity.shape
+    (['im1.png', 'im2.png', 'im3.png'], (12, 12))
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from ._synthetic import make_similarity_task
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if list_image_files(folder):
+        raise InputFileError(f"{display_name(folder)}: the folder already holds image files; choose another one")
+    task = make_similarity_task(n_images=n_images, image_size=image_size, random_state=random_state)
+    names = [f"im{i + 1}" for i in range(n_images)]
+    for name, image in zip(names, task.images):
+        Image.fromarray(image).save(folder / f"{name}.png")
+    order = sorted(range(n_images), key=lambda i: names[i])  # alphabetical: im1, im10, im11, ..., im2, ...
+    labels = [names[i] for i in order]
+    S = np.asarray(task.similarity)[np.ix_(order, order)]
+    pd.DataFrame(S, index=labels, columns=labels).to_csv(folder / "judgments.csv")
+    return Bunch(folder=folder, similarity_file=folder / "judgments.csv")
