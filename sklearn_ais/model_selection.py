@@ -30,7 +30,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
-from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices, warn_small_test_folds
+from ._pairs import SmallFoldWarning, fold_parts, mask_pairs, observed_pairs, pair_indices, warn_small_test_folds
 from ._stats import fold_record
 from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
 from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
@@ -42,6 +42,7 @@ __all__ = [
     "RepeatedKFold",
     "RepeatedPairKFold",
     "ShuffleSplit",
+    "SmallFoldWarning",
     "AlignmentCVResult",
     "cross_validate_alignment",
     "diagonal_convention",

@@ -8,8 +8,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sklearn_ais._files import InputFileError, match_labels, read_labelled_matrix
-
 NATURAL = ["im1.png", "im2.png", "im3.png", "im10.png", "im11.png", "im20.png", "Im21.png", "im100.png"]
 
 
@@ -90,6 +88,8 @@ def _write(path, frame, **kw):
 
 @pytest.mark.parametrize("layout", ["header+index", "header only", "index only", "tab, full names"])
 def test_labelled_matrix_files_are_matched_by_name(tmp_path, layout):
+    from sklearn_ais._files import match_labels, read_labelled_matrix
+
     rng = np.random.default_rng(2)
     A = rng.normal(size=(4, 4))
     S = np.round(A + A.T, 6)
@@ -111,6 +111,8 @@ def test_labelled_matrix_files_are_matched_by_name(tmp_path, layout):
 
 
 def test_label_errors_name_the_label(tmp_path):
+    from sklearn_ais._files import InputFileError, match_labels, read_labelled_matrix
+
     with pytest.raises(InputFileError, match=r"no row in it, e\.g\. \['c\.png'\]"):
         match_labels(["a", "b", "x"], ["a.png", "b.png", "c.png"])
     with pytest.raises(InputFileError, match=r"name no image, e\.g\. \['x'\]"):

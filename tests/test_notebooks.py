@@ -35,6 +35,33 @@ def test_notebooks_exist():
     assert REAL_DATA <= {p.name for p in NOTEBOOKS}
 
 
+def small_png(data: str, max_width=900) -> str:
+    """A stored figure made small: at most ``max_width`` pixels wide, 256 colours (base64 PNG in, base64 PNG out)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image = image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image.convert("RGB")
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
+    image = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def store_small_figures(nb):
+    """Every PNG output of a notebook through :func:`small_png` (what the update mode stores)."""
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "image/png" in data:
+                png = data["image/png"]
+                data["image/png"] = small_png("".join(png) if isinstance(png, list) else png)
+    return nb
+
+
 def _text_outputs(cell) -> str:
     """A code cell's printed text (stdout and results; not stderr, which holds warnings and progress bars)."""
     parts = []
@@ -137,7 +164,7 @@ def test_notebook_runs_and_its_stored_outputs_are_current(path, tmp_path, monkey
     assert figures >= 5, f"{path.name} drew only {figures} figures"
     if os.environ.get("SKLEARN_AIS_UPDATE_NOTEBOOKS"):  # store this run as the notebook's outputs
         nb.metadata["kernelspec"] = stored.metadata.get("kernelspec", nb.metadata.get("kernelspec"))
-        nbformat.write(nb, path)
+        nbformat.write(store_small_figures(nb), path)
         return
     if os.environ.get("SKLEARN_AIS_KEEP_NOTEBOOKS"):  # keep the executed copy for a look
         keep = Path(os.environ["SKLEARN_AIS_KEEP_NOTEBOOKS"])

@@ -17,8 +17,9 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _MARK = re.compile(r"^<!--\s*readme-test:\s*(skip|continue)\s*(?:\((.*)\))?\s*-->\s*$")
-# A block that runs longer than this is too slow for the README's promise ("a few seconds") and for CI.
-BLOCK_SECONDS = 60
+# A block that needs more CPU time than this (seconds, all threads; wall time depends on the machine's load) is too
+# slow for CI: shorten it (fewer folds, a cache) or mark it skipped with the reason.
+BLOCK_CPU_SECONDS = 90
 
 
 def readme_blocks(text):
@@ -88,12 +89,13 @@ def test_readme_block_runs(index, namespaces, tmp_path_factory, monkeypatch):
     monkeypatch.chdir(cwd)
     ns = namespaces.get(index - 1) if mark == "continue" else None
     ns = dict(ns) if ns is not None else {"__name__": "__readme__"}
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         exec(compile(code, f"README.md:{line}", "exec"), ns)
     finally:
         if "dask" in sys.modules:  # a block's dask.config.set(...) must not reach the tests that run after it
             sys.modules["dask"].config.refresh()
-    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - t0
+    print(f"README.md:{line}: {cpu:.1f} s of CPU")
     namespaces[index] = ns
-    assert elapsed < BLOCK_SECONDS, f"README.md:{line} took {elapsed:.0f} s; keep README blocks to a few seconds"
+    assert cpu < BLOCK_CPU_SECONDS, f"README.md:{line} took {cpu:.0f} s of CPU; keep README blocks short"
