@@ -69,8 +69,14 @@ def _text_outputs(cell) -> str:
         if out.get("output_type") == "stream" and out.get("name") == "stdout":
             parts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
         elif out.get("output_type") in ("execute_result", "display_data"):
-            text = out.get("data", {}).get("text/plain")
-            if text is not None and "image/png" not in out.get("data", {}):
+            data = out.get("data", {})
+            if "image/png" in data:
+                continue
+            if "text/html" in data:  # a table (DataFrame, Styler): its cells, without the tags and their ids
+                html = "".join(data["text/html"]) if isinstance(data["text/html"], list) else data["text/html"]
+                parts.append(re.sub(r"<style.*?</style>|<[^>]+>", " ", html, flags=re.S))
+            elif "text/plain" in data:
+                text = data["text/plain"]
                 parts.append("".join(text) if isinstance(text, list) else text)
     return "\n".join(parts)
 

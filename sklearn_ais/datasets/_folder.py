@@ -106,7 +106,8 @@ def write_example_folder(path="stim", n_images=30, *, image_size=96, random_stat
     Parameters
     ----------
     path : str or path-like, default="stim"
-        The folder (created; it must not hold image files already).
+        The folder (created; it may hold an earlier example, rewritten, but no
+        other image files).
     n_images : int, default=30
     image_size : int, default=96
     random_state : int, default=0
@@ -133,10 +134,12 @@ def write_example_folder(path="stim", n_images=30, *, image_size=96, random_stat
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    if list_image_files(folder):
-        raise InputFileError(f"{display_name(folder)}: the folder already holds image files; choose another one")
-    task = make_similarity_task(n_images=n_images, image_size=image_size, random_state=random_state)
     names = [f"im{i + 1}" for i in range(n_images)]
+    others = [f.name for f in list_image_files(folder) if f.name not in {f"{n}.png" for n in names}]
+    if others:  # an earlier example folder is rewritten; a folder of other images is never touched
+        raise InputFileError(f"{display_name(folder)}: the folder holds other image files (e.g. {others[:2]}); "
+                             "choose another one")
+    task = make_similarity_task(n_images=n_images, image_size=image_size, random_state=random_state)
     for name, image in zip(names, task.images):
         Image.fromarray(image).save(folder / f"{name}.png")
     order = sorted(range(n_images), key=lambda i: names[i])  # alphabetical: im1, im10, im11, ..., im2, ...
