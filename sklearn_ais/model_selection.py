@@ -31,9 +31,10 @@ from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
 from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices
+from ._sklearn_compat import is_count
 from ._stats import fold_record
 from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
-from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
+from ._validation import MIN_IMAGES, check_image_cv, check_splits, default_repeated_cv
 
 __all__ = [
     "KFold",
@@ -184,7 +185,7 @@ class RepeatedPairKFold:
             Repeat by repeat, fold by fold.
         """
         _refuse_scikit_learn_caller(self)
-        if not isinstance(self.n_repeats, numbers.Integral) or self.n_repeats < 1:
+        if not is_count(self.n_repeats):
             raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
         rng = check_random_state(self.random_state)
         observed = _observed_pairs(X, y)
@@ -438,7 +439,8 @@ def _prepare_cv(estimator, X, y, cv, y_kind, random_state):
     n = X.shape[0]
     H = check_similarity_target(y, n, y_kind, ids=ids)  # similarity from here on
     by_pairs = getattr(cv, "splits_pairs", False)
-    splits = [(np.asarray(a), np.asarray(b)) for a, b in (cv.split(X, H) if by_pairs else cv.split(np.arange(n)))]
+    raw = cv.split(X, H) if by_pairs else cv.split(np.arange(n))
+    splits = check_splits(raw, n * (n - 1) // 2 if by_pairs else n, "pairs" if by_pairs else "images")
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
@@ -545,7 +547,7 @@ def permutation_test_alignment(
     >>> bool(res.p_value <= 0.05)
     True
     """
-    if not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
+    if not is_count(n_permutations):
         raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
     rng = check_random_state(random_state)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)

@@ -12,6 +12,7 @@ from .._validation import (
     MIN_IMAGES,
     check_feature_maps,
     check_image_cv,
+    check_splits,
     is_feature_maps,
     record_n_features,
     validate_maps_input,
@@ -118,7 +119,7 @@ def split_images(cv, n: int):
     -------
     splits : list of (ndarray, ndarray)
     """
-    return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]
+    return check_splits(cv.split(np.zeros((n, 1))), n)
 
 
 def standardization(E) -> tuple[np.ndarray, np.ndarray]:

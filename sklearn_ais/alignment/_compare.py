@@ -445,7 +445,7 @@ def compare_alignment(
     ['none', 'ais']
     """
     from .._stats import ALTERNATIVES, TESTS
-    from .._validation import check_image_cv
+    from .._validation import check_image_cv, check_splits
 
     if test not in TESTS or alternative not in ALTERNATIVES:
         raise ValueError(f"test must be one of {TESTS} and alternative one of {ALTERNATIVES}, got {test!r}, "
@@ -462,7 +462,7 @@ def compare_alignment(
     entries = _entries(backbones)
     n, ids = _image_count_and_ids(entries, images)
     H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
-    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    splits = check_splits(cv.split(np.zeros((n, 1))), n)
     if inference not in ("folds", "bootstrap"):
         raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
