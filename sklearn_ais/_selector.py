@@ -255,7 +255,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     def _prepare(self, X, y, reset):
         ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
-        H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
+        # fit needs structure to align with; a score on a constant y is undefined (NaN, warned)
+        H = check_similarity_target(y, len(X), self.y_kind, ids=ids, constant="raise" if reset else "warn")
         problem = make_kernel(X, self.similarity, self.device)
         return problem, H
 

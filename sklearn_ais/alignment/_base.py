@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._similarity import correlation, similarity_matrix, upper_triangle
-from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids
+from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
 from .._device import torch_threads  # noqa: F401  (re-exported for the alignment estimators)
 from .._validation import (
     MIN_IMAGES,
@@ -63,7 +63,10 @@ def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:
     -------
     r : float
     """
-    return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), upper_triangle(H), comparison)
+    h = upper_triangle(H)
+    if target_is_constant(h):  # e.g. a constant held-out block: undefined, not an error deep inside
+        return float("nan")
+    return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), h, comparison)
 
 
 def embedding_2oi(E, H, similarity: str = "pearson", comparison: str = "spearman") -> float:
@@ -183,5 +186,5 @@ class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         S = self.predict_similarity(X)
-        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X))
+        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X), constant="warn")
         return compare_upper(S, H, self.comparison)
