@@ -330,7 +330,7 @@ def standardize_target(values) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0 or target_is_constant(v):
         return np.zeros_like(v)
-    x = v / np.abs(v).max()  # one rounding; no over/underflow in the squares below
+    x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # exact (a power of two); no over/underflow below
     x = x - x.mean()
     x = x - x.mean()  # second pass: the residual mean of the first
     return x / np.sqrt(_row_sum(x[None] * x[None], overwrite=True)[0])

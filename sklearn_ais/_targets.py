@@ -72,10 +72,10 @@ def target_is_constant(values) -> bool:
     v = v[~np.isnan(v)]
     if v.size < 2 or np.ptp(v) == 0:
         return True
-    x = v / np.abs(v).max()
+    x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # an exact power-of-two rescaling: no digit lost
     x = x - x.mean()
     x = x - x.mean()  # second pass: the residual mean of the first
-    return bool(np.abs(x).max() <= _CONSTANT_ROUNDOFF)
+    return bool(np.abs(x).max() <= _CONSTANT_ROUNDOFF)  # |x| <= 1: round-off of the magnitude
 
 
 class SimilarityTargetMixin:
