@@ -19,7 +19,6 @@ the selected maps, plus a paired test.
 
 from __future__ import annotations
 
-import numbers
 import sys
 import time
 import warnings

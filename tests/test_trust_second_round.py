@@ -26,6 +26,7 @@ from sklearn_ais.backbones import PoolingHead, get_backbone
 from sklearn_ais.backbones._preprocess import as_image_source
 from sklearn_ais.model_selection import cross_validate_alignment, permutation_test_alignment
 
+
 def _upper(M):
     return M[np.triu_indices(len(M), 1)]
 
@@ -317,8 +318,8 @@ def test_heatmapper_matches_by_id_and_content():
     np.testing.assert_allclose(w, np.tile(glob, (12, 1)))
     own = hm.image_weights(FeatureMaps(maps_a, PoolingHead(), ids=ids))
     np.testing.assert_allclose(own[3], np.maximum(hm.image_scores_[3], 0) / np.maximum(hm.image_scores_[3], 0).sum())
-    fitted = AISHeatmapper(device="cpu", output="maps").fit(FeatureMaps(maps_a, PoolingHead(), ids=ids, backbone="A"),
-                                                           H)
+    labelled = FeatureMaps(maps_a, PoolingHead(), ids=ids, backbone="A")
+    fitted = AISHeatmapper(device="cpu", output="maps").fit(labelled, H)
     with pytest.raises(ValueError, match="backbone 'A' but X holds maps of backbone 'B'"):
         fitted.image_weights(FeatureMaps(maps_a, PoolingHead(), ids=ids, backbone="B"))
 
@@ -388,4 +389,3 @@ def test_cli_precheck_decodes_every_image(tmp_path):
     _check_readable([str(good)])
     with pytest.raises(InputFileError, match="bad.jpg: not a readable image"):
         _check_readable([str(good), str(bad)])
-
