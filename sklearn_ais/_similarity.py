@@ -27,9 +27,13 @@ Conventions used throughout the package:
     ``tau-a``): (concordant - discordant) / (m (m - 1) / 2); a pair tied on
     either side counts 0.
 
-  When either side is constant the correlation is undefined; for a *model*
-  side we return 0 (no information), the human side is validated to be
-  non-constant before any work starts.
+  When either side is constant the correlation is undefined: the kernels
+  return 0 for a constant *model* row (the estimators and :func:`correlation`
+  report NaN with a warning) and NaN for a constant *human* side (e.g. a
+  held-out block; a whole ``y`` is validated before any work). The human
+  side is constant by :func:`~sklearn_ais._targets.target_is_constant`:
+  after centring, relative to its own magnitude, so that no offset or scale
+  of ``y`` changes a score.
 * The tie rule of the model side (all rank comparisons, and the constant test
   of the Pearson ones): model similarities are placed on a grid of step
   2**-42 (about 2.3e-13) and two values tie when they are neighbours in sorted
@@ -40,10 +44,9 @@ Conventions used throughout the package:
   tie when they are exactly equal. For ``"pearson"`` the rule only decides
   when the model side is constant (all values one tie run -> correlation
   0); otherwise the unrounded values are used.
-* A row of embeddings (or of human values) is constant when its centred
-  energy is below 1e-12 of its raw energy (coefficient of variation below
-  ~1e-6): such rows are round-off away from constant in float32/float64
-  work and get similarity 0.
+* A row of embeddings is constant when its centred energy is below 1e-12
+  of its raw energy (coefficient of variation below ~1e-6): such rows are
+  round-off away from constant in float32/float64 work and get similarity 0.
 * Bits do not depend on the batch: every value a kernel returns for one
   candidate is computed from that candidate alone, by element-wise operations
   and row sums in a fixed order (:func:`_row_sum`) or in exact integer
