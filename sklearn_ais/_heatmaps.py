@@ -12,7 +12,7 @@ from ._ablation import make_kernel
 from ._device import threads_for
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._sklearn_compat import StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids
+from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
 from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
 
 __all__ = ["AISHeatmapper"]
@@ -64,7 +64,7 @@ def _undefined_rows(H: np.ndarray) -> np.ndarray:
     """Rows of a validated H (NaN diagonal) whose row correlation is undefined."""
     observed = ~np.isnan(H)
     too_few = observed.sum(axis=1) < 3
-    constant = np.where(observed, H, -np.inf).max(axis=1) == np.where(observed, H, np.inf).min(axis=1)
+    constant = np.array([target_is_constant(row) for row in H], dtype=bool)  # the one rule of the human side
     return too_few | constant
 
 

@@ -14,7 +14,8 @@ from ._feature_alignment import feature_alignment_score
 from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
 from ._similarity import COMPARISONS, SIMILARITIES, correlation, similarity_matrix, upper_triangle
 from ._sklearn_compat import StrOptions, validate_params
-from ._targets import Y_KINDS, as_float_matrix, check_similarity_target, check_symmetric, diagonal_convention
+from ._targets import (Y_KINDS, as_float_matrix, check_similarity_target, check_symmetric, diagonal_convention,
+                       target_is_constant)
 
 __all__ = [
     "alignment_score",
@@ -182,7 +183,7 @@ def _pool(U):
 def _paired_correlation(a, b, comparison):
     """Correlation over the pairs both vectors observe (NaN when fewer than 3, or one side constant)."""
     ok = ~np.isnan(a) & ~np.isnan(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+    if ok.sum() < 3 or target_is_constant(a[ok]) or target_is_constant(b[ok]):  # the one constant rule
         return np.nan
     return correlation(a[ok], b[ok], comparison)
 

@@ -338,6 +338,11 @@ def run_analysis(
     if len(ids) != n:
         raise ValueError(f"got {n} images but {len(ids)} ids")
     H = check_similarity_target(similarity, n, kind)  # all checks before any forward pass
+    from ._sklearn_compat import is_count
+
+    for name, value, low in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1)):
+        if not is_count(value, low):
+            raise ValueError(f"{name} must be an integer >= {low} (not a boolean), got {value!r}")
     t0 = time.perf_counter()
     transformer = _transformer(transformer, backbone, weights, device, crop, verbose)
     fm, baseline = _extract(transformer, images, ids, H, verbose)

@@ -195,6 +195,21 @@ def test_no_count_or_number_parameter_accepts_a_boolean():
         permutation_test_alignment(AISSelector(), X, H, cv=3, n_permutations=True)
 
 
+def test_hand_checked_counts_refuse_booleans():
+    from sklearn_ais.alignment import compare_alignment
+    from sklearn_ais.model_selection import RepeatedPairKFold
+    from sklearn_ais.workflow import run_analysis
+
+    X, H = _problem()
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        compare_alignment({"a": X}, None, H, methods=["none"], cv=3, inference="bootstrap", n_bootstrap=True)
+    with pytest.raises(ValueError, match="n_repeats"):
+        cross_validate_alignment(AISSelector(), X, H, cv=RepeatedPairKFold(3, n_repeats=True))
+    images = np.zeros((16, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="n_repeats must be an integer >= 1"):
+        run_analysis(images, np.nan_to_num(H, nan=1.0), n_repeats=True)  # before any network is built
+
+
 # -- 5. the feature cache -------------------------------------------------------------------------------
 _HELPER_SRC = """
 import torch

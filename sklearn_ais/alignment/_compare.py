@@ -468,6 +468,10 @@ def compare_alignment(
             raise ValueError(f"fold {fold}: its training human pairs are constant (or fewer than 3): nothing to fit on")
     if inference not in ("folds", "bootstrap"):
         raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
+    from .._sklearn_compat import is_count
+
+    if inference == "bootstrap" and not is_count(n_bootstrap):
+        raise ValueError(f"n_bootstrap must be a positive integer (not a boolean), got {n_bootstrap!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
     if inference == "bootstrap" and subject_similarities is not None:
         from ._bootstrap import oriented_subjects
