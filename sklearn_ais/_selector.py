@@ -17,7 +17,7 @@ from ._pairs import fold_parts
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._stats import fold_record
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids
+from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
 from ._validation import MIN_IMAGES, check_image_cv, check_splits, is_feature_maps, validate_maps_input
 
 __all__ = ["AISSelector", "AISSelectorCV"]
@@ -546,7 +546,7 @@ def _inner_path(selector, problem, H, train, val, by_pairs):
     """Validation path of one inner split: maps ranked on the training part, the sweep on the validation part."""
     fit_on, val_on, fit_H, val_H = fold_parts(problem, H, train, val, by_pairs=by_pairs, take=_subset)
     Hv_u = upper_triangle(val_H)
-    if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
+    if target_is_constant(Hv_u):  # no observed pair, or all equal (the one constant rule)
         warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
         return None
     _, _, _, order = selector._rank(fit_on, fit_H)

@@ -251,7 +251,7 @@ def diagonal_convention(M: np.ndarray) -> str | None:
     >>> from sklearn_ais.model_selection import diagonal_convention
     >>> D = np.array([[0., 2., 3.], [2., 0., 1.], [3., 1., 0.]])
     >>> inside = D + np.diag([1.5, 1.5, 1.5])
-    >>> diagonal_convention(D), diagonal_convention(-D), diagonal_convention(inside)
+    >>> diagonal_convention(D), diagonal_convention(5 - D), diagonal_convention(inside)
     ('dissimilarity', 'similarity', None)
     >>> crossnobis = np.array([[0., -.2, 1.], [-.2, 0., .5], [1., .5, 0.]])  # unbiased: may be negative
     >>> diagonal_convention(crossnobis)
