@@ -8,9 +8,13 @@
 * :func:`noisy_linear_imputation`, :func:`remove_pixels` -- ROAD's removal
   (Rong et al., 2022), blur and constant fill; :func:`random_maps`,
   :func:`center_bias_maps` -- control heatmaps.
+* :func:`pair_heatmaps` -- which regions of images i and j make the model's
+  similarity of the pair agree with people's (an exact decomposition of the
+  2OI into pair terms, projected onto both images).
 """
 
 from ._deletion import CONTROLS, DeletionCurves, deletion_curves, deletion_test
+from ._pair_heatmaps import pair_heatmaps
 from ._removal import (REMOVALS, area_under_curve, center_bias_maps, noisy_linear_imputation, random_maps,
                        removal_order, remove_pixels)
 
@@ -23,6 +27,7 @@ __all__ = [
     "deletion_curves",
     "deletion_test",
     "noisy_linear_imputation",
+    "pair_heatmaps",
     "random_maps",
     "removal_order",
     "remove_pixels",

@@ -4,53 +4,16 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from torch import nn
-
-from sklearn_ais import DNNFeatureMapTransformer
-from sklearn_ais.backbones import get_backbone
 from sklearn_ais.datasets import make_similarity_task
 from sklearn_ais.evaluation import deletion_curves, deletion_test
 
-
-class _Features(nn.Module):
-    """4 maps that fire only on the saturated object colours, 6 random luminance-texture maps; 4x4 pooled."""
-
-    def __init__(self):
-        super().__init__()
-        C = torch.tensor([(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1)], dtype=torch.float32)  # the task's 4 colours
-        self.colour = nn.Conv2d(3, 4, 1)
-        self.colour.weight.data = (4 * (2 * C - 1))[:, :, None, None]
-        self.colour.bias.data = -4 * (C.sum(1) - 0.5)
-        g = torch.Generator().manual_seed(0)
-        self.texture = nn.Conv2d(3, 6, 3, padding=1)
-        self.texture.weight.data = torch.randn(6, 1, 3, 3, generator=g).repeat(1, 3, 1, 1) / 3
-        self.texture.bias.data = torch.zeros(6)
-        self.pool = nn.AvgPool2d(4)
-
-    def forward(self, x):
-        return self.pool(torch.cat([torch.relu(self.colour(x)), torch.relu(self.texture(x))], 1))
-
-
-class _PlantedNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = _Features()
-        self.fc = nn.Linear(10, 4)
-
-    def forward(self, x):
-        return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-def _transformer(size=48):
-    bb = get_backbone(_PlantedNet(), layer="features", input_size=size, resize_size=size, mean=(0, 0, 0), std=(1, 1, 1))
-    return DNNFeatureMapTransformer(bb, device="cpu", batch_size=64).fit(None)
+from .conftest import planted_colour_transformer
 
 
 @pytest.fixture(scope="module")
 def planted():
     task = make_similarity_task(n_images=24, image_size=48, random_state=0, shape_weight=0.3, noise=0.05)
-    return _transformer(), task
+    return planted_colour_transformer(), task
 
 
 def test_zero_removal_leaves_maps_bitwise_unchanged(planted):
