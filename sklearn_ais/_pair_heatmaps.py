@@ -180,9 +180,9 @@ def pair_heatmaps(X, y, pairs, *, similarity="pearson", comparison="spearman", k
     sz, sh = z.std(), h_val.std()
     if sz == 0 or sh == 0:
         raise ValueError("the model or the human similarities are constant over the observed pairs")
-    O = np.zeros((n, n))
-    O[iu[0][observed], iu[1][observed]] = 1.0
-    cbar = np.einsum("ik,ij,jk->k", Et, O, Et) / N
+    judged = np.zeros((n, n))
+    judged[iu[0][observed], iu[1][observed]] = 1.0
+    cbar = np.einsum("ik,ij,jk->k", Et, judged, Et) / N
     i, j = p[:, 0], p[:, 1]
     hij = Hm[i, j]
     if np.isnan(hij).any():

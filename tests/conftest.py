@@ -155,7 +155,7 @@ def tiny_transformer(**kw):
 
 
 class _ColourFeatures(nn.Module):
-    """Planted ground truth: 4 maps that fire only on the saturated object colours, 6 random luminance-texture maps; 4x4 pooled."""
+    """Planted ground truth: 4 maps that fire only on saturated object colours, 6 random luminance-texture maps; 4x4 pooled."""
 
     def __init__(self, gain=4.0):
         super().__init__()
