@@ -11,24 +11,34 @@
 * :func:`pair_heatmaps` -- which regions of images i and j make the model's
   similarity of the pair agree with people's (an exact decomposition of the
   2OI into pair terms, projected onto both images).
+* :func:`wordnet_similarity`, :func:`wordnet_alignment` -- the WordNet
+  hierarchy as a similarity matrix (path, Wu-Palmer, depth of the lowest
+  common hypernym) and the 2OI of an embedding with it before and after a
+  selection (Tarigopula et al., 2023).
 """
 
 from ._deletion import CONTROLS, DeletionCurves, deletion_curves, deletion_test
 from ._pair_heatmaps import pair_heatmaps
 from ._removal import (REMOVALS, area_under_curve, center_bias_maps, noisy_linear_imputation, random_maps,
                        removal_order, remove_pixels)
+from ._wordnet import WORDNET_MEASURES, WordNetNotFoundError, load_wordnet, wordnet_alignment, wordnet_similarity
 
 __all__ = [
     "CONTROLS",
     "REMOVALS",
+    "WORDNET_MEASURES",
     "DeletionCurves",
+    "WordNetNotFoundError",
     "area_under_curve",
     "center_bias_maps",
     "deletion_curves",
     "deletion_test",
+    "load_wordnet",
     "noisy_linear_imputation",
     "pair_heatmaps",
     "random_maps",
     "removal_order",
     "remove_pixels",
+    "wordnet_alignment",
+    "wordnet_similarity",
 ]
