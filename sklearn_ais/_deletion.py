@@ -576,13 +576,13 @@ def deletion_test(transformer, images, y, *, methods=("ais",) + CONTROLS, heatma
     n = len(source)
     originals = [np.asarray(source[i]) for i in range(n)]
     shapes = [o.shape[:2] for o in originals]
-    H = check_similarity_target(y, n, curve_params.get("y_kind", "similarity"))
+    H = check_similarity_target(y, n, curve_params.pop("y_kind", "similarity"))  # a similarity from here on
     sources = {}
     needs_ais = any(m in ("ais", "inverted") for m in methods)
     if needs_ais:
         X = transformer.transform(originals)
         params = {} if heatmapper is None else heatmapper.get_params()
-        params["output"] = "original"
+        params.update(output="original", y_kind="similarity")
         ais = [None] * n
         for train, test_idx in _split_once(cv, n, random_state):
             hm = AISHeatmapper(**params).fit(X[train], H[np.ix_(train, train)])

@@ -107,3 +107,13 @@ def test_insertion_and_bad_input(planted):
         deletion_curves(tr, task.images[:4], heat, objective="alignment")
     with pytest.raises(ValueError, match="unknown methods"):
         deletion_test(tr, task.images[:4], task.similarity[:4, :4], methods=("ais", "saliency"))
+
+
+def test_dissimilarities_give_the_same_test(planted):
+    tr, task = planted
+    kw = dict(methods=("ais", "random"), cv=3, fractions=[0.0, 0.3], objective="alignment")
+    images, S = task.images[:12], task.similarity[:12, :12]
+    _, a = deletion_test(tr, images, S, **kw)
+    _, b = deletion_test(tr, images, S.max() - S, y_kind="dissimilarity", **kw)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(a, b)
