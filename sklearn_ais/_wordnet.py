@@ -165,6 +165,7 @@ def wordnet_alignment(X, synsets, *, keep=None, measure="wup", similarity="pears
         after : float or None
             2OI of the selected units (``None`` without ``keep``).
         wordnet_similarity : ndarray of shape (n, n)
+            The WordNet matrix the embeddings were compared with.
     """
     if similarity not in SIMILARITIES or comparison not in COMPARISONS:
         raise ValueError(f"similarity must be in {SIMILARITIES} and comparison in {COMPARISONS}")
