@@ -117,3 +117,24 @@ def test_dissimilarities_give_the_same_test(planted):
     _, b = deletion_test(tr, images, S.max() - S, y_kind="dissimilarity", **kw)
     pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(a, b)
+
+
+def test_visible_region_is_the_crop_and_untested_images_stay_intact():
+    from sklearn_ais import DNNFeatureMapTransformer
+    from sklearn_ais._deletion import _visible_region
+    from sklearn_ais.backbones import get_backbone
+
+    from .conftest import _PlantedNet
+
+    bb = get_backbone(_PlantedNet(), layer="features", input_size=48, resize_size=56, mean=(0, 0, 0), std=(1, 1, 1))
+    tr = DNNFeatureMapTransformer(bb, device="cpu").fit(None)
+    task = make_similarity_task(n_images=6, image_size=48, random_state=1)
+    fm = tr.transform(task.images)
+    region = _visible_region(fm.geometry, [fm.input_size] * 6, [(48, 48)] * 6)[0]
+    # A 48-px crop of the image resized to 56: the central 48 * 48 / 56 ~ 41 px of the original.
+    assert region[24, 24] and not region[0, 0] and not region[1, 24] and not region[24, 46]
+    assert abs(region.mean() - (48 / 56) ** 2) < 0.05
+    heat = np.random.default_rng(0).random((6, 48, 48))
+    curves = deletion_curves(tr, task.images, heat, task.similarity, fractions=[0.0, 1.0], images_tested=[2, 4],
+                             objective="alignment")
+    assert curves.alignment["heatmap"].shape == (2, 2) and curves.images.tolist() == [2, 4]
