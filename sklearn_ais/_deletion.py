@@ -35,11 +35,11 @@ from tqdm import tqdm
 from ._device import resolve_device
 from ._geometry import to_original
 from ._heatmaps import AISHeatmapper
-from ._removal import REMOVALS, center_bias_maps, random_maps, removal_order, remove_pixels
+from ._removal import REMOVALS, center_bias_maps, check_mask, random_maps, removal_order, remove_pixels
 from ._similarity import COMPARISONS, SIMILARITIES, batched_correlation, correlation, upper_triangle
 from ._stats import paired_test
 from ._targets import Y_KINDS, check_similarity_target
-from ._validation import check_image_cv
+from ._validation import as_feature_mask, check_image_cv
 from .attention import METHODS as ATTENTION_METHODS
 from .attention import attention_maps
 from .backbones._capture import capture, device_lease
@@ -248,7 +248,7 @@ class _Extractor:
     def __init__(self, transformer, keep, want_logits, device):
         self.backbone, self.head, default = _resolve(transformer)
         self.device = default if device is None else resolve_device(device)
-        self.keep = None if keep is None else torch.as_tensor(np.asarray(keep, dtype=bool))
+        self.keep = None if keep is None else torch.as_tensor(as_feature_mask(keep, transformer.n_maps_, "keep"))
         self.want_logits = want_logits
 
     def __call__(self, images):
@@ -336,8 +336,9 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
         Pixels that take part: ``"visible"``, those inside the network's
         crop (pixels it never sees are never removed, and ``x`` is a
         fraction of the visible ones); ``None``, every pixel.
-    keep : array-like of bool of shape (n_maps,), optional
-        Maps of the embedding (e.g. a selector's ``support_``); default all.
+    keep : array-like of bool of shape (n_maps,), array of int, or fitted selector, optional
+        Maps of the embedding (a boolean mask, map indices or a selector's
+        ``support_``; the others are set to 0); default all.
     similarity : {"pearson", "cosine"}, default="pearson"
     comparison : str, default="spearman"
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
@@ -376,8 +377,8 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
     originals = [np.asarray(source[i]) for i in range(n)]
     shapes = [o.shape[:2] for o in originals]
     maps = _check_heatmaps(heatmaps, shapes)
-    tested = np.arange(n) if images_tested is None else np.unique(np.asarray(images_tested, dtype=np.int64))
-    if len(tested) == 0 or tested.min() < 0 or tested.max() >= n:
+    tested = np.arange(n) if images_tested is None else np.unique(np.asarray(images_tested))
+    if not np.issubdtype(tested.dtype, np.integer) or len(tested) == 0 or tested.min() < 0 or tested.max() >= n:
         raise ValueError(f"images_tested must be indices in [0, {n}), got {images_tested!r}")
     want_alignment = "alignment" in objectives
     H = None
@@ -393,9 +394,9 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
         elif region is None:
             regions = [np.ones(s, bool) for s in shapes]
         else:
-            regions = [np.asarray(r, dtype=bool) for r in region]
-            if len(regions) != n or any(r.shape != s for r, s in zip(regions, shapes)):
-                raise ValueError("region must hold one boolean (H, W) mask per image")
+            if len(region) != n:
+                raise ValueError(f"region must hold one boolean (H, W) mask per image, got {len(region)} for {n}")
+            regions = [check_mask(r, s, f"region[{i}]") for i, (r, s) in enumerate(zip(region, shapes))]
         targets = None
         if L0 is not None:
             targets = L0.argmax(axis=1) if target is None else np.broadcast_to(np.asarray(target), (n,)).astype(int)

@@ -71,7 +71,8 @@ def _check_image(image, name="image"):
     return x
 
 
-def _check_mask(mask, shape, name="mask"):
+def check_mask(mask, shape, name="mask"):
+    """A boolean (H, W) mask of ``shape`` (``True`` = removed); anything else is refused."""
     m = np.asarray(mask)
     if m.dtype != bool:
         raise TypeError(f"{name} must be a boolean array (True = removed pixel), got dtype {m.dtype}")
@@ -113,7 +114,7 @@ def noisy_linear_imputation(image, mask, noise=0.01, random_state=None, fill=0.5
     0.5
     """
     x = _check_image(image)
-    m = _check_mask(mask, x.shape[:2])
+    m = check_mask(mask, x.shape[:2])
     H, W, C = x.shape
     out = x.copy()
     flat = m.ravel()
@@ -181,7 +182,7 @@ def remove_pixels(image, mask, method="road", *, noise=0.01, sigma=5.0, fill=0.5
     if method == "road":
         return noisy_linear_imputation(image, mask, noise=noise, random_state=random_state, fill=fill)
     x = _check_image(image)
-    m = _check_mask(mask, x.shape[:2])
+    m = check_mask(mask, x.shape[:2])
     out = x.copy()
     if not m.any():
         return out
@@ -220,7 +221,7 @@ def removal_order(heatmap, region=None, random_state=None):
     if not np.isfinite(h).all():
         raise ValueError("heatmap contains NaN or inf")
     flat = h.ravel()
-    idx = np.arange(flat.size) if region is None else np.flatnonzero(_check_mask(region, h.shape, "region"))
+    idx = np.arange(flat.size) if region is None else np.flatnonzero(check_mask(region, h.shape, "region"))
     tie = check_random_state(random_state).random_sample(len(idx))
     return idx[np.lexsort((tie, -flat[idx]))]
 

@@ -105,6 +105,10 @@ def test_insertion_and_bad_input(planted):
         deletion_curves(tr, task.images[:4], heat[:, :10], task.similarity[:4, :4])
     with pytest.raises(ValueError, match="needs y"):
         deletion_curves(tr, task.images[:4], heat, objective="alignment")
+    with pytest.raises(ValueError, match="images_tested"):
+        deletion_curves(tr, task.images[:4], heat, task.similarity[:4, :4], images_tested=[0.5, 1.0])
+    with pytest.raises(TypeError, match="boolean"):
+        deletion_curves(tr, task.images[:4], heat, task.similarity[:4, :4], region=list(np.ones((4, 48, 48))))
     with pytest.raises(ValueError, match="unknown methods"):
         deletion_test(tr, task.images[:4], task.similarity[:4, :4], methods=("ais", "saliency"))
 
@@ -138,3 +142,17 @@ def test_visible_region_is_the_crop_and_untested_images_stay_intact():
     curves = deletion_curves(tr, task.images, heat, task.similarity, fractions=[0.0, 1.0], images_tested=[2, 4],
                              objective="alignment")
     assert curves.alignment["heatmap"].shape == (2, 2) and curves.images.tolist() == [2, 4]
+
+
+def test_keep_is_read_as_a_feature_mask(planted):
+    """Indices, a boolean mask and a selector mean the same maps; a 0/1 float array is refused as ambiguous."""
+    tr, task = planted
+    heat = np.random.default_rng(4).random((5, 48, 48))
+    kw = dict(fractions=[0.0, 0.4], objective="alignment", removal="constant")
+    args = (tr, task.images[:5], heat, task.similarity[:5, :5])
+    by_index = deletion_curves(*args, keep=[0, 1, 2, 3], **kw).alignment["heatmap"]
+    mask = np.arange(10) < 4
+    np.testing.assert_array_equal(deletion_curves(*args, keep=mask, **kw).alignment["heatmap"], by_index)
+    assert not np.allclose(deletion_curves(*args, **kw).alignment["heatmap"], by_index)
+    with pytest.raises(TypeError, match="ambiguous"):
+        deletion_curves(*args, keep=mask.astype(float), **kw)
