@@ -9,7 +9,7 @@ heatmaps are cross-fitted (5 image-wise folds): no heatmap has seen its image's 
 Run (slow: about 20-40 min on 2 shared CPU cores without Score-CAM; Score-CAM costs one forward pass per map and
 image, 1280 x 92, and is opt-in)::
 
-    SKLEARN_AIS_DATA=../shared/data nice python benchmarks/deletion_kriegeskorte92.py [--scorecam] [--out FILE]
+    SKLEARN_AIS_DATA=../shared/data nice python benchmarks/deletion_kriegeskorte92.py [--scorecam] [--n-jobs N] [--out FILE]
 """
 
 import argparse
@@ -28,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--scorecam", action="store_true", help="also Score-CAM (1280 forward passes per image)")
     parser.add_argument("--n-images", type=int, default=None, help="first N images only (a smoke run)")
     parser.add_argument("--fractions", default="0,0.1,0.2,0.3,0.5,0.7,1", help="fractions of visible pixels")
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel ROAD solves (joblib n_jobs)")
     parser.add_argument("--out", default=None, help="write the tables as JSON here")
     args = parser.parse_args(argv)
 
@@ -41,7 +42,8 @@ def main(argv=None):
     fractions = [float(x) for x in args.fractions.split(",")]
     start = time.perf_counter()
     curves, table = deletion_test(transformer, images, H, methods=methods, cv=5, fractions=fractions,
-                                  objective=("alignment", "logits"), random_state=0, verbose=1)
+                                  objective=("alignment", "logits"), random_state=0, n_jobs=args.n_jobs,
+                                  verbose=1)
     seconds = time.perf_counter() - start
     logits = curves.compare("ais", objective="logits")
     pd.set_option("display.width", 160)

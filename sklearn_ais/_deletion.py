@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ._device import resolve_device
 from ._geometry import to_original
+from ._parallel import parallel_map
 from ._heatmaps import AISHeatmapper
 from ._removal import REMOVALS, center_bias_maps, check_mask, random_maps, removal_order, remove_pixels
 from ._similarity import COMPARISONS, SIMILARITIES, batched_correlation, correlation, upper_triangle
@@ -298,7 +299,8 @@ def _visible_region(geometry, input_sizes, shapes):
 def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", fractions=DEFAULT_FRACTIONS,
                     removal="road", objective=("alignment", "logits"), images_tested=None, region="visible",
                     keep=None, similarity="pearson", comparison="spearman", y_kind="similarity", target=None,
-                    noise=0.01, sigma=5.0, fill=0.5, random_state=0, batch_size=32, device=None, verbose=0):
+                    noise=0.01, sigma=5.0, fill=0.5, random_state=0, batch_size=32, device=None, n_jobs=None,
+                    verbose=0):
     """Deletion (or insertion) curves of heatmaps on the alignment objective and on class logits.
 
     For every heatmap source, every fraction ``x`` and every tested image
@@ -353,6 +355,9 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
     batch_size : int, default=32
     device : str, optional
         Default: the transformer's.
+    n_jobs : int or None, default=None
+        Parallel pixel removals (ROAD's sparse solves run on the CPU) through
+        joblib, within each batch; the results do not depend on it.
     verbose : int, default=0
         A progress bar over all perturbed images when > 0.
 
@@ -423,7 +428,8 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
         def flush():
             if not pending:
                 return
-            e, lg, _, _ = extractor([img for _, img in pending])
+            images = parallel_map(_perturbed, [task for _, task in pending], n_jobs=n_jobs)
+            e, lg, _, _ = extractor(images)
             rows = [j for j, _ in pending]
             E[rows] = e
             if L is not None:
@@ -446,9 +452,7 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
                 bar.update(1)
                 continue
             seed = np.random.default_rng(children[offset + j]).integers(2**31)
-            img = remove_pixels(originals[t] / 255.0, removed, removal, noise=noise, sigma=sigma, fill=fill,
-                                random_state=seed)
-            pending.append((j, _as_uint8(img)))
+            pending.append((j, (originals[t], removed, removal, noise, sigma, fill, seed)))
             if len(pending) == batch_size:
                 flush()
         flush()
@@ -466,6 +470,12 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
         logits = {name: L[s_i][:, np.arange(len(tested)), targets[tested]].T for s_i, name in enumerate(names)}
     return DeletionCurves(f, mode, names, tested, alignment, matrix, logits,
                           None if targets is None else targets[tested], comparison)
+
+
+def _perturbed(image, removed, removal, noise, sigma, fill, seed):
+    """One uint8 image with ``removed`` pixels removed (a module-level function: joblib sends it to workers)."""
+    return _as_uint8(remove_pixels(image / 255.0, removed, removal, noise=noise, sigma=sigma, fill=fill,
+                                   random_state=seed))
 
 
 def _batched(extractor, images, batch_size):

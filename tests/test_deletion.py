@@ -156,3 +156,16 @@ def test_keep_is_read_as_a_feature_mask(planted):
     assert not np.allclose(deletion_curves(*args, **kw).alignment["heatmap"], by_index)
     with pytest.raises(TypeError, match="ambiguous"):
         deletion_curves(*args, keep=mask.astype(float), **kw)
+
+
+def test_parallel_removal_gives_the_same_curves(planted):
+    joblib = pytest.importorskip("joblib")
+    tr, task = planted
+    heat = np.random.default_rng(5).random((5, 48, 48))
+    kw = dict(fractions=[0.0, 0.3, 0.6], objective=("alignment", "logits"), batch_size=4, random_state=7)
+    serial = deletion_curves(tr, task.images[:5], heat, task.similarity[:5, :5], **kw)
+    with joblib.parallel_config(backend="threading"):
+        threaded = deletion_curves(tr, task.images[:5], heat, task.similarity[:5, :5], n_jobs=2, **kw)
+    np.testing.assert_array_equal(serial.alignment["heatmap"], threaded.alignment["heatmap"])
+    np.testing.assert_array_equal(serial.logits["heatmap"], threaded.logits["heatmap"])
+    assert not np.array_equal(serial.logits["heatmap"][:, 0], serial.logits["heatmap"][:, 2])  # ROAD moved them
