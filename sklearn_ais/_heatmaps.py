@@ -184,6 +184,14 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     >>> heat = hm.transform(FeatureMaps(maps, PoolingHead()))
     >>> heat.shape, float(heat.min()), float(heat.max())
     ((12, 4, 4), 0.0, 1.0)
+
+    The released code's settings (Truong et al., 2024; see the README):
+
+    >>> released = AISHeatmapper(comparison="pearson_r2", image_comparison="pearson", weighting="average",
+    ...                          output="maps", normalize="max", squared=True)
+    >>> released = released.fit(FeatureMaps(maps, PoolingHead()), H)
+    >>> int((released.image_score_sums_ < 0).sum())  # images whose signed average is negated
+    4
     """
 
     _parameter_constraints: dict = {
