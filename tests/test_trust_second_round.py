@@ -359,6 +359,9 @@ def test_exif_orientation_is_applied_by_every_reader(tmp_path):
     np.testing.assert_array_equal(np.asarray(as_image_source([str(p)])[0]), viewer)
     np.testing.assert_array_equal(np.asarray(as_image_source([Image.open(p)])[0]), viewer)
     np.testing.assert_array_equal(_as_image(Image.open(p)), viewer)  # plot_overlay's reader
+    from sklearn_ais._removal import _check_image
+
+    np.testing.assert_array_equal(_check_image(Image.open(p)), viewer)  # the deletion tests' pixel removal
 
 
 def test_pixel_range_does_not_depend_on_the_container():
