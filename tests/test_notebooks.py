@@ -27,6 +27,8 @@ MAX_FIGURE_BYTES, MAX_NOTEBOOK_FIGURE_BYTES = 200_000, 2_000_000
 # BLAS; last-digit rounding of a printed value): |a - b| <= max(ABS_TOL, REL_TOL * max(|a|, |b|)).
 ABS_TOL, REL_TOL = 0.011, 0.03
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+# Table columns that hold timings (left out of the comparison).
+_TIMING_COLUMN = re.compile(r"time|seconds|duration", re.I)
 # Text that is not a result: timings, addresses, progress bars.
 _VOLATILE = re.compile(r"\d+(?:\.\d+)?\s*(?:s|ms|min)\b|0x[0-9a-f]+|\d+it/s|it/s|\[\d+:\d+")
 
@@ -74,11 +76,24 @@ def _text_outputs(cell) -> str:
                 continue
             if "text/html" in data:  # a table (DataFrame, Styler): its cells, without the tags and their ids
                 html = "".join(data["text/html"]) if isinstance(data["text/html"], list) else data["text/html"]
-                parts.append(re.sub(r"<style.*?</style>|<[^>]+>", " ", html, flags=re.S))
+                parts.append(_table_text(html))
             elif "text/plain" in data:
                 text = data["text/plain"]
                 parts.append("".join(text) if isinstance(text, list) else text)
     return "\n".join(parts)
+
+
+def _table_text(html) -> str:
+    """The cells of the HTML tables in ``html`` as text, without the columns that hold timings (``fit_time``)."""
+    html = re.sub(r"<style.*?</style>", " ", html, flags=re.S)
+    out = []
+    for table in re.findall(r"<table.*?</table>", html, flags=re.S) or [html]:
+        rows = [[re.sub(r"<[^>]+>", " ", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)]
+                for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S)]
+        header = rows[0] if rows else []
+        timed = {k for k, name in enumerate(header) if _TIMING_COLUMN.search(name)}
+        out.extend(" ".join(c for k, c in enumerate(row) if k not in timed) for row in rows)
+    return "\n".join(out)
 
 
 def _numbers(text) -> list[float]:
@@ -111,6 +126,14 @@ def test_stale_output_detector():
         "cell 0: stored vs fresh [(0.372, -0.038)]"]
     assert stale_outputs(stored, [cell("baseline 2OI 0.372, 251 maps kept")]) == [
         "cell 0: 3 numbers stored, 2 printed now"]
+
+    def table(t, score):
+        html = ("<table><thead><tr><th></th><th>test_2oi</th><th>fit_time</th></tr></thead><tbody><tr><th>0</th>"
+                f"<td>{score}</td><td>{t}</td></tr></tbody></table>")
+        return {"cell_type": "code", "outputs": [{"output_type": "execute_result", "data": {"text/html": html}}]}
+
+    assert stale_outputs([table(1.12, 0.322)], [table(2.30, 0.324)]) == []  # a timing column is not a result
+    assert stale_outputs([table(1.12, 0.322)], [table(1.12, 0.196)]) == ["cell 0: stored vs fresh [(0.322, 0.196)]"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
