@@ -16,7 +16,7 @@ LAYERS = {
     2: ["backbones", "_containers", "_feature_maps", "_feature_cache", "_geometry"],
     3: ["_similarity", "_ablation", "metrics", "_map_metrics", "_feature_alignment"],
     4: ["_selector", "_heatmaps", "attention", "alignment._base", "alignment._reweighting", "alignment._glocal",
-        "alignment._pruning"],
+        "alignment._pruning", "alignment._harmonization_loss", "alignment._harmonization"],
     5: ["model_selection", "alignment._compare", "alignment"],
     6: ["plotting", "_report", "workflow"],
     7: ["cli"],
