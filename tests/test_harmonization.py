@@ -234,3 +234,15 @@ def test_clone_and_pickle_keep_the_fitted_network(task):
     assert not hasattr(c, "model_") and c.get_params()["lr"] == h.lr
     back = pickle.loads(pickle.dumps(h))
     np.testing.assert_array_equal(back.predict(task.images), h.predict(task.images))
+
+
+def test_freeze_norm_keeps_the_running_statistics(task):
+    bb = _backbone()
+    before = {k: v.clone() for k, v in bb.model[1].state_dict().items()}
+    frozen = Harmonizer(bb, freeze_norm=True, validation_fraction=None, **{**KW, "epochs": 1}).fit(
+        task.images, task.shapes, maps=task.masks)
+    bn = frozen.model_.model[1]
+    assert torch.equal(bn.running_mean, before["running_mean"]) and torch.equal(bn.running_var, before["running_var"])
+    assert not torch.equal(bn.weight, before["weight"])  # the affine parameters still train
+    moving = Harmonizer(bb, validation_fraction=None, **{**KW, "epochs": 1}).fit(task.images, task.shapes, maps=task.masks)
+    assert not torch.equal(moving.model_.model[1].running_mean, before["running_mean"])

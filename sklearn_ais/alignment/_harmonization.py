@@ -417,6 +417,7 @@ class Harmonizer(BaseEstimator):
         "device": [str, torch.device],
         "amp": ["boolean"],
         "deterministic": ["boolean"],
+        "freeze_norm": ["boolean"],
         "verbose": ["verbose"],
         "random_state": [None, Interval(Integral, 0, None, closed="left")],
     }
@@ -444,6 +445,7 @@ class Harmonizer(BaseEstimator):
         device="auto",
         amp=False,
         deterministic=False,
+        freeze_norm=False,
         verbose=0,
         random_state=0,
     ):
@@ -467,6 +469,7 @@ class Harmonizer(BaseEstimator):
         self.device = device
         self.amp = amp
         self.deterministic = deterministic
+        self.freeze_norm = freeze_norm
         self.verbose = verbose
         self.random_state = random_state
 
@@ -624,6 +627,13 @@ class Harmonizer(BaseEstimator):
         except ValueError:  # too few images of a class to stratify
             return train_test_split(idx, test_size=self.validation_fraction, random_state=seed % (2**31))
 
+    def _train_mode(self, model):
+        model.train()
+        if self.freeze_norm:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
     def _make_optimizer(self, model):
         params = [p for p in model.parameters() if p.requires_grad]
         if self.optimizer == "sgd":
@@ -678,7 +688,7 @@ class Harmonizer(BaseEstimator):
                 t0 = time.perf_counter()
                 order = np.random.default_rng(_seed(self.random_state, "order", epoch)).permutation(train_idx)
                 sums = np.zeros(4)
-                model.train()
+                self._train_mode(model)
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(_seed(self.random_state, "epoch", epoch))
                     for start in range(0, len(order), self.batch_size):
