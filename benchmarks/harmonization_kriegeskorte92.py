@@ -34,7 +34,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from sklearn_ais import AISHeatmapper, DNNFeatureMapTransformer
-from sklearn_ais.alignment import Harmonizer, feature_alignment_score
+from sklearn_ais.alignment import Harmonizer
 from sklearn_ais.backbones import get_backbone
 from sklearn_ais.datasets import load_kriegeskorte92
 from sklearn_ais.metrics import alignment_score
