@@ -706,7 +706,8 @@ class Harmonizer(BaseEstimator):
                                                    parts["weight_term"]])
                         bar.update(1)
                 val_loss, val_acc = self._validate(model, pixels, y, targets, tokens, val_idx, device)
-                means = sums / len(order)
+                means = [float(v) for v in sums / len(order)]
+                val_loss, val_acc = float(val_loss), float(val_acc)
                 record = {"epoch": epoch + 1, "loss": means[0], "cross_entropy": means[1], "map_term": means[2],
                           "weight_term": means[3], "val_loss": val_loss, "val_accuracy": val_acc,
                           "seconds": time.perf_counter() - t0}
