@@ -6,7 +6,7 @@ the same settings and seeds: with the harmonization loss (``map_weight=1``, the 
 ``map_weight=0`` (the control). On each held-out fold the script reports the feature alignment score of the
 gradient saliency (``Harmonizer.saliency_maps`` of the true class) against the object masks, and the shape accuracy.
 
-Run (about 4 minutes on one core)::
+Run (about 10 minutes on one shared core)::
 
     OMP_NUM_THREADS=1 python benchmarks/harmonization_synthetic.py
 
