@@ -267,6 +267,13 @@ def test_nested_layer_selection_finds_the_planted_layer():
     res = cross_validate_layers(X, H, cv=5, inner_cv=5)
     assert res["chosen"].get("b", 0) >= 4, res["table"]
     assert res["table"]["test_score_selected"].mean() > 0.3
+    # each layer is a candidate model of compare_alignment, as it is
+    from sklearn_ais.alignment import compare_alignment
+
+    table = compare_alignment(X, None, H, methods=("none", "ais"), cv=3).table
+    assert sorted(set(table["backbone"])) == ["a", "b", "c"]
+    best = table[table["method"] == "ais"].groupby("backbone")["test_2oi"].mean()
+    assert best.idxmax() == "b"
 
 
 # ---------------------------------------------------------------------------
