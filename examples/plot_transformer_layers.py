@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sklearn_ais import AISHeatmapper, DNNFeatureMapTransformer
+from sklearn_ais.datasets import make_planted_patch_task
 from sklearn_ais.metrics import relative_risk
 from sklearn_ais.model_selection import cross_validate_layers
 from sklearn_ais.plotting import plot_heatmap_grid, save_figure
@@ -51,18 +52,8 @@ out.mkdir(parents=True, exist_ok=True)
 
 # %%
 # A planted-patch task: 40 images, one textured 48 x 48 square each (4 textures), on the ImageNet mean colour.
-rng = np.random.default_rng(0)
-n, S, P = 40, 160, 48
-textures = rng.integers(0, 256, size=(4, P, P, 3))
-which = rng.integers(0, 4, size=n)
-images = np.tile(np.array([124, 116, 104], dtype=np.uint8), (n, S, S, 1))
-masks = np.zeros((n, S, S), bool)
-for i in range(n):
-    r, c = rng.integers(0, S - P, size=2)
-    images[i, r:r + P, c:c + P] = textures[which[i]]
-    masks[i, r:r + P, c:c + P] = True
-codes = rng.normal(size=(4, 6))
-H = np.corrcoef(codes[which] + 0.3 * rng.normal(size=(n, 6)))  # the observer: texture identity, with noise
+task = make_planted_patch_task(n_images=40, image_size=160, patch_size=48, n_textures=4, random_state=0)
+images, masks, H = task.images, task.masks, task.similarity  # the observer: texture identity, with noise
 
 # %%
 # Every block's patch tokens in one pass; the mean of the patch tokens embeds each block (exact pooling kernel).

@@ -287,18 +287,12 @@ def test_planted_patch_heatmaps_on_a_token_model():
     from sklearn_ais import AISHeatmapper
     from sklearn_ais.metrics import relative_risk
 
-    rng = np.random.default_rng(0)
-    n, S, P = 32, 160, 48
-    protos = rng.integers(0, 256, size=(4, P, P, 3))
-    which = rng.integers(0, 4, size=n)
-    images = np.tile(np.array([124, 116, 104], dtype=np.uint8), (n, S, S, 1))  # the ImageNet mean colour
-    masks = np.zeros((n, S, S), bool)
-    for i in range(n):
-        r, c = rng.integers(0, S - P, size=2)
-        images[i, r:r + P, c:c + P] = protos[which[i]]
-        masks[i, r:r + P, c:c + P] = True
-    codes = rng.normal(size=(4, 6))
-    H = np.corrcoef(codes[which] + 0.3 * rng.normal(size=(n, 6)))
+    from sklearn_ais.datasets import make_planted_patch_task
+
+    task = make_planted_patch_task(n_images=32, image_size=160, patch_size=48, random_state=0)
+    images, masks, H = task.images, task.masks, task.similarity
+    n, S = 32, 160
+    assert not masks.all(axis=0).any() and (masks.sum(axis=(1, 2)) == 48 * 48).all()
     t = DNNFeatureMapTransformer("timm:test_vit", weights=None, layer="blocks.1", head="mean", crop=False)
     fm = t.fit_transform(images)
     assert fm.token_pooling == "mean" and fm.shape == (n, 64, 10, 10)

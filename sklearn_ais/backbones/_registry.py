@@ -743,6 +743,14 @@ def _hub_file(cfg: dict) -> str:
     return cfg.get("url") or "(no published file)"
 
 
+def _offline(what: str, exc: Exception, where: str) -> RuntimeError:
+    """The error of a failed download, naming the file to fetch on a machine with internet access."""
+    return RuntimeError(
+        f"downloading {what} failed ({type(exc).__name__}: {exc}). Without internet access, download {where} on "
+        f"another machine and pass the local file: weights='/path/to/{where.rstrip('/').rsplit('/', 1)[-1]}'"
+    )
+
+
 def _create_timm_pretrained(name: str):
     import timm
 
@@ -765,11 +773,7 @@ def _build_timm(name: str, weights) -> _Built:
         try:
             model = _create_timm_pretrained(name)
         except Exception as exc:
-            raise RuntimeError(
-                f"downloading the pretrained weights of {full} failed ({type(exc).__name__}: {exc}). Without internet "
-                f"access, download {where} on another machine and pass the local file: weights='/path/to/"
-                f"{where.rsplit('/', 1)[-1]}'"
-            ) from exc
+            raise _offline(f"the pretrained weights of {full}", exc, where) from exc
         source = WeightsSource("package", name=f"timm {model.pretrained_cfg.get('hf_hub_id') or name}",
                                version=importlib.metadata.version("timm"))
     else:
@@ -836,10 +840,7 @@ def _build_open_clip(name: str, weights) -> _Built:
             except Exception as exc:
                 cfg = open_clip.get_pretrained_cfg(name, tag)
                 where = (f"https://huggingface.co/{cfg['hf_hub']}" if cfg.get("hf_hub") else cfg.get("url", "?"))
-                raise RuntimeError(
-                    f"downloading the {tag} weights of {full} failed ({type(exc).__name__}: {exc}). Without internet "
-                    f"access, download {where} on another machine and pass the local file: weights='/path/to/file'"
-                ) from exc
+                raise _offline(f"the {tag} weights of {full}", exc, where) from exc
             source = WeightsSource("package", name=f"open_clip {name} {tag}",
                                    version=importlib.metadata.version("open-clip-torch"))
         else:

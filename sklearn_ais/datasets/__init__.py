@@ -9,7 +9,7 @@ missing.
 from ._base import DataUnavailableError, get_data_home
 from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
-from ._synthetic import make_similarity_task
+from ._synthetic import make_planted_patch_task, make_similarity_task
 from ._things import load_things_similarity
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "load_kriegeskorte92",
     "load_peterson_animals",
     "load_things_similarity",
+    "make_planted_patch_task",
     "make_similarity_task",
 ]
