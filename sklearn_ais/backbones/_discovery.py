@@ -46,7 +46,7 @@ def _penultimate_timm(model, x):
 
 
 def probe(model: nn.Module, input_size, layer: str | None = None) -> Probe:
-    """Run ``model`` on a seeded random batch of two images; find the layer (unless given) and the penultimate output.
+    """Run ``model`` on one seeded random image; find the layer (unless given) and the penultimate output.
 
     Parameters
     ----------
@@ -60,7 +60,7 @@ def probe(model: nn.Module, input_size, layer: str | None = None) -> Probe:
     """
     gen = torch.Generator().manual_seed(0)
     p = next(model.parameters(), None)
-    x = torch.randn(2, 3, *input_size, generator=gen).to(p.device if p is not None else "cpu")
+    x = torch.randn(1, 3, *input_size, generator=gen).to(p.device if p is not None else "cpu")
     records, calls, hooks = [], {}, []
     last_linear = []
     for name, module in model.named_modules():
