@@ -325,3 +325,17 @@ def test_token_gradcam_is_the_gradient_weighted_patch_grid():
     G = grad[:, 1:].reshape(2, 10, 10, 64)
     want = torch.relu((A * G.mean(dim=(1, 2))[:, None, None, :]).sum(-1))
     np.testing.assert_allclose(cam.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_vision_transformer_module_gets_its_tokens_too():
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit").eval()
+    bb = get_backbone(vit, layer="blocks.2")
+    assert bb.tokens is not None and bb.token_pooling == "cls" and isinstance(bb.head, TokenHead)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        (maps, extra), = bb.forward_layers(x, ["blocks.2"])
+        np.testing.assert_allclose(bb.head(maps, extra=extra).numpy(),
+                                   vit.forward_head(vit.forward_features(x), pre_logits=True).numpy(), atol=1e-5)

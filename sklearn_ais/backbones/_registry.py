@@ -914,6 +914,11 @@ def _from_module(model: nn.Module, weights) -> _Built:
     if weights is not None and not is_default_alias(weights):
         state_dict, source = user_weights(weights)
         _load_into(model, state_dict, source, arch)
+    layout = token_layout(model) if arch is None else None
+    if layout is not None:  # a timm or open_clip vision transformer passed as a module: its tokens, as by name
+        built = _discovered(type(model).__name__, model, source, {}, None)
+        built.prep = _timm_prep(model) if hasattr(model, "pretrained_cfg") else {}
+        return built
     layer = arch.layer(model) if arch is not None else None
     head = (lambda: arch.head(model)) if arch is not None else None
     return _Built(type(model).__name__, model, source, None, {}, layer, head, near_miss)
