@@ -63,7 +63,8 @@ layers = t.transform(images)
 print(layers, "| token pooling:", layers["blocks.0"].token_pooling)
 
 # %%
-# The layer chosen on held-out judgments.
+# The layer chosen on held-out judgments. With random weights every block keeps the planted patch's pixels in its
+# residual stream about equally, so the choice varies from fold to fold; with pretrained weights it need not.
 res = cross_validate_layers(layers, H, cv=5, inner_cv=5)
 table = res["table"]
 print(table[["fold", "layer", "test_score_selected", "test_score_full", "n_selected"]].to_string(index=False))
