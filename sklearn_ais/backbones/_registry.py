@@ -903,7 +903,7 @@ def _from_name(name: str, weights) -> _Built:
     hint = f" Did you mean {close}?" if close else ""
     families = "; ".join(FAMILIES.values())
     raise ValueError(
-        f"unknown backbone {name!r}.{hint} Registered: {list_backbones()}; any other model by name: {families}; "
+        f"unknown backbone {name!r}.{hint} Available: {list_backbones()}; any other model by name: {families}; "
         "or pass any torch.nn.Module with layer=..."
     )
 
