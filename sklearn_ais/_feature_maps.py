@@ -307,7 +307,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         if state is None or state[0] != fp:
             bb = self.backbone_
             configs = [cache_config(bb if (layer, head) == (bb.layer, bb.head)
-                                    else dataclasses.replace(bb, layer=layer, head=head))
+                                    else dataclasses.replace(bb, layer=layer, head=head), weights=fp[1])
                        for layer, head in zip(self.layers_, self._heads)]
             state = self._cache_state = (fp, configs)
         return state[1][0] if not self.multi_layer_ else state[1]
