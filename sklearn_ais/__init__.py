@@ -29,6 +29,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "DNNFeatureMapTransformer": "._feature_maps",
     "FeatureMaps": "._containers",
+    "LayerFeatureMaps": "._containers",
+    "LayerSelector": "._layer_selector",
     "AISSelector": "._selector",
     "AISSelectorCV": "._selector",
     "AISHeatmapper": "._heatmaps",

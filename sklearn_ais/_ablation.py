@@ -45,7 +45,6 @@ import torch
 from ._containers import FeatureMaps
 from ._device import as_tensor, resolve_device
 from ._similarity import REL_EPS, TargetVector, standardize_rows, rsm_torch
-from .backbones._heads import MLPHead
 
 # Cached leave-one-out similarities (float64 elements): 1 GiB at most.
 _STACK_BUDGET = 1 << 27
@@ -599,29 +598,32 @@ class PooledKernel(AblationKernel):
 # VGG-style heads: update of the first linear layer's pre-activation
 # ---------------------------------------------------------------------------
 class MLPKernel(AblationKernel):
-    def __init__(self, maps, head: MLPHead, similarity, device, pooled=None, layer=None):
+    """First-layer updates, from the head's arrays: ``pooled`` (n, K, P) values per map, the first
+    layer's ``weight`` (D1, K * P) and ``bias`` (D1,), and ``rest`` (the module after it)."""
+
+    def __init__(self, pooled, weight, bias, rest, similarity, device, layer=None):
         super().__init__(similarity, device)
-        self.head = head
         self.dtype = torch.float32
-        if pooled is None:
-            with torch.inference_mode():
-                x = as_tensor(maps, self.device, self.dtype)
-                pooled = head.pooled(x)
-        self.P = pooled  # (n, K, P)
+        self.P = as_tensor(pooled, self.device, self.dtype)  # (n, K, P)
         self.n, self.K, self.Pn = self.P.shape
+        self._rest = rest
         if layer is None:
-            head.block_weight(self.K)  # checks that the maps fit the first layer
-            weight = head.weight.to(device=self.device, dtype=self.dtype)  # (D1, K * P)
+            if weight.shape[1] != self.K * self.Pn:
+                raise ValueError(
+                    f"this head's first layer reads {weight.shape[1]} inputs, but {self.K} maps of {self.Pn} pooled "
+                    f"values give {self.K * self.Pn}: the maps do not come from this head's network"
+                )
+            weight = torch.as_tensor(weight).to(device=self.device, dtype=self.dtype)  # (D1, K * P)
             # Map-major copy (K, P, D1): a chunk of maps is one contiguous block for the
             # batched GEMM (gathering the blocks from (D1, K * P) costs twice the GEMM).
             # For VGG16 it is a second copy of fc6 (411 MB).
             blocks = weight.T.contiguous().view(self.K, self.Pn, weight.shape[0])  # 2-D transpose: 5x a 3-D permute
-            layer = (weight, blocks, head.bias.to(device=self.device, dtype=self.dtype))
+            layer = (weight, blocks, torch.as_tensor(bias).to(device=self.device, dtype=self.dtype))
         self._layer = layer  # shared with subsets
         self.weight, self.Wm, self.b = layer
         self.D1 = self.weight.shape[0]
         self.Pk = self.P.permute(1, 0, 2).contiguous()  # (K, n, P), map-major as well
-        self.rest = head.rest_on(self.device, self.dtype)
+        self.rest = rest
         with torch.inference_mode():
             self.A = self.P.flatten(1) @ self.weight.T + self.b  # (n, D1), as the head computes it
             self.E0 = self.rest(self.A).double()
@@ -634,7 +636,7 @@ class MLPKernel(AblationKernel):
 
     def _make_subset(self, idx):
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device)
-        return MLPKernel(None, self.head, self.similarity, self.device, pooled=self.P[idx_t], layer=self._layer)
+        return MLPKernel(self.P[idx_t], None, None, self._rest, self.similarity, self.device, layer=self._layer)
 
     def embeddings(self, keep=None):
         if keep is None:
@@ -844,11 +846,15 @@ class MLPKernel(AblationKernel):
 # Any other head: brute force, batched
 # ---------------------------------------------------------------------------
 class BruteForceKernel(AblationKernel):
+    """Any head, by brute force: every ablated batch is embedded (``fm.head.embed_maps``). Tokens carried
+    beside the grid (``fm.extra_tokens``: a CLS token) go with their image's rows and are never ablated."""
+
     def __init__(self, fm: FeatureMaps, similarity, device):
         super().__init__(similarity, device)
         self.fm = fm
         # (n, K, h, w), or a list of (K, h_i, w_i) for ragged maps (embedded image by image)
         self.maps = fm.tensors(self.device)
+        self.extra = None if fm.extra_tokens is None else as_tensor(fm.extra_tokens, self.device, torch.float32)
         self.n, self.K = len(fm), fm.n_maps
         self._numel = sum(m.numel() for m in self.maps) if fm.ragged else self.maps.numel()
         with torch.inference_mode():
@@ -861,11 +867,22 @@ class BruteForceKernel(AblationKernel):
             self.alive = self.maps.flatten(2).abs().amax(-1) > 0
         self._base = None
 
+    def _head(self, x, images, repeat=1):
+        """The head on a batch ``x`` of maps of ``images`` (an index or a slice), the batch ``repeat`` times those images."""
+        extra = None
+        if self.extra is not None:
+            extra = self.extra[images]
+            if extra.ndim == 2:
+                extra = extra[None]
+            if repeat > 1:
+                extra = extra.repeat(repeat, 1, 1)
+        return self.fm.head.embed_maps(x, extra)
+
     def _embed(self, maps):
         """Embeddings of a (n, K, h, w) batch, or of a list of (K, h_i, w_i) maps image by image."""
         if isinstance(maps, list):
-            return torch.cat([self.fm.head.embed(m[None]) for m in maps])
-        return self.fm.head.embed(maps)
+            return torch.cat([self._head(m[None], i) for i, m in enumerate(maps)])
+        return self._head(maps, slice(None))
 
     def _make_subset(self, idx):
         return BruteForceKernel(self.fm[np.asarray(idx)], self.similarity, self.device)
@@ -877,18 +894,19 @@ class BruteForceKernel(AblationKernel):
         with torch.inference_mode():
             if self.fm.ragged:
                 return self._embed([m * keep_t[:, None, None] for m in self.maps]).double()
-            return self.fm.head.embed(self.maps * keep_t[None, :, None, None]).double()
+            return self._head(self.maps * keep_t[None, :, None, None], slice(None)).double()
 
     def _masked_batch(self, masks):
         """Embeddings for a batch of keep-masks (C, K) -> (C, n, D)."""
         C = masks.shape[0]
         if self.fm.ragged:
             with torch.inference_mode():
-                E = [self.fm.head.embed(m[None] * masks[:, :, None, None]).double() for m in self.maps]  # (C, D) each
+                E = [self._head(m[None] * masks[:, :, None, None], i, C).double()  # (C, D) each
+                     for i, m in enumerate(self.maps)]
             return torch.stack(E, dim=1)
         x = self.maps[None] * masks[:, None, :, None, None]
         with torch.inference_mode():
-            E = self.fm.head.embed(x.reshape(C * self.n, *self.maps.shape[1:])).double()
+            E = self._head(x.reshape(C * self.n, *self.maps.shape[1:]), slice(None), C).double()
         return E.reshape(C, self.n, -1)
 
     def _base_upper(self):
@@ -938,7 +956,7 @@ class BruteForceKernel(AblationKernel):
                 x = self.maps[t][None].repeat(len(ks), 1, 1, 1)
                 x[torch.arange(len(ks)), ks] = 0
                 with torch.inference_mode():
-                    Et = standardize_rows(self.fm.head.embed(x).double(), center=center)
+                    Et = standardize_rows(self._head(x, t, len(ks)).double(), center=center)
                 ablated[r, a : a + len(ks)] = tv.correlate((Et @ std0[o].T).clamp(-1, 1)).cpu().numpy()
             ablated[r, ~self.alive[t].cpu().numpy()] = base[r]  # a map that is zero in image t changes nothing
         return base, ablated
@@ -958,10 +976,23 @@ def make_kernel(X, similarity: str = "pearson", device="cpu") -> AblationKernel:
     Returns
     -------
     kernel : AblationKernel
-        The head's own kernel (:meth:`~sklearn_ais.backbones.Head.ablation_kernel`): rank-one
+        The head's own kernel (:meth:`~sklearn_ais.backbones.Head.ablation_kernel`), else the one its
+        :meth:`~sklearn_ais.backbones.Head.kernel_spec` names, with the arrays it gives: rank-one
         updates for pooling heads, first-layer updates for MLP heads, batched brute force for
         any other head; rank-one updates for a 2-D embedding (identity head).
     """
     if isinstance(X, FeatureMaps):
-        return X.head.ablation_kernel(X, similarity, device)
+        kernel = X.head.ablation_kernel(X, similarity, device)
+        if kernel is not None:
+            return kernel
+        device = resolve_device(device)
+        kind, arguments = X.head.kernel_spec(X, device)
+        if kind not in _KERNELS:
+            raise ValueError(f"{type(X.head).__name__}.kernel_spec names an unknown kernel {kind!r}; one of {sorted(_KERNELS)}")
+        if kind == "brute force":
+            return BruteForceKernel(X, similarity, device)
+        return _KERNELS[kind](**arguments, similarity=similarity, device=device)
     return PooledKernel(X, similarity, device)
+
+
+_KERNELS = {"brute force": BruteForceKernel, "pooled": PooledKernel, "first layer": MLPKernel}

@@ -96,6 +96,17 @@ class FeatureMaps:
         identity beyond their position in this container.
     backbone, layer : str, optional
         Provenance, for reports.
+    extra_tokens : ndarray of shape (n_images, n_extra, n_maps), optional
+        For a transformer's block: the tokens carried beside the patch grid
+        (CLS, registers, distillation), in the model's order. A head that
+        reads them (the CLS-token head) receives them with their image; they
+        are never ablated (ablating map k zeroes channel k of every *patch*
+        token only).
+    token_pooling : {"cls", "mean"} or None, optional
+        How the head embeds a transformer's tokens: ``"cls"`` through the
+        CLS token (the model's remaining blocks, norm and projection),
+        ``"mean"`` the mean of the patch tokens (an exact pooling kernel);
+        None for a CNN's maps.
 
     Examples
     --------
@@ -112,7 +123,8 @@ class FeatureMaps:
     ((2, 3, None, None), [[2, 2], [2, 4]])
     """
 
-    def __init__(self, maps, head: Head, geometry=None, input_size=None, ids=None, backbone=None, layer=None):
+    def __init__(self, maps, head: Head, geometry=None, input_size=None, ids=None, backbone=None, layer=None,
+                 extra_tokens=None, token_pooling=None):
         maps = _as_maps(maps)
         if not isinstance(head, Head):
             raise TypeError(f"head must be a sklearn_ais.backbones Head, got {type(head).__name__}")
@@ -126,6 +138,16 @@ class FeatureMaps:
         self.ids = ids
         self.backbone = backbone
         self.layer = layer
+        if extra_tokens is not None:
+            extra_tokens = np.asarray(extra_tokens)
+            if extra_tokens.ndim != 3 or len(extra_tokens) != n or extra_tokens.shape[2] != self.n_maps:
+                raise ValueError(f"extra_tokens must have shape ({n}, n_extra, {self.n_maps}), got {extra_tokens.shape}")
+        if getattr(head, "reads_extra_tokens", False) and extra_tokens is None:
+            raise ValueError(f"{head!r} reads the tokens beside the patch grid (CLS): pass extra_tokens")
+        if token_pooling not in (None, "cls", "mean"):
+            raise ValueError(f"token_pooling must be 'cls', 'mean' or None, got {token_pooling!r}")
+        self.extra_tokens = extra_tokens
+        self.token_pooling = token_pooling
 
     @property
     def ids(self):
@@ -207,12 +229,13 @@ class FeatureMaps:
         maps = [self.maps[i] for i in idx] if self.ragged else self.maps[idx]
         sizes = self.input_size[idx] if isinstance(self.input_size, np.ndarray) else self.input_size
         return self._with(maps, geometry=None if self.geometry is None else self.geometry[idx], input_size=sizes,
-                          ids=None if self.ids is None else self.ids[idx])
+                          ids=None if self.ids is None else self.ids[idx],
+                          extra_tokens=None if self.extra_tokens is None else self.extra_tokens[idx])
 
     def _with(self, maps, **fields) -> FeatureMaps:
         """A FeatureMaps with other ``maps`` (and fields), the same head and provenance."""
         kw = dict(geometry=self.geometry, input_size=self.input_size, ids=self.ids, backbone=self.backbone,
-                  layer=self.layer)
+                  layer=self.layer, extra_tokens=self.extra_tokens, token_pooling=self.token_pooling)
         return FeatureMaps(maps, self.head, **{**kw, **fields})
 
     def __sizeof__(self):
@@ -220,7 +243,8 @@ class FeatureMaps:
         # ~470 MB). Schedulers (dask's sizeof, through joblib) weigh it to scatter large arguments once
         # instead of sending them with every task, and to place tasks near their data.
         maps = self.maps if self.ragged else [self.maps]
-        return object.__sizeof__(self) + int(sum(m.nbytes for m in maps)) + _tensor_bytes(self.head)
+        extra = 0 if self.extra_tokens is None else self.extra_tokens.nbytes
+        return object.__sizeof__(self) + int(sum(m.nbytes for m in maps)) + extra + _tensor_bytes(self.head)
 
     def __repr__(self):
         n, K = len(self), self.n_maps
@@ -230,7 +254,8 @@ class FeatureMaps:
         else:
             size = "{}x{}".format(*self.maps.shape[2:])
         src = f", backbone={self.backbone!r}" if self.backbone else ""
-        return f"FeatureMaps(n_images={n}, n_maps={K}, map_size={size}, head={self.head!r}{src})"
+        tok = f", token_pooling={self.token_pooling!r}" if self.token_pooling else ""
+        return f"FeatureMaps(n_images={n}, n_maps={K}, map_size={size}, head={self.head!r}{tok}{src})"
 
     # -- image-by-image access ------------------------------------------------
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -278,13 +303,20 @@ class FeatureMaps:
         return as_feature_mask(keep, self.n_maps, "keep")
 
     # -- embeddings -----------------------------------------------------------
-    def _apply(self, fn, device, dtype=torch.float32, batch_size=None):
-        """``fn`` of the maps (a tensor batch of one map size) for every image, in image order: (n, ...)."""
+    def _apply(self, fn, device, dtype=torch.float32, batch_size=None, with_extra=False):
+        """``fn`` of the maps (a tensor batch of one map size; with ``with_extra``, and of their extra
+        tokens) for every image, in image order: (n, ...)."""
         out = None
         for idx, maps in self.groups():
             step = batch_size or max(1, len(idx))
             for start in range(0, len(idx), step):
-                r = fn(as_tensor(maps[start : start + step], device, dtype))
+                x = as_tensor(maps[start : start + step], device, dtype)
+                if with_extra:
+                    extra = None if self.extra_tokens is None else as_tensor(
+                        self.extra_tokens[idx[start : start + step]], device, dtype)
+                    r = fn(x, extra)
+                else:
+                    r = fn(x)
                 if out is None:
                     out = r.new_empty((len(self), *r.shape[1:]))
                 out[torch.as_tensor(idx[start : start + step], device=r.device)] = r
@@ -308,10 +340,10 @@ class FeatureMaps:
         """
         keep_t = None if keep is None else torch.as_tensor(self._check_keep(keep), device=device)
 
-        def embed(x):
-            return self.head(x if keep_t is None else x * keep_t[None, :, None, None]).double()
+        def embed(x, extra):
+            return self.head(x if keep_t is None else x * keep_t[None, :, None, None], extra=extra).double()
 
-        out = self._apply(embed, device, batch_size=batch_size)
+        out = self._apply(embed, device, batch_size=batch_size, with_extra=True)
         return out.cpu().numpy() if out is not None else np.zeros((0, 0))
 
     def pooled(self, device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -387,3 +419,66 @@ def _tensor_bytes(obj) -> int:
         tensors += [*module.parameters(), *module.buffers()]
     unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}
     return int(sum(unique.values()))
+
+
+class LayerFeatureMaps(dict):
+    """Feature maps of several layers of one network, from one forward pass: ``{layer: FeatureMaps}``.
+
+    What :class:`~sklearn_ais.DNNFeatureMapTransformer` returns for
+    ``layer=[...]`` or ``layer="all_blocks"``. It is a dict in the layers'
+    order, so :func:`~sklearn_ais.alignment.compare_alignment` takes it as
+    it is (each layer a candidate model) and
+    :class:`~sklearn_ais.LayerSelector` chooses among its layers.
+
+    Parameters
+    ----------
+    maps : mapping of str to FeatureMaps
+        The same images (same number, same ids) in every layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais import FeatureMaps, LayerFeatureMaps
+    >>> from sklearn_ais.backbones import PoolingHead
+    >>> fm = FeatureMaps(np.ones((4, 3, 2, 2), dtype=np.float32), PoolingHead())
+    >>> layers = LayerFeatureMaps({"a": fm, "b": fm})
+    >>> layers.layers, layers.n_images, layers.subset([0, 1])["b"].shape
+    (['a', 'b'], 4, (2, 3, 2, 2))
+    """
+
+    def __init__(self, maps):
+        super().__init__(maps)
+        if not self:
+            raise ValueError("LayerFeatureMaps needs at least one layer")
+        for name, fm in self.items():
+            if not isinstance(fm, FeatureMaps):
+                raise TypeError(f"layer {name!r} must hold FeatureMaps, got {type(fm).__name__}")
+        sizes = {len(fm) for fm in self.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"every layer must hold the same images, got {sorted(sizes)} images")
+
+    @property
+    def layers(self) -> list:
+        """The layer names, in order."""
+        return list(self)
+
+    @property
+    def n_images(self) -> int:
+        """Number of images (the same in every layer)."""
+        return len(next(iter(self.values())))
+
+    def subset(self, idx) -> LayerFeatureMaps:
+        """The same layers for images ``idx``.
+
+        Parameters
+        ----------
+        idx : array-like of int
+
+        Returns
+        -------
+        LayerFeatureMaps
+        """
+        return LayerFeatureMaps({name: fm[np.asarray(idx)] for name, fm in self.items()})
+
+    def __repr__(self):
+        return f"LayerFeatureMaps(n_images={self.n_images}, layers={self.layers})"

@@ -16,11 +16,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._containers import FeatureMaps
+from ._containers import FeatureMaps, LayerFeatureMaps
 from ._device import resolve_device
 from ._feature_cache import FeatureCache, cache_config, cache_folder, config_key, fingerprint, library_versions
 from ._parallel import progress_bar
-from ._sklearn_compat import HasMethods, Interval, _fit_context
+from ._sklearn_compat import HasMethods, Interval, StrOptions, _fit_context
 from .backbones._capture import device_lease
 from .backbones._heads import Head
 from .backbones._preprocess import as_image_source, same_size_groups
@@ -170,8 +170,8 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "backbone": [str, nn.Module, Backbone],
         "weights": [None, str, os.PathLike, Mapping],
-        "layer": [None, str],
-        "head": [None, Head, callable],
+        "layer": [None, str, list, tuple],
+        "head": [None, Head, callable, StrOptions({"mean"})],
         "device": [str, torch.device],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
@@ -225,15 +225,22 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            bb = get_backbone(backbone, weights=self.weights, layer=self.layer, head=self.head, crop=self.crop)
+            one = self.layer if isinstance(self.layer, str) and self.layer != "all_blocks" else None
+            if isinstance(self.layer, (list, tuple)) and self.layer and isinstance(self.layer[0], str):
+                one = self.layer[0]  # a custom module needs a layer; the others get their heads below
+            bb = get_backbone(backbone, weights=self.weights, layer=one, head=self.head if one else None, crop=self.crop)
+        self.layers_ = self._layers(bb)
+        self._heads = [bb.head_for(layer, self.head) for layer in self.layers_]
         if seed is not None:
             bb.weights_source = dataclasses.replace(bb.weights_source, seed=seed)
         probe_size = bb.input_size if bb.crop else (bb.resize_size, bb.resize_size)
         with device_lease(bb.model, self.device_), torch.inference_mode():
-            probe = bb.forward_maps(torch.zeros((1, 3, *probe_size), device=self.device_))
+            probes = bb.forward_layers(torch.zeros((1, 3, *probe_size), device=self.device_), self.layers_)
+        self._shapes = [(tuple(m.shape[1:]), None if e is None else int(e.shape[1])) for m, e in probes]
+        probe = probes[0][0]
         self.backbone_ = bb
-        self.head_ = bb.head
-        self.layer_ = bb.layer
+        self.head_ = self._heads[0]
+        self.layer_ = self.layers_[0]
         self.n_maps_ = int(probe.shape[1])
         self.map_size_ = tuple(int(s) for s in probe.shape[2:])
         self.input_size_ = tuple(probe_size)
@@ -243,6 +250,24 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
             self._cache_config()
         return self
 
+    def _layers(self, bb) -> list:
+        """The layers to capture: ``layer`` itself, a list of them, or every block of a transformer."""
+        if self.layer is None or isinstance(self.layer, str) and self.layer != "all_blocks":
+            return [bb.layer]
+        if isinstance(self.layer, str):
+            if bb.tokens is None:
+                raise ValueError(f"layer='all_blocks' needs a transformer (its blocks); {bb.name} has none: pass a list")
+            return [b for b in bb.tokens.blocks if b != "norm"]
+        layers = list(self.layer)
+        if not layers or not all(isinstance(name, str) for name in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"layer must be a module name, 'all_blocks' or a list of distinct names, got {self.layer!r}")
+        return layers
+
+    @property
+    def multi_layer_(self) -> bool:
+        """True when ``transform`` returns a :class:`~sklearn_ais.LayerFeatureMaps` (several layers)."""
+        return not (self.layer is None or isinstance(self.layer, str) and self.layer != "all_blocks")
+
     def _provenance(self) -> dict:
         bb, src = self.backbone_, self.backbone_.weights_source
         p = bb.preprocessing
@@ -251,8 +276,8 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
             "weights": src.description,
             "weights_sha256": src.sha256,
             "weights_source": src.to_dict(),
-            "layer": bb.layer,
-            "head": repr(bb.head),
+            "layer": self.layers_ if self.multi_layer_ else self.layers_[0],
+            "head": [repr(h) for h in self._heads] if self.multi_layer_ else repr(self._heads[0]),
             "preprocessing": {"input_size": list(p.input_size), "resize_size": p.resize_size, "crop": p.crop,
                               "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std)},
             "device": str(self.device_),
@@ -283,32 +308,52 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         fp = fingerprint(self.backbone_.model)
         state = getattr(self, "_cache_state", None)
         if state is None or state[0] != fp:
-            state = self._cache_state = (fp, cache_config(self.backbone_, weights=fp[1]))
-        return state[1]
+            bb = self.backbone_
+            configs = [cache_config(bb if (layer, head) == (bb.layer, bb.head)
+                                    else dataclasses.replace(bb, layer=layer, head=head), weights=fp[1])
+                       for layer, head in zip(self.layers_, self._heads)]
+            state = self._cache_state = (fp, configs)
+        return state[1][0] if not self.multi_layer_ else state[1]
+
+    def _layer_configs(self) -> list:
+        config = self._cache_config()
+        return config if self.multi_layer_ else [config]
 
     def _cache_key(self) -> str:
         """SHA-256 key of the feature-map cache for the current model and settings."""
         return config_key(self._cache_config())
 
-    def _run(self, pixels, cache: FeatureCache | None, device) -> list:
-        """Maps of one batch of preprocessed images (from the cache when every image is there)."""
+    def _run(self, pixels, caches, device) -> list:
+        """Maps (and extra tokens) of one batch of preprocessed images, one list per layer (from the cache
+        when every image is there)."""
         items = list(pixels)
-        keys = [cache.image_key(p) for p in items] if cache is not None else None
-        if cache is not None:
+        tokens = self.backbone_.tokens is not None
+        keys = [caches[0].image_key(p) for p in items] if caches else None
+        if caches:
             shape = (self.n_maps_, *self.map_size_) if self.backbone_.crop else (self.n_maps_, None, None)
-            cached = [cache.load(k, shape) for k in keys]
-            if all(m is not None for m in cached):
+            cached = []
+            for cache in caches:
+                maps = [cache.load(k, (None, None, None) if self.multi_layer_ else shape) for k in keys]
+                extra = [cache.load(f"{k}-extra", (None, None, 1)) for k in keys] if tokens else [None] * len(keys)
+                cached.append(list(zip(maps, [None if e is None else e[:, :, 0] for e in extra])))
+            if all(m is not None and (e is not None or not tokens) for layer in cached for m, e in layer):
                 return cached
-        out = [None] * len(items)
+        out = [[None] * len(items) for _ in self.layers_]
         # The whole batch runs (not only the missing images), as in an uncached run.
         for idx, x in same_size_groups(pixels):
             with torch.inference_mode():
-                maps = self.backbone_.forward_maps(torch.from_numpy(x).to(device)).float().cpu().numpy()
-            for j, i in enumerate(idx):
-                out[i] = maps[j]
-        if cache is not None:
-            for k, m in zip(keys, out):
-                cache.save(k, m)
+                found = self.backbone_.forward_layers(torch.from_numpy(x).to(device), self.layers_)
+            for layer, (maps, extra) in enumerate(found):
+                maps = maps.float().cpu().numpy()
+                extra = None if extra is None else extra.float().cpu().numpy()
+                for j, i in enumerate(idx):
+                    out[layer][i] = (maps[j], None if extra is None else extra[j])
+        if caches:
+            for cache, layer in zip(caches, out):
+                for k, (m, e) in zip(keys, layer):
+                    cache.save(k, m)
+                    if e is not None:
+                        cache.save(f"{k}-extra", e[:, :, None])
         return out
 
     def transform(self, X):
@@ -338,9 +383,10 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         source = as_image_source(X)
         n, bb = len(source), self.backbone_
         folder = cache_folder(self.memory)
-        cache = FeatureCache(folder, self._cache_config()) if folder is not None else None
+        caches = [FeatureCache(folder, c) for c in self._layer_configs()] if folder is not None else None
         device = self.runtime_device()
-        maps = np.empty((n, self.n_maps_, *self.map_size_), dtype=np.float32) if bb.crop else [None] * n
+        maps = [[None] * n for _ in self.layers_]
+        extra = [[None] * n for _ in self.layers_]
         geometry = np.empty((n, 6), dtype=np.int64)
         sizes = np.empty((n, 2), dtype=np.int64)
         if source.description and self.verbose:
@@ -352,11 +398,22 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
                 stop = min(start + self.batch_size, n)
                 pixels, geometry[start:stop] = bb.preprocessing.batch(source[start:stop])
                 sizes[start:stop] = [p.shape[1:] for p in pixels]
-                for i, m in enumerate(self._run(pixels, cache, device), start):
-                    maps[i] = m
+                for layer, found in enumerate(self._run(pixels, caches, device)):
+                    for i, (m, e) in enumerate(found, start):
+                        maps[layer][i], extra[layer][i] = m, e
                 batches.update(1)
-        return FeatureMaps(maps, self.head_, geometry=geometry, input_size=sizes if not bb.crop else bb.input_size,
-                           ids=source.ids, backbone=bb.name, layer=self.layer_)
+        out = {}
+        for layer, name, head in zip(range(len(self.layers_)), self.layers_, self._heads):
+            (shape, n_extra), layer_maps = self._shapes[layer], maps[layer]
+            if bb.crop:
+                layer_maps = np.stack(layer_maps) if n else np.empty((0, *shape), dtype=np.float32)
+            tokens = None
+            if n_extra is not None:
+                tokens = np.stack(extra[layer]) if n else np.empty((0, n_extra, shape[0]), dtype=np.float32)
+            out[name] = FeatureMaps(layer_maps, head, geometry=geometry, input_size=sizes if not bb.crop else bb.input_size,
+                                    ids=source.ids, backbone=bb.name, layer=name, extra_tokens=tokens,
+                                    token_pooling=bb.pooling_of(head))
+        return LayerFeatureMaps(out) if self.multi_layer_ else out[self.layers_[0]]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,10 +17,14 @@ Methods
     are zeroed at every ``nn.ReLU`` and ``nn.ReLU6`` module on the way back
     (``captum.attr.GuidedBackprop``); absolute value, maximum over colour
     channels. Other activations (SiLU, GELU...) and functional ReLU calls
-    (``F.relu`` in a ``forward``) pass plain gradients.
+    (``F.relu`` in a ``forward``) pass plain gradients (so on a GELU
+    transformer it is the plain gradient).
 ``"gradcam"``
     Grad-CAM (Selvaraju et al., 2017) on the backbone's feature-map layer:
     ``ReLU(sum_k mean(d logit_c / d A_k) A_k)`` (``captum.attr.LayerGradCam``).
+    On a vision transformer's block, ``A_k`` is channel k of the patch
+    tokens on the patch grid, and so is its gradient (the extra tokens take
+    no part), as for its AIS maps.
 ``"scorecam"``
     Score-CAM (Wang et al., 2020) on the same layer: each map, upsampled and
     rescaled to [0, 1], masks the input; its weight is the softmax
@@ -115,6 +119,27 @@ def _gradient_maps(model, layer, x, target, method):
         # captum announces (every call) that it hooks the ReLUs of our private copy.
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
         return explainer.attribute(x, target=target).abs().amax(dim=1)
+
+
+def _token_gradcam(model, layer, layout, x, target):
+    """Grad-CAM on a transformer block: its patch tokens and their gradients reshaped to the grid (n, D, h, w)."""
+    kept = []
+
+    def hook(mod, args, out):
+        out.retain_grad()
+        kept.append(out)
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(x.detach().requires_grad_())
+            logits.gather(1, target[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    tokens = kept[0]
+    acts, _ = layout.split(tokens.detach())
+    grads, _ = layout.split(tokens.grad)
+    return F.relu(torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), acts))
 
 
 def _scorecam_maps(model, x, acts, target, batch_size):
@@ -220,6 +245,9 @@ def attention_maps(transformer, images, method="gradcam", target=None, batch_siz
         for idx, batch in same_size_groups(pixels):  # one group, unless crop=False and the sizes differ
             x = torch.from_numpy(batch).to(device)
             logits, acts = _forward(model, backbone.layer, x)
+            tokens = backbone.tokens if isinstance(acts, torch.Tensor) and acts.ndim == 3 else None
+            if tokens is not None:  # a transformer block: its patch tokens on the grid
+                acts = tokens.split(acts)[0]
             if targets is None:
                 t = logits.argmax(dim=1)
             else:
@@ -229,6 +257,8 @@ def attention_maps(transformer, images, method="gradcam", target=None, batch_siz
                         f"target must be class indices in [0, {logits.shape[1]}), got {targets[start + idx]}")
             if method == "scorecam":
                 raw = _scorecam_maps(model, x, acts, t, batch_size)
+            elif method == "gradcam" and tokens is not None:
+                raw = _token_gradcam(model, backbone.layer, tokens, x, t)
             else:
                 raw = _gradient_maps(model, backbone.layer, x, t, method)
             maps = to_original(raw.detach().float().cpu(), geometry[idx], x.shape[-2:])

@@ -37,7 +37,8 @@ from ._stats import fold_record
 from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
 from ._validation import MIN_IMAGES, check_image_cv, check_splits, default_repeated_cv
 
-__all__ = [
+__all__ = [  # noqa: F822 (cross_validate_layers is resolved lazily)
+    "cross_validate_layers",  # resolved lazily by __getattr__
     "KFold",
     "PairKFold",
     "PairShuffleSplit",
@@ -627,3 +628,12 @@ def _fit_and_score(estimator, X, H, train, test, by_pairs, return_estimator, ret
         paths = (est.path_scores_, est.path_score(X_test, H_test)) if return_paths else None
     return fold_record(len(train), len(test), scores, np.sum(est.get_support()), fit_time,
                        estimator=est if return_estimator else None, paths=paths)
+
+
+def __getattr__(name):
+    # The nested choice of a layer lives beside LayerSelector (it imports the kernels: loaded on first use).
+    if name == "cross_validate_layers":
+        from ._layer_selector import cross_validate_layers
+
+        return cross_validate_layers
+    raise AttributeError(f"module 'sklearn_ais.model_selection' has no attribute {name!r}")

@@ -17,6 +17,7 @@ FAST = {
     "plot_quickstart_synthetic.py": (("quickstart_path.png", "quickstart_histogram.png"), False),
     "plot_heatmaps_real_photos.py": (("heatmap_grid.png", "ais_vs_gradcam.png", "top_contours.png"), True),
     "plot_unit_pruning.py": (("unit_pruning.png",), True),
+    "plot_transformer_layers.py": (("transformer_layers.png", "transformer_heatmaps.png"), False),
 }
 
 

@@ -7,6 +7,7 @@ the registry (which imports torchvision and timm) loads on first use.
 import importlib
 
 from ._heads import Head, MLPHead, ModuleHead, PoolingHead
+from ._tokens import TokenHead
 
 _LAZY = {
     "Backbone": "._registry",
@@ -16,7 +17,7 @@ _LAZY = {
     "WeightsSource": "._weights",
 }
 
-__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", *_LAZY])
+__all__ = sorted(["Head", "MLPHead", "ModuleHead", "PoolingHead", "TokenHead", *_LAZY])
 
 
 def __getattr__(name):

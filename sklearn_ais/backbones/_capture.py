@@ -120,6 +120,61 @@ def capture(model: nn.Module, layer: str, run, *, stop: bool = True, clone: bool
     return result, captured[0]
 
 
+def capture_many(model: nn.Module, layers, run, *, clone: bool = False):
+    """:func:`capture` of several layers in one forward pass, stopped once every one of them has run.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layers : sequence of str
+        Submodule names (repeats are captured once).
+    run : callable
+    clone : bool, default=False
+
+    Returns
+    -------
+    result : None
+        The pass always stops after the last requested layer.
+    outputs : list of Tensor
+        The output of each layer, in the order of ``layers``.
+
+    Raises
+    ------
+    LayerNotCalledError
+        A layer did not run.
+    """
+    names = list(dict.fromkeys(layers))
+    owner = threading.get_ident()
+    captured: dict = {}
+
+    def make_hook(name):
+        def hook(mod, inputs, output):
+            if threading.get_ident() != owner or name in captured:
+                return None
+            captured[name] = output.clone() if clone and isinstance(output, torch.Tensor) else output
+            if len(captured) == len(names):
+                raise _StopForward
+            return None
+        return hook
+
+    with model_lock(model):
+        handles = [model.get_submodule(name).register_forward_hook(make_hook(name)) for name in names]
+        try:
+            run()
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+    missing = [name for name in names if name not in captured]
+    if missing:
+        raise LayerNotCalledError(
+            f"layer(s) {missing} of {type(model).__name__} were not called during the forward pass "
+            "(pick layers from dict(model.named_modules()) whose modules run)"
+        )
+    return None, [captured[name] for name in layers]
+
+
 @contextlib.contextmanager
 def device_lease(model: nn.Module, device):
     """Hold ``model`` on ``device`` for the block; move it back when the last holder leaves.

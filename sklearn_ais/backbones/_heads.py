@@ -41,9 +41,10 @@ class Head:
 
     A new head is added by subclassing and implementing :meth:`embed`; that is
     all it needs to work everywhere (the exact brute-force kernel scores its
-    ablations). A head whose structure lets ablations share work also
-    overrides :meth:`ablation_kernel`: the estimators never look at the head
-    themselves.
+    ablations). A head whose structure lets ablations share work names an
+    existing kernel and its arrays in :meth:`kernel_spec`, or brings its own
+    in :meth:`ablation_kernel`: the estimators never look at the head
+    themselves, and the kernels never know head classes.
     """
 
     def embed(self, maps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -61,13 +62,54 @@ class Head:
         """
         raise NotImplementedError
 
-    def ablation_kernel(self, maps, similarity: str, device):
-        """The exact kernel that scores ablations of ``maps`` through this head.
+    #: True for a head that reads the tokens carried beside the patch grid (a CLS token): its
+    #: :meth:`embed` then takes ``(maps, extra)``.
+    reads_extra_tokens = False
 
-        The second override point: the default embeds every ablated batch
-        (exact, batched brute force). Kernels live in
-        :mod:`sklearn_ais._ablation` (imported when called: a head owns its
-        kernel, the kernels build on the similarity layer).
+    def embed_maps(self, maps: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`embed`, handing the extra tokens on to a head that reads them (what callers use).
+
+        Parameters
+        ----------
+        maps : Tensor of shape (n, K, h, w)
+        extra : Tensor of shape (n, T, K) or None
+            Tokens carried beside the patch grid (CLS, registers), never ablated.
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n, D)
+        """
+        if self.reads_extra_tokens:
+            return self.embed(maps, extra)
+        return self.embed(maps)
+
+    def kernel_spec(self, maps, device) -> tuple[str, dict]:
+        """Which exact kernel of :mod:`sklearn_ais._ablation` scores ablations through this head,
+        and the arrays it reads (the kernels know weights and shapes, never head classes).
+
+        Parameters
+        ----------
+        maps : FeatureMaps
+            The maps, with this head.
+        device : torch.device
+
+        Returns
+        -------
+        kind : {"brute force", "pooled", "first layer"}
+            ``"brute force"`` (the default): every ablated batch is embedded (exact, batched).
+        arguments : dict
+            Keyword arguments of that kernel (``"pooled"``: the (n, K) embedding ``E``;
+            ``"first layer"``: ``pooled``, ``weight``, ``bias`` and ``rest``).
+        """
+        return "brute force", {}
+
+    def ablation_kernel(self, maps, similarity: str, device):
+        """A kernel of the head's own (the override point of a head that brings one); default None.
+
+        ``None`` means: the kernel that :meth:`kernel_spec` names. A head
+        whose structure lets ablations share work in a way no existing
+        kernel does returns an :class:`~sklearn_ais._ablation.AblationKernel`
+        here.
 
         Parameters
         ----------
@@ -78,18 +120,17 @@ class Head:
 
         Returns
         -------
-        kernel : sklearn_ais._ablation.AblationKernel
+        kernel : AblationKernel or None
         """
-        from .._ablation import BruteForceKernel
+        return None
 
-        return BruteForceKernel(maps, similarity, device)
-
-    def __call__(self, maps, device=None, dtype=torch.float32) -> torch.Tensor:
+    def __call__(self, maps, device=None, dtype=torch.float32, extra=None) -> torch.Tensor:
         t = as_tensor(maps, device=device, dtype=dtype)
         if t.ndim != 4:
             raise ValueError(f"feature maps must have shape (n, K, h, w), got {tuple(t.shape)}")
+        e = None if extra is None else as_tensor(extra, device=t.device, dtype=dtype)
         with torch.inference_mode():
-            return self.embed(t)
+            return self.embed_maps(t, e)
 
     def _module_on(self, module: nn.Module, device, dtype) -> nn.Module:
         """``module`` on ``device``/``dtype``: itself when its parameters already are, else a
@@ -160,23 +201,22 @@ class PoolingHead(Head):
         x = _ACTIVATIONS[self.activation](maps)
         return x.mean(dim=(2, 3)) if self.pool == "avg" else x.amax(dim=(2, 3))
 
-    def ablation_kernel(self, maps, similarity: str, device):
+    def kernel_spec(self, maps, device):
         """Rank-one updates: ablating map k changes coordinate k of the embedding only.
 
         Parameters
         ----------
         maps : FeatureMaps
             Only their pooled embedding (n, K) is read.
-        similarity : {"pearson", "cosine"}
-        device : str or torch.device
+        device : torch.device
 
         Returns
         -------
-        kernel : sklearn_ais._ablation.PooledKernel
+        kind : "pooled"
+        arguments : dict
+            ``{"E": maps.embed()}``.
         """
-        from .._ablation import PooledKernel
-
-        return PooledKernel(maps.embed(), similarity, device)
+        return "pooled", {"E": maps.embed()}
 
     def __repr__(self):
         act = f", activation={self.activation!r}" if self.activation else ""
@@ -281,24 +321,24 @@ class MLPHead(Head):
         pre = self.first_layer(pooled)
         return self.rest_on(maps.device, maps.dtype)(pre)
 
-    def ablation_kernel(self, maps, similarity: str, device):
+    def kernel_spec(self, maps, device):
         """First-layer updates: removing map k subtracts one block of the first layer's pre-activation.
 
         Parameters
         ----------
         maps : FeatureMaps
             Pooled once to (n, K, P) on ``device`` (:meth:`FeatureMaps.pooled`).
-        similarity : {"pearson", "cosine"}
-        device : str or torch.device
+        device : torch.device
 
         Returns
         -------
-        kernel : sklearn_ais._ablation.MLPKernel
+        kind : "first layer"
+        arguments : dict
+            ``pooled`` (n, K, P), ``weight`` (D1, K * P), ``bias`` (D1,) and ``rest`` (on ``device``).
         """
-        from .._ablation import MLPKernel
-        from .._device import resolve_device
-
-        return MLPKernel(None, self, similarity, device, pooled=maps.pooled(resolve_device(device)))
+        self.block_weight(maps.n_maps)  # checks that the maps fit the first layer
+        return "first layer", {"pooled": maps.pooled(device), "weight": self.weight, "bias": self.bias,
+                               "rest": self.rest_on(device, torch.float32)}
 
     def block_weight(self, n_maps: int) -> torch.Tensor:
         """First-layer weight viewed as (D1, K, P): ``block_weight[:, k]`` reads map k.

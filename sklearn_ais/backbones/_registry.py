@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import capture
+from ._capture import capture_many
 from ._heads import Head, MLPHead, ModuleHead, PoolingHead
+from ._tokens import TokenHead, TokenLayout, token_layout
 from ._preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, as_image_source
 from ._weights import (
     WeightsSource,
@@ -100,6 +101,13 @@ class Backbone:
     weights_source : WeightsSource, optional
         Structured record of the weights (kind, path and SHA-256, package and
         version, ...). Default: the module's own parameters.
+    tokens : TokenLayout, optional
+        For a vision transformer: where its extra and patch tokens are; a
+        block's output tokens become maps ``(n, D, h, w)`` on the patch grid
+        and the extra tokens (CLS, registers) are carried beside them
+        (see :mod:`sklearn_ais.backbones._tokens`).
+    token_pooling : {"cls", "mean"} or None, default=None
+        How the head embeds the tokens (None for a CNN).
 
     Examples
     --------
@@ -124,6 +132,8 @@ class Backbone:
     categories: list | None = field(default=None)
     crop: bool = True
     weights_source: WeightsSource | None = None
+    tokens: TokenLayout | None = None
+    token_pooling: str | None = None
 
     def __post_init__(self):
         # Validates and normalises the preprocessing fields.
@@ -212,11 +222,76 @@ class Backbone:
         ValueError
             The layer's output is not a 4-D tensor.
         """
-        _, maps = capture(self.model, self.layer, lambda: self.model(pixels.to(self.device)))
-        if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
-            desc = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise ValueError(f"layer {self.layer!r} must output a (n, K, h, w) tensor, got {desc}")
-        return maps
+        return self.forward_layers(pixels, [self.layer])[0][0]
+
+    def forward_layers(self, pixels: torch.Tensor, layers) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Maps of several layers from one forward pass (stopped after the last of them has run).
+
+        Parameters
+        ----------
+        pixels : Tensor of shape (n, 3, H, W)
+        layers : sequence of str
+
+        Returns
+        -------
+        maps : list of (maps, extra_tokens)
+            One per layer, in the order given: ``maps`` of shape (n, K, h, w);
+            ``extra_tokens`` (n, n_extra, K) for a transformer's block, else None.
+        """
+        for layer in layers:
+            _check_layer(self.model, layer, self.name)
+        _, outputs = capture_many(self.model, list(layers), lambda: self.model(pixels.to(self.device)))
+        out = []
+        for layer, maps in zip(layers, outputs):
+            extra = None
+            if self.tokens is not None and isinstance(maps, torch.Tensor) and maps.ndim == 3:
+                maps, extra = self.tokens.split(maps)
+            if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
+                desc = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+                raise ValueError(f"layer {layer!r} must output a (n, K, h, w) tensor, got {desc}")
+            out.append((maps, extra))
+        return out
+
+    def head_for(self, layer: str, head=None) -> Head:
+        """The head that embeds ``layer``'s maps: ``head`` if given, the backbone's own for its layer, the
+        transformer's own path from a block on (or ``head="mean"``: the mean of its patch tokens), else
+        global average pooling.
+
+        Parameters
+        ----------
+        layer : str
+        head : Head, callable, "mean" or None
+
+        Returns
+        -------
+        head : Head
+        """
+        if isinstance(head, str):
+            if head != "mean":
+                raise ValueError(f"head must be a Head, a callable, 'mean' or None, got {head!r}")
+            return PoolingHead("avg")
+        if head is not None:
+            return head if isinstance(head, Head) else ModuleHead(head)
+        if layer == self.layer:
+            return self.head
+        if self.tokens is not None and layer in self.tokens.blocks and isinstance(self.head, TokenHead):
+            return _token_head(self.model, self.tokens, layer)
+        return PoolingHead("avg")
+
+    def pooling_of(self, head: Head) -> str | None:
+        """``"cls"``/``"mean"``: how ``head`` embeds this transformer's tokens (None for a CNN).
+
+        Parameters
+        ----------
+        head : Head
+
+        Returns
+        -------
+        pooling : str or None
+        """
+        if self.tokens is None:
+            return None
+        return self.tokens.pooling if isinstance(head, TokenHead) else "mean"
 
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
         """Logits of the full network.
@@ -387,21 +462,52 @@ def _arch_of(name: str, model: nn.Module) -> _Arch | None:
     return _module_arch(model)[0]
 
 
-def list_backbones() -> list[str]:
-    """Names accepted by :func:`get_backbone`.
+def list_backbones(family: str | None = None) -> list[str]:
+    """Names accepted by :func:`get_backbone`: the registered short names, or every model of a family.
+
+    Any other model is named by its family: ``"timm:<name>"`` (every timm
+    model: CNNs, ViT, DeiT, DINO, DINOv2, EVA, ...), ``"torchvision:<name>"``
+    (every torchvision classification model) or ``"open_clip:<name>"`` (the
+    image tower of a CLIP/OpenCLIP ViT; ``pip install open-clip-torch``).
+    Its default layer is found by running it once (a CNN's last spatial
+    module before the global pool; a ViT's input of the last block) with
+    the model's own head from there (see :mod:`sklearn_ais.backbones._discovery`
+    and :mod:`sklearn_ais.backbones._tokens`).
+
+    Parameters
+    ----------
+    family : {None, "timm", "torchvision", "open_clip"}, default=None
+        None: the short names registered here (EfficientNet-Lite first:
+        offline ImageNet weights; then torchvision's). A family: the names
+        of every model it has (pass them as ``"<family>:<name>"``).
 
     Returns
     -------
     names : list of str
-        EfficientNet-Lite first (offline ImageNet weights), then torchvision's.
 
     Examples
     --------
     >>> from sklearn_ais.backbones import list_backbones
     >>> "efficientnet_lite0" in list_backbones()
     True
+    >>> "vit_small_patch16_224" in list_backbones("timm")
+    True
     """
-    return sorted(_LITE) + sorted(_TORCHVISION)
+    if family is None:
+        return sorted(_LITE) + sorted(_TORCHVISION)
+    if family == "timm":
+        import timm
+
+        return timm.list_models()
+    if family == "torchvision":
+        import torchvision.models as tvm
+
+        return tvm.list_models(tvm)
+    if family == "open_clip":
+        import open_clip
+
+        return open_clip.list_models()
+    raise ValueError(f"family must be None or one of {sorted(FAMILIES)}, got {family!r}")
 
 
 def _check_layer(model: nn.Module, layer, model_name: str):
@@ -500,6 +606,7 @@ class _Built:
     head: Callable[[], Head] | None  # its own head for that layer, built on demand
     near_miss: str | None = None  # a library class the module subclasses with its own forward
     label: str | None = None  # Backbone.weights when it is not the source's own label (kept from a Backbone)
+    tokens: TokenLayout | None = None  # a vision transformer's token layout
 
 
 def _torchvision_enum(enum, name: str, weights):
@@ -610,15 +717,194 @@ def _build_lite(name: str, weights) -> _Built:
                   prep, "bn2", lambda: _TIMM_EFFICIENTNET.head(model))
 
 
+# -- any model by name: "timm:<name>", "torchvision:<name>", "open_clip:<name>" ----------------
+FAMILIES = {
+    "timm": "every timm model: 'timm:<name>' (timm.list_models(); a pretrained tag too: 'timm:convnext_tiny.fb_in1k')",
+    "torchvision": "every torchvision classification model: 'torchvision:<name>' "
+                   "(torchvision.models.list_models(torchvision.models))",
+    "open_clip": "the image tower of an OpenCLIP/CLIP ViT: 'open_clip:<name>' (open_clip.list_models(); "
+                 "pip install open-clip-torch), weights=None or a pretrained tag or a local file",
+}
+
+
+def _timm_prep(model) -> dict:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    crop_pct = cfg.get("crop_pct", 0.875) or 1.0
+    return {"input_size": size, "resize_size": int(size[0] / crop_pct), "interpolation": cfg.get("interpolation", "bicubic"),
+            "mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD)), "crop": True}
+
+
+def _hub_file(cfg: dict) -> str:
+    """The file a timm model's pretrained weights are downloaded from."""
+    if cfg.get("hf_hub_id"):
+        name = cfg.get("hf_hub_filename") or "model.safetensors"
+        return f"https://huggingface.co/{cfg['hf_hub_id']}/resolve/main/{name}"
+    return cfg.get("url") or "(no published file)"
+
+
+def _offline(what: str, exc: Exception, where: str) -> RuntimeError:
+    """The error of a failed download, naming the file to fetch on a machine with internet access."""
+    return RuntimeError(
+        f"downloading {what} failed ({type(exc).__name__}: {exc}). Without internet access, download {where} on "
+        f"another machine and pass the local file: weights='/path/to/{where.rstrip('/').rsplit('/', 1)[-1]}'"
+    )
+
+
+def _create_timm_pretrained(name: str):
+    import timm
+
+    return timm.create_model(name, pretrained=True)
+
+
+def _build_timm(name: str, weights) -> _Built:
+    import timm
+
+    full = f"timm:{name}"
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        raise ValueError(f"unknown timm model {name!r}{f'; did you mean {close}?' if close else ''} (timm.list_models())")
+    if isinstance(weights, str) and not _looks_like_path(weights) and not is_default_alias(weights):
+        raise ValueError(f"unknown weights {weights!r} for {full}: use 'DEFAULT', None (random) or the path of a local "
+                         "state dict or .safetensors file")
+    if is_default_alias(weights):
+        model = _construct(lambda: timm.create_model(name, pretrained=False), skip_init=True)
+        where = _hub_file(model.pretrained_cfg)
+        try:
+            model = _create_timm_pretrained(name)
+        except Exception as exc:
+            raise _offline(f"the pretrained weights of {full}", exc, where) from exc
+        source = WeightsSource("package", name=f"timm {model.pretrained_cfg.get('hf_hub_id') or name}",
+                               version=importlib.metadata.version("timm"))
+    else:
+        state_dict, source = user_weights(weights)
+        model = _construct(lambda: timm.create_model(name, pretrained=False), skip_init=state_dict is not None)
+        if state_dict is not None:
+            classifier = model.pretrained_cfg.get("classifier")
+            arch = _Arch(lambda m: None, lambda m: None, (classifier,) if isinstance(classifier, str) else ())
+            _load_into(model, state_dict, source, arch)
+    model.eval()
+    return _discovered(full, model, source or WeightsSource("random"), _timm_prep(model), _imagenet_categories())
+
+
+def _build_any_torchvision(name: str, weights) -> _Built:
+    import torchvision.models as tvm
+
+    full = f"torchvision:{name}"
+    if name not in tvm.list_models(tvm):
+        close = difflib.get_close_matches(name, tvm.list_models(tvm), n=3, cutoff=0.6)
+        raise ValueError(f"unknown torchvision classification model {name!r}{f'; did you mean {close}?' if close else ''}")
+    if name in _TORCHVISION:
+        built = _build_torchvision(name, weights)
+        built.name = full
+        return built
+    enum = tvm.get_model_weights(name)
+    w = _torchvision_enum(enum, full, weights)
+    if w is not None:
+        state_dict, source = _fetch_torchvision(w), WeightsSource("torchvision", name=str(w))
+    else:
+        state_dict, source = user_weights(weights)
+    model = _construct(lambda: tvm.get_model(name, weights=None), skip_init=state_dict is not None)
+    if state_dict is not None:
+        load_strict(model, state_dict, what_of(source))
+    meta = w or enum.DEFAULT
+    t = meta.transforms()
+    crop = t.crop_size[0] if hasattr(t, "crop_size") else 224
+    prep = {"input_size": (crop, crop), "resize_size": t.resize_size[0] if hasattr(t, "resize_size") else 256,
+            "interpolation": t.interpolation.value, "mean": tuple(t.mean), "std": tuple(t.std), "crop": True}
+    return _discovered(full, model.eval(), source or WeightsSource("random"), prep, meta.meta.get("categories"))
+
+
+def _build_open_clip(name: str, weights) -> _Built:
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ImportError(f"open_clip:{name} needs OpenCLIP: pip install open-clip-torch") from exc
+    full = f"open_clip:{name}"
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.6)
+        raise ValueError(f"unknown open_clip model {name!r}{f'; did you mean {close}?' if close else ''}")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    tag = weights if isinstance(weights, str) and weights in tags else None
+    if is_default_alias(weights):
+        raise ValueError(f"{full} has several pretrained weights: pass weights=<tag>, one of {tags} (a download), a "
+                         "local file, or None (random)")
+    if isinstance(weights, str) and tag is None and not _looks_like_path(weights):
+        raise ValueError(f"unknown weights {weights!r} for {full}: one of {tags}, a local file or None")
+    source = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No pretrained weights loaded": random on purpose
+        if tag is not None:
+            try:
+                model = open_clip.create_model(name, pretrained=tag)
+            except Exception as exc:
+                cfg = open_clip.get_pretrained_cfg(name, tag)
+                where = (f"https://huggingface.co/{cfg['hf_hub']}" if cfg.get("hf_hub") else cfg.get("url", "?"))
+                raise _offline(f"the {tag} weights of {full}", exc, where) from exc
+            source = WeightsSource("package", name=f"open_clip {name} {tag}",
+                                   version=importlib.metadata.version("open-clip-torch"))
+        else:
+            model = open_clip.create_model(name, pretrained=None)
+            state_dict, source = user_weights(weights)
+            if state_dict is not None:  # the whole CLIP model's state dict, or the image tower's alone
+                if any(k.startswith("visual.") for k in state_dict):
+                    load_strict(model, state_dict, what_of(source))
+                else:
+                    load_strict(model.visual, state_dict, what_of(source))
+    visual = model.visual.eval()
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(visual, "image_size", 224))
+    size = tuple(int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size)))
+    prep = {"input_size": size, "resize_size": size[0], "interpolation": cfg.get("interpolation", "bicubic"),
+            "mean": tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            "std": tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)), "crop": True}
+    if token_layout(visual) is None:
+        raise ValueError(f"{full}'s image tower ({type(visual).__name__}) is not a ViT with a CLS token or mean pooling")
+    return _discovered(full, visual, source or WeightsSource("random"), prep, None)
+
+
+def _token_head(model, layout: TokenLayout, layer: str) -> TokenHead:
+    rest = layout.rest(model, layer)
+    if hasattr(rest, "record_kwargs"):
+        size = _token_input_size(model)
+        rest.record_kwargs(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
+    return TokenHead(rest, n_extra=layout.n_extra, pooling=layout.pooling, layer=layer)
+
+
+def _token_input_size(model) -> tuple:
+    patch = getattr(model, "patch_embed", None)
+    size = getattr(patch, "img_size", None) or getattr(model, "image_size", (224, 224))
+    return tuple(int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size)))
+
+
+def _discovered(name: str, model: nn.Module, source: WeightsSource, prep: dict, categories) -> _Built:
+    """A model built by name, its default layer and own head found (tokens: the input of the last block)."""
+    from ._discovery import own_head, probe
+
+    layout = token_layout(model)
+    if layout is not None:
+        layer = layout.blocks[-3] if layout.blocks[-1] == "norm" else layout.blocks[-2]
+        return _Built(name, model, source, categories, prep, layer, lambda: _token_head(model, layout, layer),
+                      tokens=layout)
+    found = probe(model, prep["input_size"])
+    return _Built(name, model, source, categories, prep, found.layer, lambda: own_head(model, found, name))
+
+
 def _from_name(name: str, weights) -> _Built:
+    family, sep, rest = name.partition(":")
+    if sep and family in FAMILIES:
+        return {"timm": _build_timm, "torchvision": _build_any_torchvision, "open_clip": _build_open_clip}[family](
+            rest, weights)
     if name in _LITE:
         return _build_lite(name, weights)
     if name in _TORCHVISION:
         return _build_torchvision(name, weights)
     close = difflib.get_close_matches(name, list_backbones(), n=3, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else ""
+    families = "; ".join(FAMILIES.values())
     raise ValueError(
-        f"unknown backbone {name!r}.{hint} Available: {list_backbones()}; or pass any torch.nn.Module with layer=..."
+        f"unknown backbone {name!r}.{hint} Available: {list_backbones()}; any other model by name: {families}; "
+        "or pass any torch.nn.Module with layer=..."
     )
 
 
@@ -628,6 +914,11 @@ def _from_module(model: nn.Module, weights) -> _Built:
     if weights is not None and not is_default_alias(weights):
         state_dict, source = user_weights(weights)
         _load_into(model, state_dict, source, arch)
+    layout = token_layout(model) if arch is None else None
+    if layout is not None:  # a timm or open_clip vision transformer passed as a module: its tokens, as by name
+        built = _discovered(type(model).__name__, model, source, {}, None)
+        built.prep = _timm_prep(model) if hasattr(model, "pretrained_cfg") else {}
+        return built
     layer = arch.layer(model) if arch is not None else None
     head = (lambda: arch.head(model)) if arch is not None else None
     return _Built(type(model).__name__, model, source, None, {}, layer, head, near_miss)
@@ -646,7 +937,7 @@ def _from_backbone(base: Backbone, weights) -> _Built:
             # (a pooling head holds none: the user's choice of pooling is kept).
             head = arch.head(model)
     prep = {k: getattr(base, k) for k in _PREP_FIELDS}
-    return _Built(base.name, model, source, categories, prep, base.layer, lambda: head, label=label)
+    return _Built(base.name, model, source, categories, prep, base.layer, lambda: head, label=label, tokens=base.tokens)
 
 
 def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
@@ -659,6 +950,12 @@ def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
         )
     same_layer = layer is None or layer == built.layer
     layer = built.layer if layer is None else layer
+    if isinstance(head, str):
+        if head != "mean":
+            raise ValueError(f"head must be a Head, a callable, 'mean' (a transformer's patch tokens) or None, got {head!r}")
+        head = PoolingHead("avg")
+    if head is None and built.tokens is not None and not same_layer and layer in built.tokens.blocks:
+        head = _token_head(built.model, built.tokens, layer)
     if head is None:
         # A known architecture whose layers are not the library's (built.layer None) says why its head is unknown.
         if built.head is not None and (same_layer or built.layer is None):
@@ -677,8 +974,12 @@ def _assemble(built: _Built, layer, head, overrides: dict) -> Backbone:
     if overrides.get("crop") is False and built.prep.get("crop", True) and "resize_size" not in overrides:
         # Without a crop the shorter side becomes the network's input size (224 for VGG16, as in the paper).
         prep["resize_size"] = int(np.min(np.broadcast_to(prep.get("input_size", (224, 224)), (2,))))
+    pooling = None
+    if built.tokens is not None:
+        pooling = built.tokens.pooling if isinstance(head, TokenHead) else "mean"
     return Backbone(built.name, built.model, layer, head, **prep, weights=built.label or built.source.label,
-                    categories=built.categories, weights_source=built.source)
+                    categories=built.categories, weights_source=built.source, tokens=built.tokens,
+                    token_pooling=pooling)
 
 
 def get_backbone(

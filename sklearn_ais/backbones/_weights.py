@@ -137,7 +137,7 @@ def tensors_sha256(state_dict: Mapping) -> str:
 
 
 def read_state_dict(path) -> dict:
-    """Read a local state dict with ``torch.load(..., weights_only=True)`` (no code runs).
+    """Read a local state dict with ``torch.load(..., weights_only=True)`` or from a ``.safetensors`` file (no code runs).
 
     Parameters
     ----------
@@ -162,6 +162,14 @@ def read_state_dict(path) -> dict:
             "None for random initialisation, or the path of a saved state dict "
             "(torch.save(model.state_dict(), path))."
         )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ValueError(f"could not read weights file '{path}' as safetensors ({type(exc).__name__}: {exc})") from exc
+        return as_state_dict(obj, f"'{path}'")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -10,7 +10,7 @@ from ._base import DataUnavailableError, get_data_home
 from ._folder import load_image_folder, write_example_folder
 from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
-from ._synthetic import make_similarity_task
+from ._synthetic import make_planted_patch_task, make_similarity_task
 from ._things import load_things_similarity
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "load_kriegeskorte92",
     "load_peterson_animals",
     "load_things_similarity",
+    "make_planted_patch_task",
     "make_similarity_task",
     "write_example_folder",
 ]

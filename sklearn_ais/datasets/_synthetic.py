@@ -385,3 +385,61 @@ partly agrees with the observer and selecting the maps that respond to the
 object improves the agreement. ``masks`` mark the object pixels, the ground
 truth for alignment heatmaps.
 """
+
+
+@validate_params(
+    {"n_images": [Interval(Integral, 2, None, closed="left")], "image_size": [Interval(Integral, 8, None, closed="left")],
+     "patch_size": [Interval(Integral, 1, None, closed="left")], "n_textures": [Interval(Integral, 2, None, closed="left")],
+     "noise": [Interval(Real, 0, None, closed="left")], "random_state": ["random_state"]},
+    prefer_skip_nested_validation=True,
+)
+def make_planted_patch_task(n_images=32, image_size=160, patch_size=48, n_textures=4, noise=0.3, random_state=0):
+    """One textured square per image on a plain background; the observer judges by its texture only.
+
+    The background is the ImageNet mean colour (zero after normalisation), so
+    the information the observer uses lies in the planted patch alone: a
+    heatmap should put its weight there (the task of the transformer tests
+    and of ``examples/plot_transformer_layers.py``).
+
+    Parameters
+    ----------
+    n_images : int, default=32
+    image_size : int, default=160
+        Images are square, ``(image_size, image_size, 3)`` uint8.
+    patch_size : int, default=48
+        Side of the square, placed uniformly at random inside the image.
+    n_textures : int, default=4
+        Random uint8 textures; each image shows one.
+    noise : float, default=0.3
+        Observer noise: similarity is the correlation of the images' texture
+        codes (6 random numbers per texture) plus this much Gaussian noise.
+    random_state : int, RandomState instance or None, default=0
+
+    Returns
+    -------
+    task : Bunch
+        ``images`` (n, S, S, 3) uint8, ``masks`` (n, S, S) bool (the patch),
+        ``similarity`` (n, n), ``texture`` (n,) int.
+
+    Examples
+    --------
+    >>> from sklearn_ais.datasets import make_planted_patch_task
+    >>> task = make_planted_patch_task(n_images=6, image_size=32, patch_size=8)
+    >>> task.images.shape, task.masks.sum(axis=(1, 2)).tolist(), task.similarity.shape
+    ((6, 32, 32, 3), [64, 64, 64, 64, 64, 64], (6, 6))
+    """
+    if patch_size > image_size:
+        raise ValueError(f"patch_size ({patch_size}) must not exceed image_size ({image_size})")
+    rng = check_random_state(random_state)
+    S, P = image_size, patch_size
+    textures = rng.randint(0, 256, size=(n_textures, P, P, 3))
+    texture = rng.randint(0, n_textures, size=n_images)
+    images = np.tile(np.array([124, 116, 104], dtype=np.uint8), (n_images, S, S, 1))  # the ImageNet mean colour
+    masks = np.zeros((n_images, S, S), bool)
+    for i in range(n_images):
+        r, c = rng.randint(0, S - P + 1, size=2)
+        images[i, r:r + P, c:c + P] = textures[texture[i]]
+        masks[i, r:r + P, c:c + P] = True
+    codes = rng.normal(size=(n_textures, 6))
+    similarity = np.corrcoef(codes[texture] + noise * rng.normal(size=(n_images, 6)))
+    return Bunch(images=images, masks=masks, similarity=similarity, texture=texture)
