@@ -64,7 +64,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     similarity : {"pearson", "cosine"}, default="pearson"
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
         Row correlation of the per-image scores.
     keep : array-like of bool of shape (n_maps,), array of int, or None, default=None
         Only these maps may carry weight (a boolean mask, e.g. a fitted

@@ -26,6 +26,11 @@ Conventions used throughout the package:
   - ``"kendall_tau_a"``: Kendall's tau-a (Nili et al. 2014; rsatoolbox's
     ``tau-a``): (concordant - discordant) / (m (m - 1) / 2); a pair tied on
     either side counts 0.
+  - ``"cosine"``: the cosine of the angle between the two vectors, not
+    centred (rsatoolbox's ``cosine`` between RDM vectors). Unlike the others it
+    changes when a constant is added to one side, so it compares what it is
+    given: the package's matrices are similarities (a human RDM passed with
+    ``y_kind="dissimilarity"`` is negated), and a zero model vector gives 0.
 
   When either side is constant the correlation is undefined; for a *model*
   side we return 0 (no information), the human side is validated to be
@@ -78,7 +83,7 @@ def _is_numpy(x) -> bool:
 
 
 SIMILARITIES = ("pearson", "cosine")
-COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a")
+COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine")
 _RANK_COMPARISONS = ("spearman", "kendall_tau_a", "rho_a")
 
 # A row whose centred energy is below this fraction of its raw energy is
@@ -823,7 +828,8 @@ class TargetVector:
 
             self.ranks = _TargetRanks(observed)
             observed = rankdata(observed)
-        self.prepared = standardize_rows(np.asarray(observed, dtype=np.float64)[None])[0]
+        self.prepared = standardize_rows(np.asarray(observed, dtype=np.float64)[None],
+                                         center=comparison != "cosine")[0]
         self.is_constant = bool((self.prepared == 0).all())
         self._tensors = {}
 
@@ -861,6 +867,8 @@ class TargetVector:
         if self.comparison in _RANK_COMPARISONS:
             out = self._rank_compare(c)
             return out if numpy_in else _torch().from_numpy(out).to(device=c.device, dtype=c.dtype)
+        if self.comparison == "cosine":
+            return self._cosine(c)
         r = self._pearson(c)
         return r * r if self.comparison == "pearson_r2" else r
 
@@ -883,6 +891,12 @@ class TargetVector:
         prepared = self.prepared if numpy_in else self._on(c.device)[1]
         r = _row_sum(z * prepared, overwrite=True)
         return np.clip(r, -1.0, 1.0) if numpy_in else r.clamp(-1.0, 1.0)
+
+    def _cosine(self, c):
+        """Cosine of each row with the target (a zero row: 0)."""
+        prepared = self.prepared if _is_numpy(c) else self._on(c.device)[1]
+        r = _row_sum(standardize_rows(c, center=False, rel_eps=0.0) * prepared, overwrite=True)
+        return np.clip(r, -1.0, 1.0) if _is_numpy(c) else r.clamp(-1.0, 1.0)
 
     def _rank_compare(self, c) -> np.ndarray:
         """Rank comparisons in exact integer arithmetic, block by block (rows of ~1 MB)."""
@@ -950,7 +964,7 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
     target : array-like of shape (m,)
         NaN marks a missing entry. At least 3 observed entries, not all
         equal, and no +/-inf.
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}
         See the module docstring.
 
     Returns
@@ -997,7 +1011,7 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     b : array-like of shape (m,)
         Human side; at least 3 observed entries that are not all equal
         (else ``ValueError``).
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}
 
     Returns
     -------

@@ -471,12 +471,17 @@ class PermutationTestResult:
     observed : float
         Mean held-out gain of the selection over folds: ``test_score_selected - test_score_full``.
     null : ndarray of shape (n_permutations,)
-        The same statistic with the images' human judgments permuted.
+        The same statistic with the images' human judgments permuted (the permutations run).
     p_value : float
-        ``(1 + #(null >= observed)) / (1 + n_permutations)``.
+        ``(1 + #(null >= observed)) / (1 + n_permutations)``; when the sequential rule stopped early (``h``
+        null values reached the observed one after ``n_permutations`` permutations), ``h / n_permutations``
+        (Besag & Clifford, 1991).
     n_permutations : int
+        Permutations run.
     table : DataFrame
         The observed per-fold table (as :func:`cross_validate_alignment`'s).
+    stopped_early : bool
+        Whether the sequential rule stopped before the largest number of permutations.
     """
 
     observed: float
@@ -484,6 +489,7 @@ class PermutationTestResult:
     p_value: float
     n_permutations: int
     table: pd.DataFrame
+    stopped_early: bool = False
 
     def __repr__(self):
         return (f"PermutationTestResult(observed gain {self.observed:+.4f}, null mean {np.nanmean(self.null):+.4f}, "
@@ -496,7 +502,8 @@ def _gain(records) -> float:
 
 
 def permutation_test_alignment(
-    estimator, X, y, *, cv=None, n_permutations=1000, y_kind=None, random_state=0, n_jobs=None, verbose=0,
+    estimator, X, y, *, cv=None, n_permutations=1000, stop_after=None, y_kind=None, random_state=0, n_jobs=None,
+    verbose=0,
 ) -> PermutationTestResult:
     """Permutation test of the held-out gain of a cross-validated selection.
 
@@ -521,6 +528,14 @@ def permutation_test_alignment(
     cv : int, splitter or iterable, default=None
         As for :func:`cross_validate_alignment` (default: 5 folds x 8 repeats).
     n_permutations : int, default=1000
+        The most permutations run.
+    stop_after : int, optional
+        Sequential stopping (Besag & Clifford, 1991): stop as soon as ``stop_after`` null values reach the
+        observed one (the p-value is then clearly large: ``stop_after / permutations run``); a gain that few
+        permutations reach runs all ``n_permutations``. The p-value stays exact (valid at every level); a null
+        dataset costs about ``stop_after * (1 + ln(n_permutations / stop_after))`` permutations instead of
+        ``n_permutations``. Permutations run in batches; the result is that of running them one by one, and
+        the first ones are those of a run without stopping (the same ``random_state``).
     y_kind : {"similarity", "dissimilarity"}, optional
         Defaults to the estimator's.
     random_state : int, RandomState instance or None, default=0
@@ -547,18 +562,32 @@ def permutation_test_alignment(
     """
     if not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
         raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    if stop_after is not None and (not isinstance(stop_after, numbers.Integral) or stop_after < 1):
+        raise ValueError(f"stop_after must be None or a positive integer, got {stop_after!r}")
     rng = check_random_state(random_state)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)
     n = len(H)
     perms = [rng.permutation(n) for _ in range(n_permutations)]
+    batch = n_permutations if stop_after is None else max(2 * stop_after, 10)
     # The identity first: the observed statistic, on the kernels the permutations share.
-    records = _fold_records(estimator, X, H, splits, by_pairs, [np.arange(n), *perms], False, False, n_jobs, verbose)
+    records = _fold_records(estimator, X, H, splits, by_pairs, [np.arange(n), *perms[:batch]], False, False, n_jobs,
+                            verbose)
     observed_records = records[0]
     observed = _gain(observed_records)
     null = np.array([_gain(r) for r in records[1:]])
-    p = (1 + int(np.sum(null >= observed))) / (1 + n_permutations)
+    while stop_after is not None and np.sum(null >= observed) < stop_after and len(null) < n_permutations:
+        more = perms[len(null):len(null) + batch]
+        null = np.r_[null, [_gain(r) for r in _fold_records(estimator, X, H, splits, by_pairs, more, False, False,
+                                                            n_jobs, verbose)]]
+    reached = np.cumsum(null >= observed)
+    stopped = stop_after is not None and reached[-1] >= stop_after
+    if stopped:  # Besag & Clifford: the permutation at which the stop_after-th null value reached the observed one
+        null = null[:int(np.argmax(reached >= stop_after)) + 1]
+        p = stop_after / len(null)
+    else:
+        p = (1 + int(reached[-1])) / (1 + len(null))
     table = pd.DataFrame([{"fold": f, **r} for f, r in enumerate(observed_records)])
-    return PermutationTestResult(observed, null, float(p), int(n_permutations), table)
+    return PermutationTestResult(observed, null, float(p), len(null), table, bool(stopped and len(null) < n_permutations))
 
 
 def _has_fast_path(estimator) -> bool:
