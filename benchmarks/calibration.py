@@ -264,6 +264,7 @@ def main(argv=None):
     parser.add_argument("--datasets", type=int, default=200, help="simulated datasets of each kind and size")
     parser.add_argument("--resampling-datasets", type=int, default=None,
                         help="of these, how many also run the permutation test and the bootstrap (default: all)")
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. datasets - 1 (to split a run)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--permutations", type=int, default=99)
@@ -274,16 +275,17 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the results as JSON")
     parser.add_argument("--stream", default=None,
                         help="append each dataset's result to this JSON-lines file as it ends (resumable)")
-    parser.add_argument("--from-stream", default=None, help="only tabulate the results of a --stream file")
+    parser.add_argument("--from-stream", nargs="+", default=None, help="only tabulate the results of --stream files")
     args = parser.parse_args(argv)
     from joblib import Parallel, delayed
 
     t0 = time.perf_counter()
     resampling = args.datasets if args.resampling_datasets is None else args.resampling_datasets
     # Seed-major order: every kind and size advances together; the resampling tests run on the first seeds.
-    jobs = [(seed, kind, n) for seed in range(args.datasets) for n in args.sizes for kind in args.kinds]
+    jobs = [(seed, kind, n) for seed in range(args.first_seed, args.datasets) for n in args.sizes for kind in args.kinds]
     if args.from_stream:
-        done = [json.loads(line) for line in Path(args.from_stream).read_text().splitlines() if line.strip()]
+        done = [json.loads(line) for path in args.from_stream for line in Path(path).read_text().splitlines()
+                if line.strip()]
         jobs = [(r["seed"], r["kind"], r["n"]) for r in done]
         results = [{k: v for k, v in r.items() if k not in ("seed", "kind", "n")} for r in done]
         elapsed = float("nan")

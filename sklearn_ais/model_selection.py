@@ -282,11 +282,13 @@ class AlignmentCVResult:
 
     def __repr__(self):
         s = self.summary
+        test = (f"permutation test ({int(s.n_permutations)} permutations)" if s.test == "permutation"
+                else f"{_TEST_NAMES[s.test]} t = {s.t_statistic:.2f}")
         return (
             f"AlignmentCVResult({int(s.n_folds)} folds: held-out 2OI all maps {s.test_score_full:.3f} "
             f"± {s.test_score_full_sem:.3f}, selected {s.test_score_selected:.3f} ± "
-            f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), {_TEST_NAMES[s.test]} t = "
-            f"{s.t_statistic:.2f}, p = {s.p_value:.2g}{'' if s.alternative == 'two-sided' else ', ' + s.alternative})"
+            f"{s.test_score_selected_sem:.3f} (mean {s.n_selected_mean:.1f} kept), {test}, "
+            f"p = {s.p_value:.2g}{'' if s.alternative == 'two-sided' else ', ' + s.alternative})"
         )
 
 
@@ -317,7 +319,7 @@ def _check_fold_sizes(splits, H, by_pairs):
 
 def cross_validate_alignment(
     estimator, X, y, cv=None, *, y_kind=None, random_state=0, test="corrected_t", alternative="two-sided",
-    return_estimators=False, return_paths=False, n_jobs=None, verbose=0,
+    n_permutations=99, stop_after=10, return_estimators=False, return_paths=False, n_jobs=None, verbose=0,
 ) -> AlignmentCVResult:
     """Held-out 2OI of all maps vs the selected maps, fold by fold.
 
@@ -338,13 +340,27 @@ def cross_validate_alignment(
         Defaults to the estimator's ``y_kind``.
     random_state : int, RandomState instance or None, default=0
         Seeds the folds of an int ``cv`` and of the default protocol.
-    test : {"corrected_t", "paired_t", "wilcoxon"}, default="corrected_t"
-        Paired test of selected vs all maps over folds (see
-        :func:`summarize_folds`): the corrected resampled t-test accounts for
-        the overlap of training sets across folds and repeats; ``"paired_t"``
-        is the plain paired t-test the AIS paper reports.
+    test : {"corrected_t", "paired_t", "wilcoxon", "permutation"}, default="corrected_t"
+        Test of selected vs all maps. ``"permutation"``: the stimulus labels
+        of the human matrix are permuted and the whole cross-validated
+        selection rerun on the same folds (as
+        :func:`permutation_test_alignment`, with sequential stopping); the
+        others are paired tests over folds (see :func:`summarize_folds`):
+        the corrected resampled t-test accounts for the overlap of training
+        sets across folds and repeats; ``"paired_t"`` is the plain paired
+        t-test the AIS paper reports. ``benchmarks/calibration.py`` measures
+        their level and power (README, "Which p-value to report").
     alternative : {"two-sided", "greater", "less"}, default="two-sided"
-        ``"greater"``: the selected maps align better (the paper's one-sided test).
+        ``"greater"``: the selected maps align better (the paper's one-sided
+        test). The permutation test compares the mean gain (``"greater"``),
+        its negative (``"less"``) or its size (``"two-sided"``) with the
+        permuted ones.
+    n_permutations : int, default=99
+        The most permutations of ``test="permutation"``.
+    stop_after : int or None, default=10
+        ``test="permutation"`` stops once this many permuted statistics
+        reached the observed one (Besag & Clifford, 1991; see
+        :func:`permutation_test_alignment`); None runs all.
     return_estimators : bool, default=False
     return_paths : bool, default=False
         Also record, per fold, the training and held-out 2OI along the
@@ -395,10 +411,12 @@ def cross_validate_alignment(
     """
     from ._stats import ALTERNATIVES, TESTS
 
-    if test not in TESTS:
-        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    if test not in (*TESTS, "permutation"):
+        raise ValueError(f"test must be one of {(*TESTS, 'permutation')}, got {test!r}")
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    if test == "permutation":
+        _check_permutations(n_permutations, stop_after)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)
     records = _fold_records(estimator, X, H, splits, by_pairs, None, return_estimators, return_paths, n_jobs,
                             verbose)
@@ -411,10 +429,20 @@ def cross_validate_alignment(
     train_paths = [r["train_path"] for r in records] if return_paths else None
     test_paths = [r["test_path"] for r in records] if return_paths else None
     table = pd.DataFrame(rows)
+    summary = summarize_folds(table, comparison=getattr(estimator, "comparison", "spearman"),
+                              test="corrected_t" if test == "permutation" else test, alternative=alternative)
+    if test == "permutation":
+        statistic = {"greater": lambda g: g, "less": lambda g: -g, "two-sided": np.abs}[alternative]
+        observed = statistic(_gain(records))
+        rng = check_random_state(random_state)
+        perms = [rng.permutation(len(H)) for _ in range(n_permutations)]
+        null, p, _ = _sequential_null(estimator, X, H, splits, by_pairs, perms, observed, stop_after, n_jobs, verbose,
+                                      statistic)
+        summary["test"], summary["t_statistic"], summary["df"], summary["p_value"] = "permutation", np.nan, np.nan, p
+        summary["n_permutations"] = len(null)
     return AlignmentCVResult(
         table,
-        summarize_folds(table, comparison=getattr(estimator, "comparison", "spearman"), test=test,
-                        alternative=alternative),
+        summary,
         fitted,
         None if train_paths is None else np.asarray(train_paths),
         None if test_paths is None else np.asarray(test_paths),
@@ -560,34 +588,45 @@ def permutation_test_alignment(
     >>> bool(res.p_value <= 0.05)
     True
     """
-    if not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
-        raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
-    if stop_after is not None and (not isinstance(stop_after, numbers.Integral) or stop_after < 1):
-        raise ValueError(f"stop_after must be None or a positive integer, got {stop_after!r}")
+    _check_permutations(n_permutations, stop_after)
     rng = check_random_state(random_state)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)
     n = len(H)
     perms = [rng.permutation(n) for _ in range(n_permutations)]
-    batch = n_permutations if stop_after is None else max(2 * stop_after, 10)
-    # The identity first: the observed statistic, on the kernels the permutations share.
-    records = _fold_records(estimator, X, H, splits, by_pairs, [np.arange(n), *perms[:batch]], False, False, n_jobs,
-                            verbose)
-    observed_records = records[0]
+    observed_records = _fold_records(estimator, X, H, splits, by_pairs, None, False, False, n_jobs, verbose)
     observed = _gain(observed_records)
-    null = np.array([_gain(r) for r in records[1:]])
-    while stop_after is not None and np.sum(null >= observed) < stop_after and len(null) < n_permutations:
+    null, p, stopped = _sequential_null(estimator, X, H, splits, by_pairs, perms, observed, stop_after, n_jobs, verbose)
+    table = pd.DataFrame([{"fold": f, **r} for f, r in enumerate(observed_records)])
+    return PermutationTestResult(observed, null, p, len(null), table, stopped)
+
+
+def _check_permutations(n_permutations, stop_after):
+    if not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    if stop_after is not None and (not isinstance(stop_after, numbers.Integral) or stop_after < 1):
+        raise ValueError(f"stop_after must be None or a positive integer, got {stop_after!r}")
+
+
+def _sequential_null(estimator, X, H, splits, by_pairs, perms, observed, stop_after, n_jobs, verbose,
+                     statistic=lambda g: g):
+    """Permuted statistics in order, stopped after ``stop_after`` reached ``observed`` (Besag & Clifford, 1991).
+
+    Returns the null values run, the p-value (``stop_after / run`` when stopped, else
+    ``(1 + #reached) / (1 + run)``) and whether it stopped before the last permutation. Permutations run in
+    batches (sharing the kernels); the result is that of running them one by one.
+    """
+    batch = len(perms) if stop_after is None else max(2 * stop_after, 10)
+    null = np.empty(0)
+    while len(null) < len(perms) and (stop_after is None or np.sum(null >= observed) < stop_after):
         more = perms[len(null):len(null) + batch]
-        null = np.r_[null, [_gain(r) for r in _fold_records(estimator, X, H, splits, by_pairs, more, False, False,
-                                                            n_jobs, verbose)]]
+        records = _fold_records(estimator, X, H, splits, by_pairs, more, False, False, n_jobs, verbose)
+        null = np.r_[null, [statistic(_gain(r)) for r in records]]
     reached = np.cumsum(null >= observed)
     stopped = stop_after is not None and reached[-1] >= stop_after
-    if stopped:  # Besag & Clifford: the permutation at which the stop_after-th null value reached the observed one
+    if stopped:  # the permutation at which the stop_after-th null value reached the observed one
         null = null[:int(np.argmax(reached >= stop_after)) + 1]
-        p = stop_after / len(null)
-    else:
-        p = (1 + int(reached[-1])) / (1 + len(null))
-    table = pd.DataFrame([{"fold": f, **r} for f, r in enumerate(observed_records)])
-    return PermutationTestResult(observed, null, float(p), len(null), table, bool(stopped and len(null) < n_permutations))
+        return null, float(stop_after / len(null)), bool(len(null) < len(perms))
+    return null, float((1 + int(reached[-1])) / (1 + len(null))), False
 
 
 def _has_fast_path(estimator) -> bool:

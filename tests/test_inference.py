@@ -286,3 +286,20 @@ def test_sequential_permutation_test_stops_as_besag_and_clifford(rng):
     assert not seq.stopped_early and seq.n_permutations == 30 and seq.p_value == full.p_value
     with pytest.raises(ValueError, match="stop_after"):
         permutation_test_alignment(AISSelector(device="cpu"), X, H, cv=4, n_permutations=30, stop_after=0)
+
+
+def test_cross_validation_permutation_test_is_the_permutation_test(rng):
+    """cross_validate_alignment(test="permutation"): permutation_test_alignment's p on the same folds and
+    permutations ("greater"); two-sided, the permuted gains' sizes against the observed one's."""
+    from sklearn.model_selection import KFold
+
+    X, H = _data(rng)
+    cv = KFold(3, shuffle=True, random_state=0)
+    kw = dict(cv=cv, test="permutation", n_permutations=19, stop_after=None, random_state=1)
+    ref = permutation_test_alignment(AISSelector(device="cpu"), X, H, cv=cv, n_permutations=19, random_state=1)
+    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, alternative="greater", **kw)
+    assert res.summary.test == "permutation" and res.summary.n_permutations == 19
+    assert res.summary.p_value == ref.p_value and np.isnan(res.summary.t_statistic)
+    assert "permutation test (19 permutations)" in repr(res)
+    two = cross_validate_alignment(AISSelector(device="cpu"), X, H, alternative="two-sided", **kw)
+    assert two.summary.p_value == (1 + np.sum(np.abs(ref.null) >= abs(ref.observed))) / 20
