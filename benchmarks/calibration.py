@@ -284,8 +284,13 @@ def main(argv=None):
     # Seed-major order: every kind and size advances together; the resampling tests run on the first seeds.
     jobs = [(seed, kind, n) for seed in range(args.first_seed, args.datasets) for n in args.sizes for kind in args.kinds]
     if args.from_stream:
-        done = [json.loads(line) for path in args.from_stream for line in Path(path).read_text().splitlines()
-                if line.strip()]
+        done = {}
+        for path in args.from_stream:  # one result per dataset (a split run may have computed some twice)
+            for line in Path(path).read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    done.setdefault((r["seed"], r["kind"], r["n"]), r)
+        done = list(done.values())
         jobs = [(r["seed"], r["kind"], r["n"]) for r in done]
         results = [{k: v for k, v in r.items() if k not in ("seed", "kind", "n")} for r in done]
         elapsed = float("nan")
@@ -309,7 +314,7 @@ def main(argv=None):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"table": table, "args": vars(args), "seconds": elapsed,
                                               "raw": [dict(seed=s, kind=k, n=m, **r)
-                                                      for (s, k, m), r in zip(jobs, results)]}, indent=1))
+                                                      for (s, k, m), r in zip(jobs, results)]}))
 
 
 if __name__ == "__main__":
