@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -18,8 +17,8 @@ from ._pairs import fold_parts
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._stats import fold_record
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids
-from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
+from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
+from ._validation import MIN_IMAGES, check_image_cv, check_splits, is_feature_maps, validate_maps_input
 
 __all__ = ["AISSelector", "AISSelectorCV"]
 
@@ -129,7 +128,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         data, or mean validation score when ``cv`` is set); the smallest t
         wins ties, and a t whose 2OI is undefined (NaN in
         ``path_scores_``) is never chosen. An int keeps that many maps; a
-        float in (0, 1] that fraction (rounded up).
+        float ``f`` in (0, 1] keeps ``max(1, int(f * n_maps))``, the rule of
+        scikit-learn's selectors. A boolean is refused.
     cv : int, cross-validation generator, iterable or None, default=None
         Inner cross-validation used to choose t when
         ``n_features_to_select="auto"``. Over images (an int ``k`` means
@@ -230,7 +230,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
         "random_state": ["random_state"],
-        "n_jobs": [None, Integral],
+        "n_jobs": [None, Interval(Integral, None, None, closed="neither")],
     }
 
     def __init__(
@@ -258,7 +258,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     def _prepare(self, X, y, reset):
         ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
-        H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
+        # fit needs structure to align with; a score on a constant y is undefined (NaN, warned)
+        H = check_similarity_target(y, len(X), self.y_kind, ids=ids, constant="raise" if reset else "warn")
         problem = make_kernel(X, self.similarity, self.device)
         return problem, H
 
@@ -329,7 +330,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
                 raise ValueError(f"n_features_to_select={nfs} exceeds the number of maps ({K})")
             return int(nfs)
         if isinstance(nfs, Real):
-            return max(1, math.ceil(nfs * K))
+            return max(1, int(nfs * K))  # scikit-learn's rule (RFE, SequentialFeatureSelector)
         if not self._chooses_by_cv():
             curve = self.path_scores_
         else:
@@ -355,7 +356,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         cv = check_image_cv(self.cv, self.random_state)
         n = problem.n
         by_pairs = getattr(cv, "splits_pairs", False)
-        splits = list(cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1))))
+        raw = cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1)))
+        splits = check_splits(raw, n * (n - 1) // 2 if by_pairs else n, "pairs" if by_pairs else "images")
         for train, val in splits:  # every split checked before any work
             need = (3, 3) if by_pairs else (MIN_IMAGES, 3)
             if len(train) < need[0] or len(val) < need[1]:
@@ -544,7 +546,7 @@ def _inner_path(selector, problem, H, train, val, by_pairs):
     """Validation path of one inner split: maps ranked on the training part, the sweep on the validation part."""
     fit_on, val_on, fit_H, val_H = fold_parts(problem, H, train, val, by_pairs=by_pairs, take=_subset)
     Hv_u = upper_triangle(val_H)
-    if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
+    if target_is_constant(Hv_u):  # no observed pair, or all equal (the one constant rule)
         warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
         return None
     _, _, _, order = selector._rank(fit_on, fit_H)

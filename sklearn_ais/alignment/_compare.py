@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .._containers import FeatureMaps
+from .._pairs import held_out_is_undefined
 from .._targets import check_similarity_target, sample_ids
 from ._held_out import _fit_and_score
 
@@ -436,7 +437,7 @@ def compare_alignment(
     ['none', 'ais']
     """
     from .._stats import ALTERNATIVES, TESTS
-    from .._validation import check_image_cv
+    from .._validation import check_image_cv, check_splits
 
     if test not in TESTS or alternative not in ALTERNATIVES:
         raise ValueError(f"test must be one of {TESTS} and alternative one of {ALTERNATIVES}, got {test!r}, "
@@ -453,9 +454,16 @@ def compare_alignment(
     entries = _entries(backbones)
     n, ids = _image_count_and_ids(entries, images)
     H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
-    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    splits = check_splits(cv.split(np.zeros((n, 1))), n)
+    for fold, (train, _) in enumerate(splits):
+        if held_out_is_undefined(H, train, by_pairs=False):
+            raise ValueError(f"fold {fold}: its training human pairs are constant (or fewer than 3): nothing to fit on")
     if inference not in ("folds", "bootstrap"):
         raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
+    from .._sklearn_compat import is_count
+
+    if inference == "bootstrap" and not is_count(n_bootstrap):
+        raise ValueError(f"n_bootstrap must be a positive integer (not a boolean), got {n_bootstrap!r}")
     from .._similarity import COMPARISONS, SIMILARITIES
     from ._bootstrap import INTERVALS
 
@@ -476,6 +484,7 @@ def compare_alignment(
             Xs = _extract_all(entries, images, n, ids, n_jobs, progress)
             rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, progress)
     table = pd.DataFrame(rows)
+    _check_undefined_folds(table)
     reference = "none" if "none" in methods else next(iter(methods))
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
     ceiling_table = pd.DataFrame(ceilings) if ceilings else None
@@ -634,3 +643,16 @@ def _check_same_images(label, X, n, ids):
             "backbone (their ids differ): folds are paired by position, so give every backbone the same images "
             "in the same order"
         )
+
+
+def _check_undefined_folds(table):
+    """An undefined held-out 2OI (NaN) is named and left out of the summary; all of a method's undefined is an error."""
+    from .._stats import warn_undefined_folds
+
+    undefined = table["test_2oi"].isna()
+    for (bb, method), g in table.groupby(["backbone", "method"], sort=False):
+        if g["test_2oi"].isna().all():
+            raise ValueError(f"{method!r} on backbone {bb!r}: every fold has an undefined held-out 2OI (NaN: constant "
+                             "held-out human pairs, or a constant model similarity matrix)")
+    folds = np.unique(table.loc[undefined, "fold"].to_numpy())
+    warn_undefined_folds(len(folds), int(table["fold"].nunique()), stacklevel=4, folds=folds)

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .._containers import FeatureMaps
-from .._pairs import fold_parts
+from .._pairs import fold_parts, held_out_is_undefined
 from .._targets import sample_ids, similarity_frame
 from ._base import embedding_2oi
 
@@ -66,10 +66,11 @@ def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison, 
     against each subject's matrix on the test images (the scale of the noise ceiling; Schütt et al., 2023).
     """
     X_tr, X_te, H_tr, H_te = fold_parts(X, H, train_idx, test_idx, by_pairs=False)
+    undefined = held_out_is_undefined(H, test_idx, by_pairs=False)  # NaN, named once the table is built
     if template is None:
         E_te = embed(X_te)
         record = {
-            "test_2oi": embedding_2oi(E_te, H_te, similarity, comparison),
+            "test_2oi": np.nan if undefined else embedding_2oi(E_te, H_te, similarity, comparison),
             "train_2oi": embedding_2oi(embed(X_tr), H_tr, similarity, comparison),
             "n_kept": n_kept(None, X.shape[1]),
             "fit_time": 0.0,
@@ -81,7 +82,7 @@ def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison, 
         est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
         fit_time = time.perf_counter() - t0
         record = {
-            "test_2oi": float(est.score(X_te, H_te)),
+            "test_2oi": np.nan if undefined else float(est.score(X_te, H_te)),
             "train_2oi": float(est.score(X_tr, H_tr)),
             "n_kept": n_kept(est, X.shape[1]),
             "fit_time": fit_time,
