@@ -1070,6 +1070,12 @@ def correlation(a, b, comparison: str = "spearman") -> float:
         raise ValueError(f"a (model side) must be 1-D, got shape {a.shape}")
     a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
     observed = ~np.isnan(b)
+    if comparison == "cosine":  # the angle of the values as given: no rescaling, only a zero vector has none
+        if not np.any(a2[0, observed]):
+            warnings.warn("the model side is zero over the observed pairs: its cosine is undefined (NaN)", UserWarning,
+                          stacklevel=2)
+            return float("nan")
+        return float(TargetVector(b, comparison).correlate(a2)[0])
     a2 = _on_similarity_scale(a2, observed)
     if a2 is None or is_constant_model(a2[0, observed]):
         warnings.warn(

@@ -255,6 +255,8 @@ def test_every_docstring_lists_every_accepted_comparison():
     for required in ("sklearn_ais.metrics.second_order_isomorphism", "sklearn_ais.alignment._compare.compare_alignment",
                      "sklearn_ais._selector.AISSelector"):
         assert required in documented, required
-    wrong = {name: sorted(set(COMPARISONS) ^ choices) for name, choices in documented.items()
-             if choices != set(COMPARISONS)}
+    # pair_heatmaps accepts these two only (it refuses the others), and says so
+    accepted = {"sklearn_ais._pair_heatmaps.pair_heatmaps": {"spearman", "pearson"}}
+    wrong = {name: sorted(accepted.get(name, set(COMPARISONS)) ^ choices) for name, choices in documented.items()
+             if choices != accepted.get(name, set(COMPARISONS))}
     assert not wrong, f"docstrings whose comparison choices differ from COMPARISONS: {wrong}"
