@@ -48,7 +48,7 @@ cv = KFold(5, shuffle=True, random_state=0)
 
 # %%
 # The two t-tests read the same per-fold table (the summary carries both p-values).
-result = cross_validate_alignment(AISSelector(), maps, data.similarity, cv=cv)
+result = cross_validate_alignment(AISSelector(), maps, data.similarity, cv=cv, test="corrected_t")
 paired = summarize_folds(result.table, test="paired_t")
 print(result)
 print(f"paired t: t = {paired['t_statistic']:.2f}, p = {paired['p_value']:.3g};  "

@@ -41,7 +41,7 @@ for name, cv in [
     ("images", RepeatedKFold(n_splits=5, n_repeats=4, random_state=0)),
     ("pairs", RepeatedPairKFold(n_splits=5, n_repeats=4, random_state=0)),
 ]:
-    res = cross_validate_alignment(AISSelector(), maps, data.similarity, cv=cv, return_paths=True)
+    res = cross_validate_alignment(AISSelector(), maps, data.similarity, cv=cv, return_paths=True, test="corrected_t")
     s = res.summary
     rows.append(
         f"| {name} | {s.test_score_full:.3f} ± {s.test_score_full_sem:.3f} | {s.test_score_selected:.3f} ± "

@@ -107,10 +107,10 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     similarity : {"pearson", "cosine"}, default="pearson"
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
         Correlation of the global scores ``scores_`` (upper triangles), and
         of the per-image scores unless ``image_comparison`` is given.
-    image_comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"} or None, default=None
+    image_comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"} or None, default=None
         Row correlation of the per-image scores; None: ``comparison``. The
         released code of Truong et al. (2024) scores a row by the plain
         Pearson r (``"pearson"``; ``compute_perturbation.py``, line 81, with

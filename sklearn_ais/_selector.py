@@ -121,7 +121,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     similarity : {"pearson", "cosine"}, default="pearson"
         Model similarity between two image embeddings. ``"pearson"`` is
         ``np.corrcoef`` of the embedding rows.
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
         Correlation between the model's and the human upper triangles.
     n_features_to_select : "auto", int or float, default="auto"
         ``"auto"``: the t with the best 2OI along the ranked sweep (training

@@ -26,6 +26,11 @@ Conventions used throughout the package:
   - ``"kendall_tau_a"``: Kendall's tau-a (Nili et al. 2014; rsatoolbox's
     ``tau-a``): (concordant - discordant) / (m (m - 1) / 2); a pair tied on
     either side counts 0.
+  - ``"cosine"``: the cosine of the angle between the two vectors, not
+    centred (rsatoolbox's ``cosine`` between RDM vectors). Unlike the others it
+    changes when a constant is added to one side, so it compares what it is
+    given: the package's matrices are similarities (a human RDM passed with
+    ``y_kind="dissimilarity"`` is negated), and a zero model vector gives 0.
 
   When either side is constant the correlation is undefined: the kernels
   return 0 for a constant *model* row (the estimators and :func:`correlation`
@@ -83,7 +88,7 @@ def _is_numpy(x) -> bool:
 
 
 SIMILARITIES = ("pearson", "cosine")
-COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a")
+COMPARISONS = ("spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine")
 _RANK_COMPARISONS = ("spearman", "kendall_tau_a", "rho_a")
 
 # A row whose centred energy is below this fraction of its raw energy is
@@ -336,6 +341,16 @@ def standardize_target(values) -> np.ndarray:
     x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # exact (a power of two); no over/underflow below
     x = x - x.mean()
     x = x - x.mean()  # second pass: the residual mean of the first
+    return x / np.sqrt(_row_sum(x[None] * x[None], overwrite=True)[0])
+
+
+def unit_target(values) -> np.ndarray:
+    """Observed human values scaled to unit norm, not centred (the cosine's target); all 0 when they are constant
+    (the rule of :func:`standardize_target`, so that every comparison calls the same human blocks undefined)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or target_is_constant(v):
+        return np.zeros_like(v)
+    x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # exact (a power of two); no over/underflow below
     return x / np.sqrt(_row_sum(x[None] * x[None], overwrite=True)[0])
 
 
@@ -855,7 +870,8 @@ class TargetVector:
 
             self.ranks = _TargetRanks(observed)
             observed = rankdata(observed)
-        self.prepared = standardize_target(observed)
+        self.prepared = (unit_target(observed) if comparison == "cosine"
+                         else standardize_target(observed))
         self.is_constant = bool((self.prepared == 0).all())
         self._tensors = {}
 
@@ -895,6 +911,8 @@ class TargetVector:
         if self.comparison in _RANK_COMPARISONS:
             out = self._rank_compare(c)
             return out if numpy_in else _torch().from_numpy(out).to(device=c.device, dtype=c.dtype)
+        if self.comparison == "cosine":
+            return self._cosine(c)
         r = self._pearson(c)
         return r * r if self.comparison == "pearson_r2" else r
 
@@ -917,6 +935,12 @@ class TargetVector:
         prepared = self.prepared if numpy_in else self._on(c.device)[1]
         r = _row_sum(z * prepared, overwrite=True)
         return np.clip(r, -1.0, 1.0) if numpy_in else r.clamp(-1.0, 1.0)
+
+    def _cosine(self, c):
+        """Cosine of each row with the target (a zero row: 0)."""
+        prepared = self.prepared if _is_numpy(c) else self._on(c.device)[1]
+        r = _row_sum(standardize_rows(c, center=False, rel_eps=0.0) * prepared, overwrite=True)
+        return np.clip(r, -1.0, 1.0) if _is_numpy(c) else r.clamp(-1.0, 1.0)
 
     def _rank_compare(self, c) -> np.ndarray:
         """Rank comparisons in exact integer arithmetic, block by block (rows of ~1 MB)."""
@@ -984,7 +1008,7 @@ def batched_correlation(candidates, target, comparison: str = "spearman") -> np.
     target : array-like of shape (m,)
         NaN marks a missing entry. At least 3 observed entries, not all
         equal, and no +/-inf.
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}
         See the module docstring.
 
     Returns
@@ -1035,7 +1059,7 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     b : array-like of shape (m,)
         Human side; at least 3 observed entries that are not all equal
         (else ``ValueError``).
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}
 
     Returns
     -------
@@ -1046,6 +1070,12 @@ def correlation(a, b, comparison: str = "spearman") -> float:
         raise ValueError(f"a (model side) must be 1-D, got shape {a.shape}")
     a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
     observed = ~np.isnan(b)
+    if comparison == "cosine":  # the angle of the values as given: no rescaling, only a zero vector has none
+        if not np.any(a2[0, observed]):
+            warnings.warn("the model side is zero over the observed pairs: its cosine is undefined (NaN)", UserWarning,
+                          stacklevel=2)
+            return float("nan")
+        return float(TargetVector(b, comparison).correlate(a2)[0])
     a2 = _on_similarity_scale(a2, observed)
     if a2 is None or is_constant_model(a2[0, observed]):
         warnings.warn(

@@ -7,6 +7,8 @@ conventions (constant rows, ties).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _map_metrics
@@ -82,7 +84,7 @@ def second_order_isomorphism(model_similarity, human_similarity, comparison: str
         (:func:`~sklearn_ais.model_selection.check_similarity_target`): a
         diagonal that contradicts ``y_kind`` (e.g. an RDM passed as a
         similarity) is an error.
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
         What ``human_similarity`` holds. The model side is always a
         similarity (a dissimilarity diagonal there is an error too).
@@ -157,7 +159,8 @@ POOLINGS = ("nili", "mean")
 
 def _standardized_subjects(U, comparison):
     """Nili et al. (2014) / rsatoolbox pooling: each subject's observed values ranked (rank-based
-    comparisons) or z-scored (Pearson-based ones) before the subjects are averaged."""
+    comparisons), z-scored (Pearson-based ones) or divided by their root mean square (cosine) before the
+    subjects are averaged."""
     from scipy.stats import rankdata
 
     out = np.full_like(U, np.nan)
@@ -167,6 +170,9 @@ def _standardized_subjects(U, comparison):
             v = u[ok] - u[ok].mean()
             sd = v.std()
             out[s, ok] = v / sd if sd > 0 else 0.0
+        elif comparison == "cosine":
+            rms = np.sqrt(np.mean(u[ok] ** 2))
+            out[s, ok] = u[ok] / rms if rms > 0 else 0.0
         else:
             out[s, ok] = rankdata(u[ok])
     return out
@@ -190,10 +196,11 @@ def _paired_correlation(a, b, comparison):
 
 @validate_params(
     {"subject_similarities": ["array-like"], "comparison": [StrOptions(set(COMPARISONS))],
-     "pooling": [StrOptions(set(POOLINGS))]},
+     "pooling": [StrOptions(set(POOLINGS))], "groups": ["array-like", None]},
     prefer_skip_nested_validation=True,
 )
-def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: str = "nili") -> tuple[float, float]:
+def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: str = "nili",
+                  groups=None) -> tuple[float, float]:
     """Lower and upper bound of the noise ceiling from per-subject matrices (Nili et al., 2014).
 
     Upper bound: mean over subjects of the correlation of each subject's
@@ -216,10 +223,23 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
         z-scored (``"pearson"``, ``"pearson_r2"``) before the subjects are
         averaged, so that no subject weighs more for the scale of its
         values. ``"mean"``: the plain average of the raw values.
+    groups : array-like of shape (n_subjects,), optional
+        Which person each matrix belongs to (e.g. the subject index of a
+        bootstrap draw, where ``[0, 0, 1, 2]`` holds subject 0 twice).
+        Matrices of one group are one person: leave-one-out leaves out the
+        whole group, and each group weighs once in the means (the mean over
+        its matrices, then over groups), as rsatoolbox's
+        ``boot_noise_ceiling(rdms, rdm_descriptor='index')`` on
+        ``rdms.subsample('index', idx)``. Default: every matrix its own group.
 
     Returns
     -------
     lower, upper : float
+        With ``comparison="kendall_tau_a"``, ``upper`` is not a true upper
+        bound: the pooled matrix is the mean of the subjects' ranks, which
+        maximises the mean Spearman-type correlation but not the mean tau-a
+        (ties in the averaged ranks count 0), so a model can exceed it (as in
+        rsatoolbox, which pools the same way).
 
     Notes
     -----
@@ -263,28 +283,38 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
             f"row's largest value) and dissimilarities (subjects {kinds['dissimilarity'][:5]}: zero diagonal or "
             "each row's smallest value); orient every subject the same way (negate the dissimilarities)"
         )
+    labels = np.arange(len(S)) if groups is None else np.asarray(groups)
+    if labels.shape != (len(S),):
+        raise ValueError(f"groups must have one label per subject matrix ({len(S)}), got shape {labels.shape}")
+    distinct = np.unique(labels)
+    if len(distinct) < 2:
+        raise ValueError("a noise ceiling needs at least 2 subjects (groups)")
     iu = np.triu_indices(S.shape[1], 1)
     U = S[:, iu[0], iu[1]]
     V = _standardized_subjects(U, comparison) if pooling == "nili" else U
     everyone = _pool(V)
-    lower, upper = [], []
-    for s in range(len(U)):
-        others = _pool(np.delete(V, s, axis=0))
-        upper.append(_paired_correlation(everyone, U[s], comparison))
-        lower.append(_paired_correlation(others, U[s], comparison))
+    lower, upper = np.full(len(U), np.nan), np.full(len(U), np.nan)  # per matrix, its group left out of its pool
+    for g in distinct:
+        members = labels == g
+        others = _pool(V[~members])
+        for s in np.flatnonzero(members):
+            lower[s] = _paired_correlation(others, U[s], comparison)
+            upper[s] = _paired_correlation(everyone, U[s], comparison)
     if np.isnan(lower).all() or np.isnan(upper).all():
         raise ValueError("no subject shares 3 or more judged pairs with the others: no noise ceiling")
     left_out = np.flatnonzero(np.isnan(lower) | np.isnan(upper))
     if len(left_out):
-        import warnings
-
         warnings.warn(
             f"{len(left_out)} subject(s) (indices {left_out[:10].tolist()}) have fewer than 3 judged pairs in common "
             "with the pooled matrix, or constant judgments: left out of the noise ceiling",
             UserWarning,
             stacklevel=2,
         )
-    return float(np.nanmean(lower)), float(np.nanmean(upper))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group whose every matrix is left out: NaN, skipped
+        low = [np.nanmean(lower[labels == g]) for g in distinct]
+        high = [np.nanmean(upper[labels == g]) for g in distinct]
+    return float(np.nanmean(low)), float(np.nanmean(high))
 
 
 @validate_params(

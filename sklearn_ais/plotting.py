@@ -546,11 +546,11 @@ def plot_comparison(result, *, noise_ceiling=None, ax=None, reference="none"):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from .alignment._compare import AlignmentComparison
-
     comparison = "spearman"
-    if isinstance(result, AlignmentComparison):
-        comparison = result.comparison
+    # An AlignmentComparison is recognised by what it carries: plotting draws results, it does not import the
+    # module that computes them (which imports plotting back for its .plot()).
+    if isinstance(getattr(result, "table", None), pd.DataFrame) and hasattr(result, "noise_ceiling"):
+        comparison = getattr(result, "comparison", comparison)
         table = result.table
         if noise_ceiling is None:
             noise_ceiling = result.noise_ceiling

@@ -52,6 +52,9 @@ def naive_compare(a, b, comparison):
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = ~np.isnan(b)
     a, b = a[ok], b[ok]
+    if comparison == "cosine":  # the angle between the vectors as they are (rsatoolbox's cosine); a zero vector: 0
+        norms = np.linalg.norm(a) * np.linalg.norm(b)
+        return float(a @ b / norms) if norms > 0 else 0.0
     if np.ptp(tie_runs(a)) == 0 or np.ptp(b) == 0:
         return 0.0
     if comparison == "spearman":

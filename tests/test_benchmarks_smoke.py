@@ -51,3 +51,25 @@ def test_things_case_agrees_with_naive_and_reports_the_floor(bench):
     res["points"] = [dict(n=res["n"], K=res["K"], ours_s=res["ours_s"], peak_rss_mb=res["peak_rss_fit_mb"])]
     table = bench.print_table({"6": res}, bench.evaluate_targets({"6": res}), False)
     assert "sorting floor" in table and "case 6" in table
+
+
+def test_calibration_reports_every_test_and_the_coverage(capsys):
+    """benchmarks/calibration.py on one tiny dataset per kind: every test is run (no permutation test for two feature
+    sets) and the table and the coverage rows are printed."""
+    spec = importlib.util.spec_from_file_location("sklearn_ais_benchmarks_calibration", BENCH / "calibration.py")
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    # the two feature sets of null_two come from one distribution: the same mapping of Z, fresh unit noise
+    d = cal.simulate(0, "null_two", n=30)
+    assert d["X"].shape == d["X2"].shape == (30, 8) and not (d["X"] == d["X2"]).all()
+    jobs = [(0, "planted", 30), (0, "null_two", 30), (0, "null_ais", 30)]
+    results = [cal.run_tests(*jobs[0], 5, 2, 3, 0.05), cal.run_tests(*jobs[1], 5, 2, 3, 0.05),
+               cal.run_tests(*jobs[2], 5, 2, 3, 0.05, False)]
+    assert set(cal.TESTS) <= set(results[0]) and "permutation" not in results[1] and "intervals" not in results[2]
+    table = cal.tabulate(jobs, results)
+    assert table["planted n=30"]["coverage"]["normal delta"]["n"] == 1 and "coverage" not in table["null_ais n=30"]
+    args = type("Args", (), dict(datasets=1, alpha=0.05, permutations=5, stop_after=2, bootstrap=3))()
+    out = cal.report(table, args, 1.0)
+    for test in cal.TESTS:
+        assert f"| {test} |" in out
+    assert "| normal, delta |" in out and "| percentile, delta |" in out and "n/a" in out

@@ -48,7 +48,8 @@ def test_every_comparison_equals_its_definition(monkeypatch, comparison, route, 
     got = batched_correlation(c, h, comparison)
     want = np.array([naive_compare(row, h, comparison) for row in c])
     np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
-    assert got[2] == 0.0
+    # a constant model row: no correlation (0); its cosine with the target is defined (rsatoolbox's, not centred)
+    assert got[2] == 0.0 if comparison != "cosine" else got[2] != 0.0
 
 
 def test_brute_force_references_match_scipy_and_rsatoolbox_identities():
@@ -204,3 +205,58 @@ def test_memory_layout_does_not_change_bits():
     # a (1, m) row whose first stride differs (as a boolean column mask returns): once a different last bit
     row = np.lib.stride_tricks.as_strided(c[:1].copy(), shape=(1, 10), strides=(8, 8))
     np.testing.assert_array_equal(batched_correlation(row, t, "pearson"), want[:1])
+
+
+def test_cosine_equals_rsatoolbox():
+    """rsatoolbox's cosine between RDM vectors, on the vectors as given (missing pairs left out on both sides)."""
+    rsatoolbox = pytest.importorskip("rsatoolbox")
+    from sklearn_ais.metrics import second_order_isomorphism
+
+    rng = np.random.default_rng(3)
+    A, B = rng.random((9, 9)), rng.random((9, 9))
+    A, B = A + A.T, B + B.T
+    iu = np.triu_indices(9, 1)
+    B[2, 5] = B[5, 2] = np.nan
+    ok = ~np.isnan(B[iu])
+    want = rsatoolbox.rdm.compare(rsatoolbox.rdm.RDMs(A[iu][ok][None]), rsatoolbox.rdm.RDMs(B[iu][ok][None]),
+                                  method="cosine")[0, 0]
+    assert second_order_isomorphism(A, B, comparison="cosine") == pytest.approx(want, abs=1e-12)
+    # not centred: a constant added to one side changes it (Pearson would not move)
+    assert abs(second_order_isomorphism(A + 5, B, comparison="cosine") - want) > 1e-3
+
+
+def _documented_choices(obj, param="comparison"):
+    """The set of choices in ``param : {...}`` of a numpydoc docstring (None when not written as a set)."""
+    import re
+
+    doc = obj.__doc__ or ""
+    m = re.search(rf"^\s*{param} : \{{([^}}]*)\}}", doc, flags=re.M)
+    return None if m is None else {v.strip().strip('"') for v in m.group(1).split(",")}
+
+
+def test_every_docstring_lists_every_accepted_comparison():
+    """Where a docstring spells out the choices of ``comparison``, they are the registry's (COMPARISONS)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import sklearn_ais
+
+    documented = {}
+    for info in pkgutil.walk_packages(sklearn_ais.__path__, "sklearn_ais."):
+        if info.name.endswith(("cli", "__main__")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == info.name:
+                choices = _documented_choices(obj)
+                if choices is not None:
+                    documented[f"{info.name}.{name}"] = choices
+    for required in ("sklearn_ais.metrics.second_order_isomorphism", "sklearn_ais.alignment._compare.compare_alignment",
+                     "sklearn_ais._selector.AISSelector"):
+        assert required in documented, required
+    # pair_heatmaps accepts these two only (it refuses the others), and says so
+    accepted = {"sklearn_ais._pair_heatmaps.pair_heatmaps": {"spearman", "pearson"}}
+    wrong = {name: sorted(accepted.get(name, set(COMPARISONS)) ^ choices) for name, choices in documented.items()
+             if choices != accepted.get(name, set(COMPARISONS))}
+    assert not wrong, f"docstrings whose comparison choices differ from COMPARISONS: {wrong}"

@@ -84,6 +84,84 @@ def test_noise_ceiling_equals_rsatoolbox_on_the_92_photos(data_home, comparison,
     assert np.abs(np.subtract(raw, want)).max() > 1e-4  # the raw mean is a different (the old) number
 
 
+def _grouped_by_hand(S, groups, comparison):
+    """Leave-one-person-out written out: every copy of a person leaves the pool; each person weighs once."""
+    iu = np.triu_indices(S.shape[1], 1)
+    U = S[:, iu[0], iu[1]]
+    V = np.array([stats.rankdata(u) for u in U]) if comparison == "spearman" else stats.zscore(U, axis=1)
+    corr = (lambda a, b: stats.spearmanr(a, b)[0]) if comparison == "spearman" else (lambda a, b: stats.pearsonr(a, b)[0])
+    lower, upper = [], []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        lower.append(np.mean([corr(V[groups != g].mean(axis=0), U[s]) for s in members]))
+        upper.append(np.mean([corr(V.mean(axis=0), U[s]) for s in members]))
+    return np.mean(lower), np.mean(upper)
+
+
+@pytest.mark.parametrize("comparison", ["spearman", "pearson"])
+def test_copies_of_a_subject_are_one_person(rng, comparison):
+    """A bootstrap draw such as [0, 0, 1, 2]: leaving one copy out and keeping the other in the pool would let the
+    subject predict itself (the old, inflated lower bound)."""
+    S = _subjects(rng, n_subjects=4)
+    drawn = np.array([0, 0, 1, 2])
+    got = noise_ceiling(S[drawn], comparison, groups=drawn)
+    np.testing.assert_allclose(got, _grouped_by_hand(S[drawn], drawn, comparison), atol=1e-12)
+    assert noise_ceiling(S[drawn], comparison)[0] > got[0] + 0.05  # copies as people: inflated
+    # distinct subjects, one group each: the ungrouped ceiling
+    np.testing.assert_allclose(noise_ceiling(S, comparison, groups=[5, 1, 7, 3]), noise_ceiling(S, comparison),
+                               atol=1e-15)
+    with pytest.raises(ValueError, match="one label per subject"):
+        noise_ceiling(S, comparison, groups=[0, 1])
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        noise_ceiling(S, comparison, groups=[0, 0, 0, 0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("comparison, method", [("spearman", "spearman"), ("pearson", "corr"), ("cosine", "cosine")])
+@pytest.mark.parametrize("n_subjects", [16, 4])
+def test_grouped_noise_ceiling_equals_rsatoolbox_on_bootstrap_draws(data_home, comparison, method, n_subjects):
+    """rsatoolbox's boot_noise_ceiling on RDMs.subsample('index', idx) (copies grouped by their index), with the
+    images resampled too (subsample_pattern: the pairs of an image with its copy are NaN). The 92-image data here
+    hold the 16 behavioural subjects only (no IT fMRI RDMs): the 4-subject case is the first 4 of them."""
+    rsatoolbox = pytest.importorskip("rsatoolbox")
+    from sklearn_ais.alignment._bootstrap import bootstrap_target
+    from sklearn_ais.datasets import load_kriegeskorte92
+
+    R = load_kriegeskorte92(data_home=data_home).subject_dissimilarities[:n_subjects]
+    rdms = rsatoolbox.rdm.RDMs(np.stack([r[np.triu_indices(92, 1)] for r in R]))
+    rng = np.random.default_rng(n_subjects)
+    for draw in range(3):
+        drawn = rng.integers(n_subjects, size=n_subjects)
+        if draw == 0:
+            drawn[1] = drawn[0]  # at least one duplicate
+        images = np.sort(rng.integers(92, size=92)) if draw else np.arange(92)
+        want = rsatoolbox.inference.boot_noise_ceiling(
+            rdms.subsample("index", drawn).subsample_pattern("index", images), method=method)
+        S = np.stack([bootstrap_target(np.where(np.eye(92, dtype=bool), np.nan, r), images) for r in R[drawn]])
+        np.testing.assert_allclose(noise_ceiling(S, comparison, groups=drawn), want, atol=1e-9)
+
+
+def test_kendall_upper_bound_is_not_a_true_bound():
+    """What the docstring says: with tied judgments, breaking the pooled ranks' ties beats the tau-a "upper bound"."""
+    from sklearn_ais._similarity import correlation
+
+    assert "not a true upper bound" in " ".join(noise_ceiling.__doc__.split())
+    rng = np.random.default_rng(0)
+    iu = np.triu_indices(6, 1)
+    for _ in range(30):
+        U = rng.integers(0, 3, size=(3, len(iu[0]))).astype(float)  # three subjects, three rating levels
+        S = np.zeros((3, 6, 6))
+        S[:, iu[0], iu[1]] = U
+        S = S + S.transpose(0, 2, 1)
+        upper = noise_ceiling(S, "kendall_tau_a")[1]
+        pooled = np.mean([stats.rankdata(u) for u in U], axis=0)
+        beaten = [np.mean([correlation(pooled + 1e-3 * U[c], u, "kendall_tau_a") for u in U]) > upper + 1e-9
+                  for c in range(3)]
+        if any(beaten):
+            return
+    pytest.fail("no model beat the tau-a upper bound")
+
+
 # ---------------------------------------------------------------------------
 # Bad input, a constant model side, missing pairs
 # ---------------------------------------------------------------------------

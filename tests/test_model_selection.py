@@ -60,17 +60,17 @@ def test_cross_validate_alignment_refuses_bad_folds(kw, exc, match):
 
 def test_cross_validate_alignment_inputs():
     with pytest.raises(TypeError, match="fit, score and score_all"):
-        cross_validate_alignment("selector", X0, H0, cv=KFold(3))
+        cross_validate_alignment("selector", X0, H0, cv=KFold(3), test="corrected_t")
     with pytest.raises(TypeError, match="score_all"):
-        cross_validate_alignment(LinearRegression(), X0, H0, cv=KFold(3))
+        cross_validate_alignment(LinearRegression(), X0, H0, cv=KFold(3), test="corrected_t")
     with pytest.raises(ValueError, match="NaN"):
-        cross_validate_alignment(AISSelector(device="cpu"), np.where(X0 > 1, np.nan, X0), H0, cv=KFold(3))
+        cross_validate_alignment(AISSelector(device="cpu"), np.where(X0 > 1, np.nan, X0), H0, cv=KFold(3), test="corrected_t")
     with pytest.raises(ValueError, match="not symmetric"):
-        cross_validate_alignment(AISSelector(device="cpu"), X0, A0, cv=KFold(3))
+        cross_validate_alignment(AISSelector(device="cpu"), X0, A0, cv=KFold(3), test="corrected_t")
     # an int and an explicit list of (train, test) image splits are accepted, as in scikit-learn
-    a = cross_validate_alignment(AISSelector(device="cpu"), X0, H0, cv=3)  # an int: shuffled folds, seeded
+    a = cross_validate_alignment(AISSelector(device="cpu"), X0, H0, cv=3, test="corrected_t")  # an int: shuffled folds, seeded
     b = cross_validate_alignment(AISSelector(device="cpu"), X0, H0,
-                                 cv=list(KFold(3, shuffle=True, random_state=0).split(X0)))
+                                 cv=list(KFold(3, shuffle=True, random_state=0).split(X0)), test="corrected_t")
     pd.testing.assert_frame_equal(a.table.drop(columns="fit_time"), b.table.drop(columns="fit_time"))
 
 
@@ -78,7 +78,7 @@ def test_cross_validation_with_half_the_pairs_missing():
     H = mask_pairs(H0, np.random.default_rng(0).permutation(66)[:33])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # images left without pairs in a fold
-        res = cross_validate_alignment(AISSelector(device="cpu"), X0, H, cv=PairKFold(3, random_state=0))
+        res = cross_validate_alignment(AISSelector(device="cpu"), X0, H, cv=PairKFold(3, random_state=0), test="corrected_t")
     assert np.isfinite(res.table[["train_score_selected", "test_score_full", "test_score_selected"]].to_numpy()).all()
     assert (res.table.n_test == 11).all()  # 33 observed pairs, 3 folds
 
@@ -90,8 +90,8 @@ def test_splits_and_cross_validation_are_reproducible():
         s1, s2 = list(cv.split(X0, H0)), list(cv.split(X0, H0))
         assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(s1, s2))
     X, H = task(30, 10, seed=1)
-    r1 = cross_validate_alignment(AISSelector(device="cpu"), X, H)  # default: RepeatedKFold(random_state=0)
-    r2 = cross_validate_alignment(AISSelector(device="cpu"), X, H)
+    r1 = cross_validate_alignment(AISSelector(device="cpu"), X, H, test="corrected_t")  # default: RepeatedKFold(random_state=0)
+    r2 = cross_validate_alignment(AISSelector(device="cpu"), X, H, test="corrected_t")
     pd.testing.assert_frame_equal(r1.table.drop(columns="fit_time"), r2.table.drop(columns="fit_time"))
     t1, t2 = make_similarity_task(8, 32, random_state=5), make_similarity_task(8, 32, random_state=5)
     np.testing.assert_array_equal(t1.images, t2.images)

@@ -63,7 +63,8 @@ def client():
 def _serial():
     backbones, H = _problem()
     return (compare_alignment(backbones, None, H, methods=METHODS, cv=CV).table.drop(columns="fit_time"),
-            cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV).table.drop(columns="fit_time"))
+            cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H,
+                                     cv=CV, test="corrected_t").table.drop(columns="fit_time"))
 
 
 def test_dask_cluster_gives_the_serial_tables(client):
@@ -71,7 +72,8 @@ def test_dask_cluster_gives_the_serial_tables(client):
     want_cmp, want_cv = _serial()
     with parallel_config(backend="dask"), _deadline(300):
         got_cmp = compare_alignment(backbones, None, H, methods=METHODS, cv=CV, n_jobs=-1).table
-        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1).table
+        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV,
+                                          n_jobs=-1, test="corrected_t").table
     pd.testing.assert_frame_equal(got_cmp.drop(columns="fit_time"), want_cmp)
     pd.testing.assert_frame_equal(got_cv.drop(columns="fit_time"), want_cv)
 
@@ -81,7 +83,8 @@ def test_loky_gives_the_serial_tables():
     want_cmp, want_cv = _serial()
     with _deadline(300):
         got_cmp = compare_alignment(backbones, None, H, methods=METHODS, cv=CV, n_jobs=2).table
-        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=2).table
+        got_cv = cross_validate_alignment(AISSelector(device="cpu"), backbones[0][1], H, cv=CV,
+                                          n_jobs=2, test="corrected_t").table
     pd.testing.assert_frame_equal(got_cmp.drop(columns="fit_time"), want_cmp)
     pd.testing.assert_frame_equal(got_cv.drop(columns="fit_time"), want_cv)
 
@@ -90,7 +93,8 @@ def test_estimators_from_the_cluster_pickle_and_score_on_the_client(client):
     backbones, H = _problem()
     X = backbones[0][1]
     with parallel_config(backend="dask"), _deadline(300):
-        res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=CV, n_jobs=-1, return_estimators=True)
+        res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=CV, n_jobs=-1,
+                                       return_estimators=True, test="corrected_t")
     Hd = H.copy()
     np.fill_diagonal(Hd, np.nan)
     for (train, test), est, (_, row) in zip(CV.split(np.zeros(24)), res.estimators, res.table.iterrows()):
@@ -111,7 +115,7 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
     backbones, H = _problem()
     with pytest.raises(RuntimeError, match="a worker died") as died, _deadline(240):
         with parallel_config(backend="loky"):
-            cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=2)
+            cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=2, test="corrected_t")
     # What had finished is kept on the error (here: nothing, every fold's fit kills its worker).
     assert isinstance(died.value.completed, list) and len(died.value.completed) < CV.get_n_splits()
     import dask
@@ -119,7 +123,7 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang(client):
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         with pytest.raises(RuntimeError, match="a worker died"), _deadline(240):
             with parallel_config(backend="dask"):
-                cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1)
+                cross_validate_alignment(_Crash(device="cpu"), backbones[0][1], H, cv=CV, n_jobs=-1, test="corrected_t")
 
 
 def test_feature_maps_cross_to_the_cluster_once_per_call_not_once_per_task(client, monkeypatch):

@@ -39,7 +39,7 @@ def test_pretrained_embedding_aligns_and_random_does_not(k92, k92_maps):
     ids=["images", "pairs"],
 )
 def test_selected_maps_beat_all_maps_out_of_sample(k92, k92_maps, cv):
-    res = cross_validate_alignment(AISSelector(device="cpu"), k92_maps, k92.similarity, cv=cv)
+    res = cross_validate_alignment(AISSelector(device="cpu"), k92_maps, k92.similarity, cv=cv, test="corrected_t")
     s = res.summary
     assert s.test_score_selected > s.test_score_full
     assert s.p_value < 0.01

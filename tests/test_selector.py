@@ -83,7 +83,7 @@ def test_planted_truth_recovered_and_generalises(rng):
     from sklearn_ais.model_selection import cross_validate_alignment
 
     cv = KFold(4, shuffle=True, random_state=0)
-    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, return_estimators=True)
+    res = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, return_estimators=True, test="corrected_t")
     assert (res.table.test_score_selected > res.table.test_score_full).all()
     for (train, _), est, got in zip(cv.split(X), res.estimators, res.table.train_score_selected):
         np.testing.assert_allclose(got, est.score(X[train], H[np.ix_(train, train)]), atol=1e-9)
@@ -257,9 +257,9 @@ def test_cross_validation_shared_kernels_equal_per_fold_fits(rng, head, splitter
     cv = (RepeatedKFold(n_splits=3, n_repeats=2, random_state=0) if splitter == "images"
           else RepeatedPairKFold(3, n_repeats=1, random_state=0))
     fast = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, return_paths=True,
-                                    return_estimators=True)
+                                    return_estimators=True, test="corrected_t")
     plain = cross_validate_alignment(_PlainFitSelector(device="cpu"), X, H, cv=cv, return_paths=True,
-                                     return_estimators=True)
+                                     return_estimators=True, test="corrected_t")
     cols = ["train_score_selected", "test_score_full", "test_score_selected"]
     tol = 1e-9 if head == "gap" else 1e-5  # float32 heads: GEMMs of other shapes round differently
     np.testing.assert_allclose(fast.table[cols].to_numpy(), plain.table[cols].to_numpy(), atol=tol)
@@ -279,7 +279,7 @@ def test_cross_validation_of_dissimilarities_equals_the_similarities(rng):
     X, H, _ = _planted(rng, n=30, K=8, k_true=3)
     cv = KFold(3, shuffle=True, random_state=0)
     cols = ["train_score_selected", "test_score_full", "test_score_selected", "n_selected"]
-    want = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv).table[cols]
+    want = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=cv, test="corrected_t").table[cols]
     assert (want["test_score_full"] > 0).all()
     for est, kw in [(AISSelector(device="cpu"), {"y_kind": "dissimilarity"}),
                     (AISSelector(device="cpu", y_kind="dissimilarity"), {})]:
@@ -316,10 +316,10 @@ def test_cross_validate_alignment_int_cv_is_shuffled(rng):
     from sklearn_ais.model_selection import cross_validate_alignment
 
     X, H = _category_ordered(rng)
-    a = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, return_estimators=True)
-    b = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=KFold(5, shuffle=True, random_state=0))
+    a = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, return_estimators=True, test="corrected_t")
+    b = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=KFold(5, shuffle=True, random_state=0), test="corrected_t")
     pd.testing.assert_frame_equal(a.table.drop(columns="fit_time"), b.table.drop(columns="fit_time"))
-    c = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, random_state=3)
+    c = cross_validate_alignment(AISSelector(device="cpu"), X, H, cv=5, random_state=3, test="corrected_t")
     assert not c.table["test_score_full"].equals(a.table["test_score_full"])
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 
 from .._containers import FeatureMaps
-from .._pairs import fold_parts, held_out_is_undefined, warn_small_test_folds
-from .._targets import check_similarity_target, sample_ids, similarity_frame
-from ._base import embedding_2oi
+from .._pairs import held_out_is_undefined, warn_small_test_folds
+from .._targets import check_similarity_target, sample_ids
+from ._held_out import _fit_and_score
 
 __all__ = ["METHODS", "AlignmentComparison", "compare_alignment", "feature_maps_of", "make_method", "summarize_comparison"]
 
@@ -144,26 +142,6 @@ def _image_count_and_ids(entries, images):
     return len(source), source.ids
 
 
-def _n_kept(est, n_maps) -> int:
-    est = getattr(est, "best_estimator_", est)
-    if est is None:
-        return int(n_maps)
-    if hasattr(est, "get_support"):
-        return int(np.sum(est.get_support()))
-    if hasattr(est, "n_kept_"):
-        return int(est.n_kept_)
-    return int(getattr(est, "n_features_in_", n_maps))
-
-
-def _as_similarity_estimator(est):
-    est = clone(est)
-    if "y_kind" in est.get_params():
-        est.set_params(y_kind="similarity")  # targets are validated (and flipped) once, up front
-    elif any(k.endswith("__y_kind") for k in est.get_params()):
-        est.set_params(**{k: "similarity" for k in est.get_params() if k.endswith("__y_kind")})
-    return est
-
-
 def summarize_comparison(
     table: pd.DataFrame, reference: str = "none", *, comparison="spearman", test="corrected_t",
     alternative="two-sided",
@@ -256,7 +234,7 @@ class AlignmentComparison:
         With ``inference="bootstrap"``: one row per replicate, one column per
         (backbone, method) (and the noise ceiling's bounds).
     bootstrap_summary : DataFrame or None
-        Percentile intervals (see
+        Bootstrap intervals, their method in the ``interval`` column (see
         :func:`sklearn_ais.alignment._bootstrap.summarize_bootstrap`).
     """
 
@@ -336,6 +314,7 @@ def compare_alignment(
     alternative="two-sided",
     inference="folds",
     n_bootstrap=1000,
+    interval="normal",
     n_jobs=None,
     y_kind="similarity",
     similarity="pearson",
@@ -383,7 +362,7 @@ def compare_alignment(
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
     similarity : {"pearson", "cosine"}, default="pearson"
         Model RSM of ``"none"``.
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
         Correlation of ``"none"`` (the estimators use their own parameter).
     verbose : int, default=1
         One progress bar over the extractions and the backbone x fold x
@@ -404,11 +383,24 @@ def compare_alignment(
         images with replacement (the pairs of an image with its own copy are
         dropped), reruns the cross-validation of every backbone and method on
         its distinct images (copies stay together; as many folds as ``cv``),
-        and gives ``bootstrap_summary`` percentile intervals for each model's
-        held-out 2OI, its difference to ``"none"`` and its distance to the
-        lower noise ceiling. Costs ``n_bootstrap`` times the comparison.
+        and gives ``bootstrap_summary`` intervals for each model's held-out
+        2OI, its difference to ``"none"`` and its distance to the lower
+        noise ceiling. A resample's copies are never independent units: the
+        copies of a subject are one person in the noise ceiling's
+        leave-one-subject-out, and with subjects every model is scored
+        against each drawn subject (the mean of those scores, the noise
+        ceiling's scale; its point estimate, ``estimate``, is the same
+        statistic on the original sample). See
+        :mod:`sklearn_ais.alignment._bootstrap`. Costs ``n_bootstrap + 1``
+        times the comparison.
     n_bootstrap : int, default=1000
         Replicates of ``inference="bootstrap"``.
+    interval : {"normal", "percentile"}, default="normal"
+        How the bootstrap intervals are built (named in the summary's
+        ``interval`` column): ``"normal"``, ``estimate ± 1.96 sd`` of the
+        replicates, centred on the point estimate; ``"percentile"``, the
+        replicates' 2.5 and 97.5 percentiles (shifted down for methods that
+        learn, since a replicate fits on about 63 % distinct images).
     n_jobs : int or None, default=None
         Work runs through ``joblib``: one feature extraction per backbone (on
         the worker that runs it, with its own device when ``device="auto"``)
@@ -474,6 +466,13 @@ def compare_alignment(
 
     if inference == "bootstrap" and not is_count(n_bootstrap):
         raise ValueError(f"n_bootstrap must be a positive integer (not a boolean), got {n_bootstrap!r}")
+    from .._similarity import COMPARISONS, SIMILARITIES
+    from ._bootstrap import INTERVALS
+
+    for param, value, allowed in (("comparison", comparison, COMPARISONS), ("similarity", similarity, SIMILARITIES),
+                                  ("interval", interval, INTERVALS)):
+        if value not in allowed:
+            raise ValueError(f"{param} must be one of {allowed}, got {value!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
     if inference == "bootstrap" and subject_similarities is not None:
         from ._bootstrap import oriented_subjects
@@ -496,12 +495,13 @@ def compare_alignment(
     if inference == "bootstrap":
         from ._bootstrap import bootstrap_comparison, summarize_bootstrap
 
-        result.bootstrap = bootstrap_comparison(
+        result.bootstrap, estimate = bootstrap_comparison(
             Xs, H, methods, n_splits=_folds_per_repeat(cv, splits),
             subjects=subject_similarities, similarity=similarity, comparison=comparison, n_bootstrap=n_bootstrap,
-            random_state=random_state, n_jobs=n_jobs, verbose=verbose,
+            random_state=random_state, n_jobs=n_jobs, verbose=verbose, splits=splits,
         )
-        result.bootstrap_summary = summarize_bootstrap(result.bootstrap, summary, reference)
+        result.bootstrap_summary = summarize_bootstrap(result.bootstrap, summary, reference, estimate=estimate,
+                                                       interval=interval)
     return result
 
 
@@ -658,30 +658,3 @@ def _check_undefined_folds(table):
                              "held-out human pairs, or a constant model similarity matrix)")
     folds = np.unique(table.loc[undefined, "fold"].to_numpy())
     warn_undefined_folds(len(folds), int(table["fold"].nunique()), stacklevel=4, folds=folds)
-
-
-def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) -> dict:
-    """Held-out and training 2OI of one method on one fold (``template`` None: all maps, nothing fitted)."""
-    X_tr, X_te, H_tr, H_te = fold_parts(X, H, train_idx, test_idx, by_pairs=False)
-    undefined = held_out_is_undefined(H, test_idx, by_pairs=False)  # NaN, named once the table is built
-    if template is None:
-        return {
-            "test_2oi": np.nan if undefined else embedding_2oi(_embed(X_te), H_te, similarity, comparison),
-            "train_2oi": embedding_2oi(_embed(X_tr), H_tr, similarity, comparison),
-            "n_kept": _n_kept(None, X.shape[1]),
-            "fit_time": 0.0,
-        }
-    est = _as_similarity_estimator(template)
-    t0 = time.perf_counter()
-    est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
-    fit_time = time.perf_counter() - t0
-    return {
-        "test_2oi": np.nan if undefined else float(est.score(X_te, H_te)),
-        "train_2oi": float(est.score(X_tr, H_tr)),
-        "n_kept": _n_kept(est, X.shape[1]),
-        "fit_time": fit_time,
-    }
-
-
-def _embed(X):
-    return X.embed() if isinstance(X, FeatureMaps) else np.asarray(X, dtype=np.float64)

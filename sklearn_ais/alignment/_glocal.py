@@ -248,7 +248,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         Learn ``bias`` (else it stays 0).
     similarity : {"pearson", "cosine"}, default="pearson"
         Model similarity of the transformed embeddings used by :meth:`score`.
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
     optimizer : {"lbfgs", "adam"}, default="lbfgs"
         Full-batch L-BFGS (strong Wolfe line search) or Adam.
     max_iter : int, default=200

@@ -288,7 +288,7 @@ def occlusion_heatmaps(
         Value of the occluded pixels in the *normalised* input (0 = the
         normalisation mean colour).
     similarity : {"pearson", "cosine"}, default="pearson"
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
     batch_size : int, default=32
         Occluded images per forward pass.

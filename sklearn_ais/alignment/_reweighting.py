@@ -230,7 +230,7 @@ class FeatureReweighting(OneToOneFeatureMixin, SimilarityAligner):
     cv : int, splitter or iterable, default=5
         Inner image-wise splits for ``alpha="auto"``; an int is
         ``KFold(cv, shuffle=True, random_state=random_state)``.
-    comparison : {"spearman", "pearson"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
         Correlation used to choose ``alpha`` and in :meth:`score`.
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
         What ``y`` holds; dissimilarities are negated.
