@@ -171,19 +171,22 @@ class TripletSet:
         return np.unique(self.indices)
 
 
-def is_triplet_target(y) -> bool:
+def is_triplet_target(y, n_images=None) -> bool:
     """Whether ``y`` is odd-one-out triplets rather than a similarity matrix.
 
     :class:`Triplets`, :class:`TripletSet`, and any 2-D array or DataFrame of
-    three columns: a similarity matrix is square with at least 4 images, so
-    an (N, 3) table cannot be one.
+    three columns, unless it could be the 3 x 3 matrix of ``n_images = 3``
+    images (a similarity analysis needs more, so with ``n_images`` given an
+    (N, 3) table is always triplets).
     """
     if isinstance(y, (Triplets, TripletSet)):
         return True
     if y is None or isinstance(y, pd.Series):
         return False
     shape = np.shape(y) if not isinstance(y, pd.DataFrame) else y.shape
-    return len(shape) == 2 and shape[1] == 3 and shape[0] != 3
+    if len(shape) != 2 or shape[1] != 3:
+        return False
+    return shape[0] != 3 or (n_images is not None and n_images != 3)
 
 
 def check_triplet_target(y, X, *, ids=None) -> TripletSet:
@@ -265,7 +268,7 @@ def _integers(values) -> np.ndarray:
         bad = ~np.isfinite(values) | (values != np.round(np.nan_to_num(values)))
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise ValueError(f"triplet row {r} holds {values[r, c]!r}, not an integer image index")
+            raise ValueError(f"triplet row {r} holds {values[r, c].item()!r}, not an integer image index")
         return values.astype(np.int64)
     flat = values.ravel()
     for pos, v in enumerate(flat):
@@ -446,15 +449,16 @@ def check_target(y, X, y_kind="similarity", comparison=None, *, ids=None):
     """
     from ._targets import check_similarity_target
 
+    n = X if isinstance(X, (int, np.integer)) else len(X)
     if comparison in TRIPLET_COMPARISONS:
-        if not is_triplet_target(y):
+        if not is_triplet_target(y, n):
             raise ValueError(
                 f"comparison={comparison!r} scores odd-one-out triplets, so y must be an (N, 3) table of image "
                 f"indices (odd one out last) or Triplets(...), got {type(y).__name__} of shape {np.shape(y)}. "
                 "Triplets can be drawn from a similarity matrix with sklearn_ais.datasets.simulate_triplets"
             )
         return check_triplet_target(y, X, ids=ids)
-    if is_triplet_target(y):
+    if is_triplet_target(y, n):
         raise ValueError(
             f"y holds odd-one-out triplets (an (N, 3) table, shape {np.shape(y)}): score them with "
             "comparison='odd_one_out' (accuracy) or comparison='triplet_log_likelihood'"

@@ -186,7 +186,7 @@ class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         S = self.predict_similarity(X)
-        if is_triplet_target(y):  # odd-one-out choices: the accuracy of the predicted similarities
+        if is_triplet_target(y, S.shape[0]):  # odd-one-out choices: the accuracy of the predicted similarities
             T = check_triplet_target(y, S.shape[0], ids=sample_ids(X)).indices
             a, b, o = T.T
             return float(triplet_scores(np.stack([S[a, b], S[a, o], S[b, o]], axis=1)[None], "odd_one_out")[0])

@@ -424,7 +424,7 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         n, D = E.shape
         if triplets is not None:
             T = self._check_triplets(triplets, n)
-        elif is_triplet_target(y):  # odd-one-out choices as y (Triplets, or an (N, 3) table): its native data
+        elif is_triplet_target(y, n):  # odd-one-out choices as y (Triplets, or an (N, 3) table): its native data
             T = check_triplet_target(y, n, ids=ids).indices
         elif y is not None:
             H = check_similarity_target(y, n, self.y_kind, ids=ids)

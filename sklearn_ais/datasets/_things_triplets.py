@@ -58,7 +58,7 @@ def _read_table(path: Path) -> np.ndarray:
         bad = ~np.isfinite(values) | (values != np.round(np.nan_to_num(values)))
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise ValueError(f"{path.name}: row {r} holds {values[r, c]!r}, not an integer concept index")
+            raise ValueError(f"{path.name}: row {r} holds {values[r, c].item()!r}, not an integer concept index")
     elif values.dtype.kind not in "iu":
         raise ValueError(f"{path.name}: expected integer concept indices, got dtype {values.dtype}")
     return values.astype(np.int64)
