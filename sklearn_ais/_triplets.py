@@ -183,7 +183,12 @@ def is_triplet_target(y, n_images=None) -> bool:
         return True
     if y is None or isinstance(y, pd.Series):
         return False
-    shape = np.shape(y) if not isinstance(y, pd.DataFrame) else y.shape
+    shape = getattr(y, "shape", None)
+    if shape is None:
+        try:
+            shape = np.asarray(y).shape
+        except (TypeError, ValueError):  # ragged: not a table
+            return False
     if len(shape) != 2 or shape[1] != 3:
         return False
     return shape[0] != 3 or (n_images is not None and n_images != 3)
@@ -454,13 +459,13 @@ def check_target(y, X, y_kind="similarity", comparison=None, *, ids=None):
         if not is_triplet_target(y, n):
             raise ValueError(
                 f"comparison={comparison!r} scores odd-one-out triplets, so y must be an (N, 3) table of image "
-                f"indices (odd one out last) or Triplets(...), got {type(y).__name__} of shape {np.shape(y)}. "
+                f"indices (odd one out last) or Triplets(...), got {type(y).__name__} of shape {getattr(y, 'shape', None)}. "
                 "Triplets can be drawn from a similarity matrix with sklearn_ais.datasets.simulate_triplets"
             )
         return check_triplet_target(y, X, ids=ids)
     if is_triplet_target(y, n):
         raise ValueError(
-            f"y holds odd-one-out triplets (an (N, 3) table, shape {np.shape(y)}): score them with "
+            f"y holds odd-one-out triplets (an (N, 3) table, shape {getattr(y, 'shape', (len(y), 3))}): score them with "
             "comparison='odd_one_out' (accuracy) or comparison='triplet_log_likelihood'"
         )
     return check_similarity_target(y, X, y_kind, ids=ids)

@@ -1,0 +1,182 @@
+"""AIS on odd-one-out triplets at THINGS scale: time and peak memory, against the matrix-based fit.
+
+    python benchmarks/triplets.py                                   # n = 1854, K = 1280 GAP maps, 1,000,000 triplets
+    python benchmarks/triplets.py --n 600 --triplets 100000         # a smaller size
+    python benchmarks/triplets.py --matrix                          # also the Spearman fit on the matrix, same n
+    python benchmarks/triplets.py --k92 --permutations 199          # the 92-photograph acceptance figures
+
+Each fit runs in its own process (peak RSS is that process's), with one torch/BLAS thread. The data are
+case 6's of ``benchmarks/run.py`` (sparse ReLU-like GAP values, a human matrix from 5 % of the maps); the
+triplets are drawn from that matrix by a softmax observer (``datasets.simulate_triplets``). Agreement: the
+accuracy of the base, of 3 leave-one-out candidates and of 3 sweep steps are recounted by a naive loop (the
+embedding rebuilt, ``np.corrcoef``, the triplets counted) and must match exactly. The machine's load (other
+processes' busy cores during the run) is printed: timings under load are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _busy_s():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _problem(n, K, n_triplets, seed=0):
+    sys.path.insert(0, str(HERE))
+    from run import make_human, make_maps  # case 6's data
+
+    from sklearn_ais.datasets import simulate_triplets
+
+    rng = np.random.default_rng(seed)
+    maps = make_maps(rng, n, K, 1)
+    H = make_human(rng, maps)
+    E = maps[:, :, 0, 0].astype(np.float64)
+    T = simulate_triplets(H, n_triplets, temperature=0.1, random_state=seed) if n_triplets else None
+    return E, H, T
+
+
+def _naive_count(E, T):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        S = np.nan_to_num(np.corrcoef(E))
+    a, b, o = T.T
+    s0, s1, s2 = S[a, b], S[a, o], S[b, o]
+    return int(((s0 - s1 > 1e-9) & (s0 - s2 > 1e-9)).sum())
+
+
+def worker(kind, n, K, n_triplets):
+    """One fit in this process: its wall and CPU time, peak RSS and (triplets) the agreement check."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_ais import AISSelector
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    E, H, T = _problem(n, K, n_triplets if kind == "triplets" else 0)
+    setup_mb = _peak_mb()
+    est = AISSelector(comparison="odd_one_out" if kind == "triplets" else "spearman", device="cpu")
+    y = T if kind == "triplets" else H
+    t0, c0 = time.perf_counter(), time.process_time()
+    est.fit(E, y)
+    out = dict(kind=kind, n=n, K=K, n_triplets=n_triplets if kind == "triplets" else None,
+               fit_s=time.perf_counter() - t0, fit_cpu_s=time.process_time() - c0, peak_rss_mb=_peak_mb(),
+               setup_rss_mb=setup_mb, n_selected=int(est.n_features_to_select_))
+    if kind == "triplets":
+        from sklearn_ais._similarity import TripletTarget
+
+        target = TripletTarget(T, n, "odd_one_out")
+        out.update(touched_pairs=target.n_pairs, all_pairs=target.n_full, sparse_path=bool(target.sparse))
+        order = np.argsort(est.ranking_, kind="stable")
+        ks, ts = order[[0, K // 2, K - 1]], np.array([1, est.n_features_to_select_, K // 2])
+        N = len(T)
+        ours = [est.baseline_score_ * N] + [(est.baseline_score_ - est.scores_[k]) * N for k in ks] \
+            + [est.path_scores_[t - 1] * N for t in ts]
+        keep_all = np.ones(K, bool)
+        naive = [_naive_count(E, T)]
+        for k in ks:
+            keep = keep_all.copy()
+            keep[k] = False
+            naive.append(_naive_count(E * keep, T))
+        for t in ts:
+            keep = np.zeros(K, bool)
+            keep[order[:t]] = True
+            naive.append(_naive_count(E * keep, T))
+        out.update(agreement_ok=bool(np.array_equal(np.rint(ours), naive)), base_accuracy=est.baseline_score_)
+    print(json.dumps(out))
+
+
+def _run(kind, n, K, n_triplets, timeout):
+    busy0, t0 = _busy_s(), time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n), "--K", str(K), "--triplets",
+                           str(n_triplets)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall = time.perf_counter() - t0
+    # busy cores of the whole machine during the run, minus this run's own (about 1)
+    res["others_busy_cores"] = max(0.0, (_busy_s() - busy0) / wall - res["fit_cpu_s"] / wall)
+    return res
+
+
+def k92_acceptance(n_triplets, permutations, seed=0):
+    """Simulated triplets of the 92 photographs' mean human similarity: held-out accuracy, 5-fold image-wise CV."""
+    from sklearn.model_selection import KFold
+
+    from sklearn_ais import AISSelector, DNNFeatureMapTransformer
+    from sklearn_ais.datasets import load_kriegeskorte92, simulate_triplets
+    from sklearn_ais.model_selection import cross_validate_alignment, permutation_test_alignment
+
+    data = load_kriegeskorte92(download=False)
+    maps = DNNFeatureMapTransformer(device="cpu").fit_transform(data.images)
+    T = simulate_triplets(data.similarity, n_triplets, temperature=K92_TEMPERATURE, random_state=seed)
+    cv = KFold(5, shuffle=True, random_state=seed)
+    sel = AISSelector(comparison="odd_one_out", device="cpu")
+    res = cross_validate_alignment(sel, maps, T, cv=cv, alternative="greater")
+    print(res.table.to_string())
+    print(res)
+    out = dict(summary={k: (v if isinstance(v, str) else float(v)) for k, v in res.summary.items()})
+    if permutations:
+        perm = permutation_test_alignment(sel, maps, T, cv=cv, n_permutations=permutations, random_state=seed)
+        print(perm)
+        out["permutation"] = dict(observed=perm.observed, p_value=perm.p_value, n=perm.n_permutations)
+    print(json.dumps(out))
+    return out
+
+
+# The observer's noise for the 92 photographs: the mean human similarity (minus the mean RDM) spans about 0.8;
+# at 0.05 an observer agrees with the matrix's own choice in about 2 triplets of 3 (THINGS' ceiling: 0.68).
+K92_TEMPERATURE = 0.05
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1854)
+    p.add_argument("--K", type=int, default=1280)
+    p.add_argument("--triplets", type=int, default=1_000_000)
+    p.add_argument("--matrix", action="store_true", help="also time the Spearman fit on the matrix (same n, K)")
+    p.add_argument("--k92", action="store_true", help="the 92-photograph acceptance (needs SKLEARN_AIS_DATA)")
+    p.add_argument("--permutations", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--worker", choices=["triplets", "matrix"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        return worker(a.worker, a.n, a.K, a.triplets)
+    if a.k92:
+        return k92_acceptance(20_000 if a.triplets == 1_000_000 else a.triplets, a.permutations)
+    results = [_run("triplets", a.n, a.K, a.triplets, a.timeout)]
+    if a.matrix:
+        results.append(_run("matrix", a.n, a.K, 0, a.timeout))
+    for r in results:
+        what = f"{r['n_triplets']:,} triplets" if r["kind"] == "triplets" else "the n x n matrix (Spearman)"
+        extra = (f", {r['touched_pairs']:,} of {r['all_pairs']:,} pairs touched "
+                 f"({'sparse' if r['sparse_path'] else 'dense'} path), agreement {'ok' if r['agreement_ok'] else 'FAILED'}"
+                 if r["kind"] == "triplets" else "")
+        print(f"n = {r['n']}, K = {r['K']}, {what}: fit {r['fit_s']:.1f} s wall ({r['fit_cpu_s']:.1f} s CPU), peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB (data {r['setup_rss_mb']:.0f} MB){extra}; other processes kept "
+              f"{r['others_busy_cores']:.1f} cores busy")
+    if a.matrix:
+        print(f"triplet fit / matrix fit: {results[0]['fit_s'] / results[1]['fit_s']:.2f} (wall), "
+              f"{results[0]['fit_cpu_s'] / results[1]['fit_cpu_s']:.2f} (CPU)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
