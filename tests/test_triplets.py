@@ -192,7 +192,16 @@ def test_vgg_head_and_heatmaps_on_triplets():
     loo = [naive_counts(embed(maps, head, keep=np.arange(5) != k), T, "pearson") for k in range(5)]
     assert sel.baseline_score_ * len(T) == base
     assert np.array_equal(np.rint((sel.baseline_score_ - sel.scores_) * len(T)), loo)
-    heat = AISHeatmapper(comparison="odd_one_out", output="maps", device="cpu").fit(fm, T).transform(fm)
+    hm = AISHeatmapper(comparison="odd_one_out", output="maps", device="cpu").fit(fm, T)
+    for t in (0, 7):  # per-image AIS through the first-layer kernel: map k zeroed in image t only
+        Tt = T[(T == t).any(axis=1)]
+        base_t = naive_counts(embed(maps, head), Tt, "pearson")
+        for k in range(5):
+            mk = maps.copy()
+            mk[t, k] = 0
+            assert round(hm.image_scores_[t, k] * len(Tt)) == base_t - naive_counts(embed(mk, head), Tt, "pearson")
+    with pytest.warns(UserWarning, match="no map with positive"):
+        heat = hm.transform(fm)
     assert heat.shape == (10, 4, 4) and np.isfinite(heat).all()
 
 
