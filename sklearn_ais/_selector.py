@@ -118,7 +118,10 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
 
     For every map (or unit) ``k``, the alignment importance score is
 
-    ``AIS_k = 2OI(all maps) - 2OI(map k set to 0 in every image)``
+    .. math::
+
+        \\mathrm{AIS}_k = \\mathrm{2OI}(\\text{all maps})
+        - \\mathrm{2OI}(\\text{map } k \\text{ set to 0 in every image})
 
     where the second-order isomorphism 2OI is the correlation between the
     upper triangles of the model's similarity matrix (built from the head's

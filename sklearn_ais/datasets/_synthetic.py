@@ -283,6 +283,7 @@ def make_similarity_task(
     -------
     data : :class:`~sklearn.utils.Bunch`
         images : ndarray of shape (n_images, image_size, image_size, 3), uint8
+            The rendered images.
         similarity : ndarray of shape (n_images, n_images), float64
             The observer's similarity, symmetric, diagonal = maximum.
         masks : ndarray of shape (n_images, image_size, image_size), bool

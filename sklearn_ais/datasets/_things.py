@@ -92,7 +92,9 @@ def load_things_similarity(path, variable=None, *, expected_size=N_CONCEPTS, lab
             The matrix, symmetric; its diagonal is set to NaN (a concept's
             similarity to itself is never compared). Ready to pass as ``y``.
         labels : ndarray of shape (n,), str, or None
+            The concepts' names, where given.
         DESCR : str
+            Description of the data.
 
     Raises
     ------
