@@ -406,13 +406,9 @@ class PooledKernel(AblationKernel):
         center = self.pearson
         return (standardize_rows(rows_E, center=center) @ standardize_rows(others, center=center).T).clamp(-1, 1)
 
-    def _upper_from_delta(self, dE, ks=None):
-        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
-
-        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
-        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
-        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
-        """
+    def _delta_terms(self, dE, ks):
+        """Row scales ``r`` (C, n), the rank-one corrections and the rows to recompute when map ``ks[c]``
+        (values ``dE[c]``) is ablated in every image (``ks`` None: nothing ablated, ``dE`` zero)."""
         dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
         r = self._inv_sqrt(v, raw)
@@ -422,6 +418,16 @@ class PooledKernel(AblationKernel):
             terms = ((a, b), (b, a - ((self.K - 1) / self.K) * b))
         else:
             terms = ((b, b),)
+        return r, terms, flagged
+
+    def _upper_from_delta(self, dE, ks=None):
+        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
+
+        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
+        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
+        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
+        """
+        r, terms, flagged = self._delta_terms(dE, ks)
         Zu = self._scaled_upper(len(dE), lambda r0, r1: self.G[None, r0:r1, r0:], r, terms)
         if ks is not None:
             for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
@@ -539,15 +545,7 @@ class PooledKernel(AblationKernel):
 
     def _pairs_from_delta(self, dE, ks, pi, pj, Gp):
         """:meth:`_upper_from_delta` on the pairs ``(pi, pj)`` only: (C, P), the same operations per entry."""
-        dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
-        v, raw, flagged = self._ablated_rows(dE, dD)
-        r = self._inv_sqrt(v, raw)
-        b = r * dE
-        if self.pearson:
-            a = r * dD
-            terms = ((a, b), (b, a - ((self.K - 1) / self.K) * b))
-        else:
-            terms = ((b, b),)
+        r, terms, flagged = self._delta_terms(dE, ks)
         Z = Gp[None] * r[:, pi]
         Z *= r[:, pj]
         for x, y in terms:

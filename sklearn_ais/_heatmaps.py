@@ -227,26 +227,17 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         # weights that image by the global AIS, as an image never seen in fit.
         if triplets:  # an image in no triplet has no per-image score
             undefined = np.setdiff1d(np.arange(problem.n), H.images())
-            if len(undefined):
-                base[undefined] = np.nan
-                image_scores[undefined] = np.nan
-                warnings.warn(
-                    f"{len(undefined)} image(s) appear in no triplet (rows {undefined[:10].tolist()}"
-                    f"{'...' if len(undefined) > 10 else ''}): their per-image AIS is undefined (NaN in "
-                    "image_scores_) and their heatmaps use the global AIS",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            undefined = []
+            why = "appear in no triplet"
         else:
             undefined = np.flatnonzero(_undefined_rows(H))
+            why = "have fewer than 3 observed human pairs, or all equal ones, in their row of y"
         if len(undefined):
             base[undefined] = np.nan
             image_scores[undefined] = np.nan
             warnings.warn(
-                f"{len(undefined)} image(s) have fewer than 3 observed human pairs, or all equal ones, in their "
-                f"row of y (rows {undefined[:10].tolist()}{'...' if len(undefined) > 10 else ''}): their "
-                "per-image AIS is undefined (NaN in image_scores_) and their heatmaps use the global AIS",
+                f"{len(undefined)} image(s) {why} (rows {undefined[:10].tolist()}"
+                f"{'...' if len(undefined) > 10 else ''}): their per-image AIS is undefined (NaN in image_scores_) "
+                "and their heatmaps use the global AIS",
                 UserWarning,
                 stacklevel=3,
             )
