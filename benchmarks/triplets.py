@@ -132,7 +132,7 @@ def _accuracy_gain(E, T, splits, estimator):
     return float(np.mean(gains)), float(np.mean(full)), res
 
 
-def k92_acceptance(n_triplets, permutations, seed=0, repeats=2, fits=("accuracy", "log_likelihood")):
+def k92_acceptance(n_triplets, permutations, seed=0, repeats=2, fits=("accuracy", "log_likelihood"), embeddings=None):
     """Triplets simulated from the 92 photographs' mean human similarity, EfficientNet-Lite0 maps: the held-out
     odd-one-out accuracy of AIS selection vs all maps, image-wise 5-fold CV (``repeats`` shuffles), and a
     permutation test of the gain (the images' labels in the triplets permuted, the whole CV rerun)."""
@@ -143,7 +143,12 @@ def k92_acceptance(n_triplets, permutations, seed=0, repeats=2, fits=("accuracy"
     from sklearn_ais.datasets import load_kriegeskorte92, simulate_triplets
 
     data = load_kriegeskorte92(download=False)
-    E = DNNFeatureMapTransformer(device="cpu").fit_transform(data.images).embed().astype(np.float64)
+    if embeddings is not None and Path(embeddings).is_file():
+        E = np.load(embeddings)
+    else:
+        E = DNNFeatureMapTransformer(device="cpu").fit_transform(data.images).embed().astype(np.float64)
+        if embeddings is not None:
+            np.save(embeddings, E)
     raw = simulate_triplets(data.similarity, n_triplets, temperature=K92_TEMPERATURE, random_state=seed)
     a, b, o = raw.T
     H = data.similarity
@@ -184,6 +189,7 @@ def main(argv=None):
     p.add_argument("--permutations", type=int, default=0)
     p.add_argument("--repeats", type=int, default=8, help="shuffles of the 5-fold image-wise CV (--k92)")
     p.add_argument("--fits", default="accuracy,log_likelihood", help="what the selection is fitted on (--k92)")
+    p.add_argument("--embeddings", help="(--k92) a .npy cache of the Lite0 embeddings: read if present, else written")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--worker", choices=["triplets", "matrix"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -191,18 +197,18 @@ def main(argv=None):
         return worker(a.worker, a.n, a.K, a.triplets)
     if a.k92:
         return k92_acceptance(20_000 if a.triplets == 1_000_000 else a.triplets, a.permutations, repeats=a.repeats,
-                              fits=a.fits.split(","))
-    results = [_run("triplets", a.n, a.K, a.triplets, a.timeout)]
-    if a.matrix:
-        results.append(_run("matrix", a.n, a.K, 0, a.timeout))
-    for r in results:
+                              fits=a.fits.split(","), embeddings=a.embeddings)
+    results = []
+    for kind in ("triplets", "matrix") if a.matrix else ("triplets",):
+        r = _run(kind, a.n, a.K, a.triplets if kind == "triplets" else 0, a.timeout)
+        results.append(r)
         what = f"{r['n_triplets']:,} triplets" if r["kind"] == "triplets" else "the n x n matrix (Spearman)"
         extra = (f", {r['touched_pairs']:,} of {r['all_pairs']:,} pairs touched "
                  f"({'sparse' if r['sparse_path'] else 'dense'} path), agreement {'ok' if r['agreement_ok'] else 'FAILED'}"
                  if r["kind"] == "triplets" else "")
         print(f"n = {r['n']}, K = {r['K']}, {what}: fit {r['fit_s']:.1f} s wall ({r['fit_cpu_s']:.1f} s CPU), peak RSS "
               f"{r['peak_rss_mb']:.0f} MB (data {r['setup_rss_mb']:.0f} MB){extra}; other processes kept "
-              f"{r['others_busy_cores']:.1f} cores busy")
+              f"{r['others_busy_cores']:.1f} cores busy", flush=True)
     if a.matrix:
         print(f"triplet fit / matrix fit: {results[0]['fit_s'] / results[1]['fit_s']:.2f} (wall), "
               f"{results[0]['fit_cpu_s'] / results[1]['fit_cpu_s']:.2f} (CPU)")
