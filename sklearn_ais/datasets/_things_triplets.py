@@ -137,10 +137,13 @@ def load_things_triplets(path, *, concepts=None, n_concepts=N_CONCEPTS, index_ba
         train, test : ndarray of shape (N, 3), int64, or None
             0-based indices, odd one out last (``triplets`` for a single file).
         concepts : ndarray of str or None
+            The concept names, in index order.
         n_concepts : int
+            Number of concepts the indices refer to.
         ceiling : float
             THINGS' published noise ceiling, 0.6767.
         DESCR : str
+            A description of the data.
 
     Raises
     ------
