@@ -10,7 +10,8 @@ import inspect
 from pathlib import Path
 
 # The public submodules documented in the reference, in the order of the page.
-MODULES = ("backbones", "datasets", "metrics", "model_selection", "alignment", "plotting", "workflow", "attention")
+MODULES = ("backbones", "datasets", "metrics", "model_selection", "alignment", "plotting", "workflow", "attention",
+           "evaluation")
 
 
 def public_names():

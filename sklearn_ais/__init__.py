@@ -15,7 +15,8 @@ AISHeatmapper
     Per-image alignment importance and heatmaps.
 
 Submodules: ``alignment`` (neighbouring methods), ``attention`` (gradient
-baselines), ``backbones``, ``datasets``, ``metrics``, ``model_selection``,
+baselines), ``backbones``, ``datasets``, ``evaluation`` (deletion tests, pair heatmaps, WordNet),
+``metrics``, ``model_selection``,
 ``plotting``.
 """
 
@@ -33,7 +34,8 @@ _LAZY = {
     "AISHeatmapper": "._heatmaps",
 }
 _SUBMODULES = {
-    "alignment", "attention", "backbones", "cli", "datasets", "metrics", "model_selection", "plotting", "workflow",
+    "alignment", "attention", "backbones", "cli", "datasets", "evaluation", "metrics", "model_selection", "plotting",
+    "workflow",
 }
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["minmax", "resize_maps", "to_original"]
+__all__ = ["maxscale", "minmax", "resize_maps", "stretch_to_original", "to_original"]
 
 _OUTPUTS = ("original", "resized", "input")
 
@@ -226,3 +226,90 @@ def minmax(heatmaps):
     lo = x.min(axis=(-2, -1), keepdims=True)
     span = x.max(axis=(-2, -1), keepdims=True) - lo
     return np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
+
+
+def stretch_to_original(heatmaps, geometry, input_size):
+    """One bilinear resize of each map to its original image, for inputs that were not cropped.
+
+    The single resize of the released code of Truong, Pesenti & Hasson (2024):
+    ``cv2.resize(mask, img.size)`` (``viz_heatmap.py``, line 44), whose default
+    ``INTER_LINEAR`` is the bilinear resize with pixel centres
+    (``align_corners=False``) and no antialiasing, also when shrinking.
+    :func:`to_original` instead resizes twice (to the network input, then to
+    the original) and antialiases when shrinking.
+
+    Parameters
+    ----------
+    heatmaps : array-like of shape (n_images, h, w), or list of 2-D arrays
+    geometry : array-like of int of shape (n_images, 6)
+        As in :func:`to_original`.
+    input_size : tuple of int, or array-like of shape (n_images, 2)
+        The network inputs: each must be the whole resized image (no crop).
+
+    Returns
+    -------
+    maps : ndarray of shape (n_images, H, W) or list of ndarray
+
+    Raises
+    ------
+    ValueError
+        An image's network input was a crop of the resized image: stretching
+        its maps over the whole image would misplace them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais._geometry import stretch_to_original
+    >>> stretch_to_original(np.array([[[0.0, 1.0]]]), [(1, 4, 1, 2, 0, 0)], (1, 2))
+    array([[[0.  , 0.25, 0.75, 1.  ]]])
+    """
+    items = [np.asarray(h) for h in heatmaps] if isinstance(heatmaps, (list, tuple)) else list(_as_maps_tensor(heatmaps).numpy())
+    n = len(items)
+    geometry = _check_geometry(geometry, n, "original")
+    sizes = _per_image_sizes(input_size, n)
+    sizes = sizes if sizes is not None else np.tile(_as_size(input_size, (0, 0)), (n, 1))
+    cropped = np.flatnonzero((geometry[:, 4:] != 0).any(axis=1) | (geometry[:, 2:4] != sizes).any(axis=1))
+    if len(cropped):
+        raise ValueError(
+            f"{len(cropped)} image(s) were cropped before the network (indices {cropped[:10].tolist()}): one resize of "
+            "their maps to the whole image would misplace them; extract with crop=False, or resize via the input"
+        )
+    out = []
+    for h, (oh, ow) in zip(items, geometry[:, :2].tolist()):
+        x = _as_maps_tensor(h[None], "heatmaps")
+        if tuple(x.shape[-2:]) != (oh, ow):
+            x = F.interpolate(x[:, None], size=(oh, ow), mode="bilinear", align_corners=False, antialias=False)[:, 0]
+        out.append(x[0].numpy())
+    return _stack_if_same(out)
+
+
+def maxscale(heatmaps):
+    """Divide each map by its maximum, as the released code of Truong et al. (2024) does before its colour map.
+
+    ``overlay / overlay.max()`` (``viz_heatmap.py``, line 45): the values keep
+    their sign, a map whose maximum is negative changes sign, and a map whose
+    maximum is 0 (where that code divides by zero) becomes all zeros.
+
+    Parameters
+    ----------
+    heatmaps : array-like of shape (n_images, H, W) or (H, W), or list of 2-D arrays
+
+    Returns
+    -------
+    scaled : ndarray or list of ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais._geometry import maxscale
+    >>> maxscale(np.array([[[-1.0, 2.0]], [[0.0, 0.0]]]))
+    array([[[-0.5,  1. ]],
+    <BLANKLINE>
+           [[ 0. ,  0. ]]])
+    """
+    if isinstance(heatmaps, (list, tuple)):
+        return [maxscale(np.asarray(h)) for h in heatmaps]
+    x = np.asarray(heatmaps)
+    x = x.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+    top = x.max(axis=(-2, -1), keepdims=True)
+    return np.divide(x, top, out=np.zeros_like(x), where=top != 0)

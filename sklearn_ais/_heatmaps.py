@@ -53,6 +53,27 @@ def _undefined_rows(H: np.ndarray) -> np.ndarray:
     return too_few | constant
 
 
+def _signed_average_weights(w: np.ndarray, total_abs: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """``w / sum(w)`` per row (``np.average``'s weights), all 0 where the signed sum is 0.
+
+    A sum is 0 when it is within the rounding of its terms, ``K * eps * sum(|w|)``
+    (where ``np.average`` raises on an exact 0, and below which its sign is noise).
+    Rows that are all 0 were reported already (``empty``).
+    """
+    total = w.sum(axis=1, keepdims=True)
+    zero = np.abs(total) <= w.shape[1] * np.finfo(np.float64).eps * total_abs
+    cancelled = np.setdiff1d(np.flatnonzero(zero[:, 0]), empty)
+    if len(cancelled):
+        warnings.warn(
+            f"{len(cancelled)} image(s) have alignment importances that sum to 0 (indices "
+            f"{cancelled[:10].tolist()}{'...' if len(cancelled) > 10 else ''}): weighting='average' divides by "
+            "that sum (np.average raises there); their heatmaps are all zero",
+            UserWarning,
+            stacklevel=4,
+        )
+    return np.divide(w, total, out=np.zeros_like(w), where=~zero)
+
+
 class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     """Per-image alignment importance scores and the heatmaps they draw.
 
@@ -61,33 +82,63 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     the model's similarity matrix (the n - 1 other images) and row t of the
     human one. The heatmap of image t is ``sum_k w_k A_k``, upsampled and
     mapped back onto the original image (the transformer's resize and crop
-    undone), then min-max scaled to [0, 1] within the image.
+    undone), then min-max scaled to [0, 1] within the image (by default;
+    ``weighting``, ``resize``, ``normalize`` and ``squared`` give the
+    released code of Truong et al., 2024, see the README).
 
     Parameters
     ----------
     similarity : {"pearson", "cosine"}, default="pearson"
     comparison : {"spearman", "pearson", ..., "odd_one_out", "triplet_log_likelihood"}, default="spearman"
-        Row correlation of the per-image scores; with odd-one-out triplets as
-        ``y``, the accuracy (or log-likelihood) of the triplets that contain
-        the image (see :class:`AISSelector`).
+        Correlation of the global scores ``scores_`` (upper triangles), and
+        of the per-image scores unless ``image_comparison`` is given. With
+        odd-one-out triplets as ``y``: ``"odd_one_out"`` or
+        ``"triplet_log_likelihood"`` (see :class:`AISSelector`), the
+        per-image score being that of the triplets that contain the image.
+    image_comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"} or None, default=None
+        Row correlation of the per-image scores; None: ``comparison``. The
+        released code of Truong et al. (2024) scores a row by the plain
+        Pearson r (``"pearson"``; ``compute_perturbation.py``, line 81, with
+        ``utils.pearsonr_2d``) while its global score is r²
+        (``"pearson_r2"``); the paper's text names Spearman for the rows.
+        Ignored for triplets (their per-image score follows ``comparison``).
     keep : array-like of bool of shape (n_maps,), array of int, or None, default=None
         Only these maps may carry weight (a boolean mask, e.g. a fitted
         selector's ``support_``, or map indices). In a ``Pipeline`` after an
         :class:`AISSelector`, the unselected maps arrive as zeros and get
         zero weight anyway.
-    weighting : {"positive", "signed"}, default="positive"
+    weighting : {"positive", "signed", "average"}, default="positive"
         How per-image AIS become map weights. ``"positive"``: ``w =
         max(AIS_t, 0) / sum(max(AIS_t, 0))``, a convex combination of the
-        maps that help image t's alignment. ``"signed"`` (the original
-        protocol of Truong et al., 2024): ``w = AIS_t / sum(|AIS_t|)``, maps
-        that hurt alignment subtract; the raw map can be negative and is
-        min-max scaled like the other (dividing by ``sum(|AIS_t|)`` rather
-        than ``sum(AIS_t)`` never flips a map whose scores sum below 0; any
-        positive normaliser gives the same scaled heatmap).
+        maps that help image t's alignment. ``"signed"``: ``w = AIS_t /
+        sum(|AIS_t|)``, maps that hurt alignment subtract, and a map whose
+        scores sum below 0 is not flipped. ``"average"`` (the released code
+        of Truong et al., 2024: ``np.average(maps, weights=AIS_t)``,
+        ``viz_heatmap.py``, line 64): ``w = AIS_t / sum(AIS_t)``, the signed
+        sum, which negates the heatmap of an image whose scores sum below 0
+        (``image_score_sums_`` says which); where the scores sum to 0 (up to
+        the rounding of the sum), where ``np.average`` raises, the heatmap is
+        all zeros and :meth:`transform` warns.
     output : {"original", "input", "maps"}, default="original"
         Geometry of the returned heatmaps: the original images' (a stacked
         array when they share a size, else a list), the network input's
         ``(n, H, W)``, or the feature maps' ``(n, h, w)`` (not upsampled).
+    resize : {"via_input", "direct"}, default="via_input"
+        How ``output="original"`` reaches the image: ``"via_input"``
+        upsamples to the network input, undoes the crop and resizes to the
+        original (antialiased when shrinking); ``"direct"`` resizes the
+        feature-map grid to the original image in one bilinear step without
+        antialiasing, as the released code's ``cv2.resize`` does
+        (``viz_heatmap.py``, line 44); only for maps extracted with
+        ``crop=False`` (a crop is refused).
+    normalize : {"minmax", "max"} or None, default="minmax"
+        Per heatmap, after the resize: ``"minmax"`` scales to [0, 1];
+        ``"max"`` divides by the maximum (``viz_heatmap.py``, line 45; a
+        heatmap whose maximum is 0 becomes all zeros); None returns the
+        weighted sums as they are.
+    squared : bool, default=False
+        Square the normalised heatmap, as the released code does before its
+        colour map (``viz_heatmap.py``, line 46).
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
     device : str, default="auto"
     temperature : float > 0, default=1.0
@@ -101,6 +152,10 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         correlation is undefined; ``fit`` warns and names them).
     image_base_scores_ : ndarray of shape (n_images,)
         Row correlation of each training image with all maps (NaN likewise).
+    image_score_sums_ : ndarray of shape (n_images,)
+        Sum of each training image's per-image AIS over the maps in
+        ``keep``: the divisor of ``weighting="average"`` (below 0: that
+        heatmap is negated; 0: it is all zeros). NaN where the scores are.
     scores_ : ndarray of shape (n_maps,)
         Global AIS, used to weight images that have no human row (images
         not seen in ``fit``).
@@ -119,7 +174,8 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     training images the one at the same position wins. :meth:`fit_transform`
     draws every training image with its own scores, duplicates included.
     When every weight of an image is <= 0 (no map helps its row), its
-    heatmap is all zeros and a warning names the images.
+    heatmap is all zeros and a warning names the images; likewise with
+    ``weighting="average"`` when an image's scores sum to 0.
 
     Examples
     --------
@@ -136,14 +192,26 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     >>> heat = hm.transform(FeatureMaps(maps, PoolingHead()))
     >>> heat.shape, float(heat.min()), float(heat.max())
     ((12, 4, 4), 0.0, 1.0)
+
+    The released code's settings (Truong et al., 2024; see the README):
+
+    >>> released = AISHeatmapper(comparison="pearson_r2", image_comparison="pearson", weighting="average",
+    ...                          output="maps", normalize="max", squared=True)
+    >>> released = released.fit(FeatureMaps(maps, PoolingHead()), H)
+    >>> int((released.image_score_sums_ < 0).sum())  # images whose signed average is negated
+    4
     """
 
     _parameter_constraints: dict = {
         "similarity": [StrOptions(set(SIMILARITIES))],
         "comparison": [StrOptions(set(COMPARISONS) | set(TRIPLET_COMPARISONS))],
         "keep": ["array-like", None],
-        "weighting": [StrOptions({"positive", "signed"})],
+        "image_comparison": [StrOptions(set(COMPARISONS)), None],
+        "weighting": [StrOptions({"positive", "signed", "average"})],
         "output": [StrOptions({"original", "input", "maps"})],
+        "resize": [StrOptions({"via_input", "direct"})],
+        "normalize": [StrOptions({"minmax", "max"}), None],
+        "squared": ["boolean"],
         "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
         "temperature": [Interval(Real, 0, None, closed="neither")],
@@ -154,18 +222,26 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         similarity="pearson",
         *,
         comparison="spearman",
+        image_comparison=None,
         keep=None,
         weighting="positive",
         output="original",
+        resize="via_input",
+        normalize="minmax",
+        squared=False,
         y_kind="similarity",
         device="auto",
         temperature=1.0,
     ):
         self.similarity = similarity
         self.comparison = comparison
+        self.image_comparison = image_comparison
         self.keep = keep
         self.weighting = weighting
         self.output = output
+        self.resize = resize
+        self.normalize = normalize
+        self.squared = squared
         self.y_kind = y_kind
         self.device = device
         self.temperature = temperature
@@ -207,10 +283,11 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=MIN_IMAGES)
             K = X.shape[1]
         H = check_target(y, len(X), self.y_kind, self.comparison, ids=ids)
-        self._keep_mask(K)
+        keep = self._keep_mask(K)
         problem = make_kernel(X, self.similarity, self.device)
         with threads_for(problem.n, problem.K):
             self._fit_kernel(problem, H)
+        self.image_score_sums_ = (self.image_scores_ * keep).sum(axis=1)
         self.n_features_in_ = K
         self.train_ids_ = ids if is_feature_maps(X) else None
         self._train_signatures = _signatures(X.maps) if is_feature_maps(X) else None
@@ -220,7 +297,8 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         """Per-image and global AIS on prepared kernels."""
         triplets = isinstance(H, TripletSet)
         target = problem.triplet_target(H, self.comparison, self.temperature) if triplets else None
-        base, ablated = problem.per_image(target if triplets else H, self.comparison)
+        image_comparison = self.comparison if self.image_comparison is None else self.image_comparison
+        base, ablated = problem.per_image(target if triplets else H, image_comparison)
         image_scores = base[:, None] - ablated
         # A row correlation needs >= 3 observed human pairs that are not all equal;
         # otherwise the per-image AIS is undefined: NaN (not 0), and transform
@@ -285,7 +363,8 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         training images whose per-image AIS is undefined, the global AIS.
         ``weighting="positive"``: negative scores get weight 0 and each row
         sums to 1 (or is all 0); ``"signed"``: each row's absolute values sum
-        to 1 (or it is all 0).
+        to 1 (or it is all 0); ``"average"``: each row sums to 1 (or, where
+        the scores sum to 0, it is all 0).
 
         Parameters
         ----------
@@ -318,10 +397,12 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=3,
             )
+        if self.weighting == "average":
+            return _signed_average_weights(w, total, empty)
         return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
     def transform(self, X):
-        """Heatmaps in [0, 1].
+        """Heatmaps (in [0, 1] with the default ``normalize="minmax"``).
 
         Parameters
         ----------
@@ -355,12 +436,23 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         return self._draw(X, self._weights(X, np.arange(len(X))))
 
     def _draw(self, X, w):
-        from ._geometry import minmax, to_original
+        from ._geometry import stretch_to_original, to_original
 
         raw = X.weighted_sum(w)  # (n, h, w), or a list for maps of different sizes
         if self.output == "maps":
-            return minmax(raw)
+            return self._finish(raw)
         if X.input_size is None:
             raise ValueError("X has no input_size (it was not made by DNNFeatureMapTransformer); use output='maps'")
         output = "input" if self.output == "input" or X.geometry is None else "original"
-        return minmax(to_original(raw, X.geometry, X.input_size, output=output))
+        if output == "original" and self.resize == "direct":
+            return self._finish(stretch_to_original(raw, X.geometry, X.input_size))
+        return self._finish(to_original(raw, X.geometry, X.input_size, output=output))
+
+    def _finish(self, heat):
+        """The normalisation and the display power of resized heatmaps."""
+        from ._geometry import maxscale, minmax
+
+        heat = {"minmax": minmax, "max": maxscale, None: lambda h: h}[self.normalize](heat)
+        if self.squared:
+            heat = [h * h for h in heat] if isinstance(heat, list) else heat * heat
+        return heat

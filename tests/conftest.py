@@ -4,7 +4,8 @@
   files, built once per worker).
 * Plain helpers, imported as ``from .conftest import ...``: random problems (``human``, ``task``, ``fmaps``
   and the 12-image problem ``X0, H0`` with an asymmetric ``A0``), small networks (``vgg_like``,
-  ``CountingNet``, ``TinyNet`` and its ``tiny_backbone`` / ``tiny_transformer``), ``SETTINGS`` and the
+  ``CountingNet``, ``TinyNet`` and its ``tiny_backbone`` / ``tiny_transformer``, the colour-selective
+  ``planted_colour_transformer``), ``SETTINGS`` and the
   persistence checks ``no_tensors`` / ``roundtrips``.
 * Set-up for the whole run: the real data folder, one torch thread per xdist worker.
 
@@ -151,6 +152,45 @@ def tiny_backbone():
 def tiny_transformer(**kw):
     """A fitted DNNFeatureMapTransformer on ``tiny_backbone()`` (CPU)."""
     return DNNFeatureMapTransformer(tiny_backbone(), device="cpu", **kw).fit(None)
+
+
+class _ColourFeatures(nn.Module):
+    """Planted ground truth: 4 maps that fire only on saturated object colours, 6 random luminance-texture maps; 4x4 pooled."""
+
+    def __init__(self, gain=4.0):
+        super().__init__()
+        C = torch.tensor([(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1)], dtype=torch.float32)  # the task's 4 colours
+        self.colour = nn.Conv2d(3, 4, 1)
+        self.colour.weight.data = (gain * (2 * C - 1))[:, :, None, None]
+        self.colour.bias.data = -gain * (C.sum(1) - 0.5)
+        g = torch.Generator().manual_seed(0)
+        self.texture = nn.Conv2d(3, 6, 3, padding=1)
+        self.texture.weight.data = torch.randn(6, 1, 3, 3, generator=g).repeat(1, 3, 1, 1) / 3
+        self.texture.bias.data = torch.zeros(6)
+        self.pool = nn.AvgPool2d(4)
+
+    def forward(self, x):
+        return self.pool(torch.cat([torch.relu(self.colour(x)), torch.relu(self.texture(x))], 1))
+
+
+class _PlantedNet(nn.Module):
+    """Maps of _ColourFeatures, global average pooling, a random 4-class linear layer (logits)."""
+
+    def __init__(self, gain=4.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = _ColourFeatures(gain)
+        self.fc = nn.Linear(10, 4)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def planted_colour_transformer(size=48, gain=4.0):
+    """A fitted transformer on ``_PlantedNet`` at ``size`` px (no resize, no normalisation; CPU); ``gain`` scales
+    the colour maps (a pure object colour gives ``gain / 2``)."""
+    bb = get_backbone(_PlantedNet(gain), layer="features", input_size=size, resize_size=size, mean=(0, 0, 0), std=(1, 1, 1))
+    return DNNFeatureMapTransformer(bb, device="cpu", batch_size=64).fit(None)
 
 
 def task(n=12, K=8, seed=0):

@@ -26,7 +26,8 @@ pytest.importorskip("sphinx", reason="the [docs] extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 # The public submodules the API reference covers: every submodule of the package but the command line.
-DOCUMENTED = ("alignment", "attention", "backbones", "datasets", "metrics", "model_selection", "plotting", "workflow")
+DOCUMENTED = ("alignment", "attention", "backbones", "datasets", "evaluation", "metrics", "model_selection", "plotting",
+              "workflow")
 
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
 

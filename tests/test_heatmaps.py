@@ -310,3 +310,55 @@ def test_heatmapper_survives_pickle_and_joblib(tmp_path):
     for loaded in roundtrips(hm, tmp_path):
         np.testing.assert_array_equal(loaded.image_scores_, hm.image_scores_)
         np.testing.assert_array_equal(loaded.transform(fm), hm.transform(fm))
+
+
+def test_image_comparison_is_independent_of_the_global_one(rng):
+    X = rng.normal(size=(9, 6)) + 0.5
+    H = _human(rng, 9)
+    both = AISHeatmapper(comparison="pearson_r2", image_comparison="pearson", device="cpu").fit(X, H)
+    rows = AISHeatmapper(comparison="pearson", device="cpu").fit(X, H)
+    squared = AISHeatmapper(comparison="pearson_r2", device="cpu").fit(X, H)
+    np.testing.assert_allclose(both.image_scores_, naive_image_scores(X, H, "pearson", "pearson"), atol=1e-6)
+    np.testing.assert_array_equal(both.image_scores_, rows.image_scores_)
+    np.testing.assert_array_equal(both.scores_, squared.scores_)  # the global scores follow `comparison`
+    assert not np.allclose(both.image_scores_, squared.image_scores_)
+
+
+def test_average_weighting_divides_by_the_signed_sum_and_reports_a_zero_sum(rng):
+    fm = fmaps(n=12, K=4)
+    hm = AISHeatmapper(weighting="average", output="maps", normalize=None, device="cpu").fit(fm, H0)
+    np.testing.assert_allclose(hm.image_score_sums_, hm.image_scores_.sum(axis=1))
+    # Planted scores: image 0 sums to 0 exactly, image 1 below 0 (np.average negates it), the others as fitted.
+    hm.image_scores_[0] = [0.25, -0.5, 0.125, 0.125]
+    hm.image_scores_[1] = [0.1, -0.4, 0.05, 0.05]
+    with pytest.warns(UserWarning, match=r"sum to 0 \(indices \[0\]\).*np.average raises"):
+        heat = hm.transform(fm)
+    assert (heat[0] == 0).all()
+    maps = fm.maps.astype(np.float64)
+    for t in range(1, 12):
+        np.testing.assert_allclose(heat[t], np.average(maps[t], weights=hm.image_scores_[t], axis=0), atol=1e-12)
+    with pytest.raises(ZeroDivisionError):  # what the released code's np.average does with image 0
+        np.average(maps[0], weights=hm.image_scores_[0], axis=0)
+    # the max normalisation keeps the sign (viz_heatmap.py, line 45); squared squares it
+    shown = hm.set_params(normalize="max", squared=True)
+    with pytest.warns(UserWarning, match="sum to 0"):
+        shown = shown.transform(fm)
+    np.testing.assert_allclose(shown[1], (heat[1] / heat[1].max()) ** 2)
+
+
+def test_direct_resize_stretches_uncropped_maps_and_refuses_a_crop():
+    maps = np.random.default_rng(0).random((12, 3, 2, 3)).astype(np.float32)
+    geometry = np.tile([5, 7, 4, 6, 0, 0], (12, 1))  # 5 x 7 originals resized to 4 x 6, the whole input
+    fm = FeatureMaps(maps, PoolingHead(), geometry=geometry, input_size=(4, 6))
+    hm = AISHeatmapper(weighting="signed", resize="direct", normalize=None, device="cpu").fit(fm, H0)
+    raw = hm.set_params(output="maps").transform(fm)
+    heat = hm.set_params(output="original").transform(fm)
+    assert heat.shape == (12, 5, 7)
+    # pixel centres: output row y samples (y + 0.5) * 2 / 5 - 0.5 of the grid, clamped
+    t = np.clip((np.arange(5) + 0.5) * 2 / 5 - 0.5, 0, 1)
+    s = np.clip((np.arange(7) + 0.5) * 3 / 7 - 0.5, 0, 2)
+    cols = np.stack([np.interp(s, np.arange(3), r) for r in raw[3]])
+    np.testing.assert_allclose(heat[3], np.stack([np.interp(t, np.arange(2), c) for c in cols.T]).T, atol=1e-12)
+    cropped = FeatureMaps(maps, PoolingHead(), geometry=np.tile([5, 7, 5, 7, 0, 1], (12, 1)), input_size=(4, 6))
+    with pytest.raises(ValueError, match="cropped before the network"):
+        hm.transform(cropped)
