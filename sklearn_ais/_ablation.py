@@ -429,14 +429,21 @@ class PooledKernel(AblationKernel):
         """
         r, terms, flagged = self._delta_terms(dE, ks)
         Zu = self._scaled_upper(len(dE), lambda r0, r1: self.G[None, r0:r1, r0:], r, terms)
-        if ks is not None:
-            for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
-                rows = torch.nonzero(flagged[c]).flatten()
-                keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
-                keep[ks[c]] = 0
-                Ek = self.E * keep
-                self._set_rows(Zu[c], rows, self._direct_rows(Ek[rows], Ek))
+        for c, rows, direct in self._recomputed_rows(flagged, ks):
+            self._set_rows(Zu[c], rows, direct)
         return Zu
+
+    def _recomputed_rows(self, flagged, ks):
+        """``(c, rows, similarities (R, n))`` of the rows of candidate c that lost too many digits, computed
+        directly with map ``ks[c]`` ablated (none when nothing is ablated)."""
+        if ks is None:
+            return
+        for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
+            rows = torch.nonzero(flagged[c]).flatten()
+            keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
+            keep[ks[c]] = 0
+            Ek = self.E * keep
+            yield c, rows, self._direct_rows(Ek[rows], Ek)
 
     @property
     def _pooled_budget(self):
@@ -550,18 +557,12 @@ class PooledKernel(AblationKernel):
         Z *= r[:, pj]
         for x, y in terms:
             Z -= x[:, pi] * y[:, pj]
-        if ks is not None:
-            for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
-                rows = torch.nonzero(flagged[c]).flatten()
-                keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
-                keep[ks[c]] = 0
-                Ek = self.E * keep
-                direct = self._direct_rows(Ek[rows], Ek)  # (R, n)
-                at = torch.full((self.n,), -1, dtype=torch.long, device=self.device)
-                at[rows] = torch.arange(len(rows), device=self.device)
-                for here, there in ((pi, pj), (pj, pi)):  # as _set_rows: row j's value last
-                    m = at[here] >= 0
-                    Z[c, m] = direct[at[here[m]], there[m]]
+        for c, rows, direct in self._recomputed_rows(flagged, ks):
+            at = torch.full((self.n,), -1, dtype=torch.long, device=self.device)
+            at[rows] = torch.arange(len(rows), device=self.device)
+            for here, there in ((pi, pj), (pj, pi)):  # as _set_rows: row j's value last
+                m = at[here] >= 0
+                Z[c, m] = direct[at[here[m]], there[m]]
         return Z
 
     def _pair_loo(self, target, maps):

@@ -152,6 +152,8 @@ def test_global_ais_and_sweep_equal_a_naive_loop(layout, similarity, comparison)
 
 def test_sparse_pairs_give_the_dense_bits(monkeypatch):
     X, T = tied_problem(70, 6, 100, seed=5)
+    X[2] = [40.0, 0.3, -0.2, 0.1, 0.2, 0.0]  # one unit carries nearly all of image 2's energy: recomputed rows
+    T = np.vstack([T, [[2, 3, 4], [5, 2, 6], [2, 8, 9]]])
     fits = {}
     for sparse in (True, False):
         monkeypatch.setattr(TripletTarget, "sparse", property(lambda self, s=sparse: s))
@@ -160,6 +162,9 @@ def test_sparse_pairs_give_the_dense_bits(monkeypatch):
     for comp in ("odd_one_out", "triplet_log_likelihood"):
         a, b = fits[True, comp], fits[False, comp]
         assert np.array_equal(a.scores_, b.scores_) and np.array_equal(a.path_scores_, b.path_scores_)
+    loo = [naive_counts(embed(X, keep=np.arange(6) != k), T, "pearson") for k in range(6)]
+    a = fits[True, "odd_one_out"]
+    assert np.array_equal(np.rint((a.baseline_score_ - a.scores_) * len(T)), loo)
 
 
 @pytest.mark.parametrize("comparison", ["odd_one_out", "triplet_log_likelihood"])
