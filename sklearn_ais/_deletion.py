@@ -39,7 +39,8 @@ from ._heatmaps import AISHeatmapper
 from ._removal import REMOVALS, center_bias_maps, check_mask, random_maps, removal_order, remove_pixels
 from ._similarity import COMPARISONS, SIMILARITIES, batched_correlation, correlation, upper_triangle
 from ._stats import paired_test
-from ._targets import Y_KINDS, check_similarity_target
+from ._sklearn_compat import is_count
+from ._targets import Y_KINDS, check_similarity_target, target_is_constant
 from ._validation import as_feature_mask, check_image_cv
 from .attention import METHODS as ATTENTION_METHODS
 from .attention import attention_maps
@@ -374,7 +375,7 @@ def deletion_curves(transformer, images, heatmaps, y=None, *, mode="deletion", f
         raise ValueError(f"objective must be a subset of {OBJECTIVES}, got {objective!r}")
     if similarity not in SIMILARITIES or comparison not in COMPARISONS or y_kind not in Y_KINDS:
         raise ValueError(f"similarity, comparison, y_kind must be in {SIMILARITIES}, {COMPARISONS}, {Y_KINDS}")
-    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_count(batch_size):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     f = _check_fractions(fractions)
     source = as_image_source(images)
@@ -500,7 +501,7 @@ def _alignment_curves(E, E0, H, tested, similarity, comparison):
         others = np.flatnonzero(np.arange(n) != t)
         target = H[t, others]
         observed = ~np.isnan(target)
-        if observed.sum() < 3 or np.ptp(target[observed]) == 0:
+        if observed.sum() < 3 or target_is_constant(target[observed]):  # the one constant rule
             continue  # undefined row: NaN
         cand = Zp[:, :, j] @ Z0[others].T  # (n_sources, n_steps, n - 1)
         rows[:, j] = batched_correlation(cand.reshape(-1, len(others)), target, comparison).reshape(n_sources, n_steps)

@@ -7,10 +7,16 @@ image, named by the SHA-256 of the image's preprocessed pixels.
 * **Key.** The SHA-256 of a JSON description of everything that determines
   the maps: the module's structure (class, ``extra_repr`` and plain
   attributes of every submodule, and the bytecode of classes defined outside
-  torch/torchvision/timm), the content of every parameter and buffer, the
-  layer, the head, the preprocessing and the versions of Python, torch,
-  torchvision, timm and sklearn_ais. It is recomputed whenever the model's
-  structure or tensors change (checked cheaply before every ``transform``).
+  torch/torchvision/timm, with what their functions reach outside torch and
+  the standard library: module-level constants, helper functions and their
+  own references, user classes, closure cells, defaults, user forward
+  hooks), the content of every parameter and buffer, the layer, the head,
+  the preprocessing and the versions of Python, torch, torchvision, timm and
+  sklearn_ais. It is checked before every ``transform``, on the tensors'
+  *values* (an edit through ``.data``, which bumps no version counter, is
+  seen). What the key cannot follow (a closure over an arbitrary object, a
+  global module instance or C function that ``forward`` calls) is warned
+  once: a change to it is not seen, so clear the cache after editing it.
 * **Safe to read.** Files are read with ``np.load(..., allow_pickle=False)``:
   a cache folder never runs code (no pickles, unlike ``joblib.Memory``). A
   file that does not load as a float32 array of the expected number of maps
@@ -27,6 +33,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -121,10 +128,91 @@ def _code_digest(code: types.CodeType, h) -> None:
             h.update(repr(const).encode())
 
 
-def _class_code(cls: type) -> str | None:
-    """SHA-256 of the bytecode of the functions of a user-defined class (and its user-defined bases)."""
+def _is_library_module(module) -> bool:
+    """Modules whose code the key does not follow: torch & co, the standard library, installed packages."""
+    root = (getattr(module, "__name__", "") or "").split(".")[0]
+    if root in _LIBRARY_ROOTS or root in sys.stdlib_module_names or root in ("builtins", "numpy", "scipy"):
+        return True
+    where = getattr(module, "__file__", None) or ""
+    return "site-packages" in where or "dist-packages" in where
+
+
+def _code_names(code: types.CodeType) -> set:
+    """Global (and attribute) names a code object and its nested functions refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+# What a key could not follow (closures over objects, C functions, global objects): warned once each.
+_INCOMPLETE_WARNED: set = set()
+
+
+def _function_digest(fn, h, seen: set, incomplete: list) -> None:
+    """Bytecode of a user function, and the values of what it reaches outside torch: module-level constants,
+    helper functions (recursively), user classes, closure cells and defaults."""
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    h.update(f"{fn.__module__}.{fn.__qualname__}".encode())
+    _code_digest(fn.__code__, h)
+    g = fn.__globals__
+    names = sorted(_code_names(fn.__code__))
+    for name in names:
+        if name in g:
+            _value_digest(name, g[name], h, seen, incomplete, names, where=fn.__qualname__)
+    for i, cell in enumerate(fn.__closure__ or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        _value_digest(f"<closure {i}>", value, h, seen, incomplete, names, where=fn.__qualname__)
+    for i, value in enumerate(fn.__defaults__ or ()):
+        _value_digest(f"<default {i}>", value, h, seen, incomplete, names, where=fn.__qualname__)
+
+
+def _value_digest(name, value, h, seen, incomplete, names, where) -> None:
+    h.update(f"|{name}=".encode())
+    if isinstance(value, types.ModuleType):
+        h.update(value.__name__.encode())
+        if not _is_library_module(value) and id(value) not in seen:  # a user's helper module: what is used of it
+            seen.add(id(value))
+            for attr in names:
+                if attr in vars(value):
+                    _value_digest(f"{value.__name__}.{attr}", vars(value)[attr], h, seen, incomplete, names, where)
+        return
+    if isinstance(value, types.FunctionType):
+        if _is_library_module(sys.modules.get(value.__module__)):
+            h.update(f"{value.__module__}.{value.__qualname__}".encode())
+        else:
+            _function_digest(value, h, seen, incomplete)
+        return
+    if isinstance(value, type):
+        h.update((_class_code(value, seen, incomplete) or f"{value.__module__}.{value.__qualname__}").encode())
+        return
+    plain = _plain(value)
+    if plain is not None:
+        h.update(json.dumps(plain, sort_keys=True).encode())
+        return
+    if isinstance(value, (types.BuiltinFunctionType, types.MethodWrapperType)) or (
+            isinstance(getattr(value, "__module__", None), str)
+            and _is_library_module(sys.modules.get(value.__module__.split(".")[0]))):
+        h.update(repr(getattr(value, "__qualname__", type(value).__qualname__)).encode())
+        return
+    if isinstance(value, nn.Module) or callable(value) or hasattr(value, "__dict__"):
+        incomplete.append(f"{name} ({type(value).__qualname__}) reached from {where}")
+
+
+def _class_code(cls: type, seen=None, incomplete=None) -> str | None:
+    """SHA-256 of the bytecode of the functions of a user-defined class (and its user-defined bases), and of
+    what they reach outside torch (see :func:`_function_digest`)."""
     if _is_library(cls):
         return None
+    own = incomplete is None
+    seen = set() if seen is None else seen
+    incomplete = [] if incomplete is None else incomplete
     h = hashlib.sha256()
     for klass in cls.__mro__:
         if klass is object or _is_library(klass):
@@ -134,8 +222,36 @@ def _class_code(cls: type) -> str | None:
             fn = getattr(member, "__func__", member)
             if isinstance(fn, types.FunctionType):
                 h.update(name.encode())
-                _code_digest(fn.__code__, h)
+                _function_digest(fn, h, seen, incomplete)
+    if own:
+        _warn_incomplete(incomplete, cls)
     return h.hexdigest()
+
+
+def _hooks_code(module: nn.Module, incomplete: list) -> str | None:
+    """Digest of the user forward (pre-)hooks of a module, which run inside ``forward``."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    hooks = [fn for fn in hooks if isinstance(fn, types.FunctionType) and not fn.__module__.startswith("sklearn_ais")]
+    if not hooks:
+        return None
+    h, seen = hashlib.sha256(), set()
+    for fn in hooks:
+        _function_digest(fn, h, seen, incomplete)
+    return h.hexdigest()
+
+
+def _warn_incomplete(incomplete, what) -> None:
+    import warnings
+
+    for item in incomplete:
+        if item not in _INCOMPLETE_WARNED:
+            _INCOMPLETE_WARNED.add(item)
+            warnings.warn(
+                f"the feature cache key of {getattr(what, '__qualname__', what)} cannot follow {item}: a change "
+                "to it is not seen by the cache (clear the cache folder, or pass memory=None, after editing it)",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def structure(model: nn.Module, user_attributes: bool = True) -> list:
@@ -156,15 +272,19 @@ def structure(model: nn.Module, user_attributes: bool = True) -> list:
         (negative slopes, strides, ``transform_input``) and the code of
         user-defined classes all change it.
     """
-    return [
+    incomplete: list = []
+    out = [
         [name, f"{type(m).__module__}.{type(m).__qualname__}", m.extra_repr(),
-         _attributes(m) if user_attributes or _is_library(type(m)) else None, _class_code(type(m))]
+         _attributes(m) if user_attributes or _is_library(type(m)) else None, _class_code(type(m)),
+         _hooks_code(m, incomplete)]
         for name, m in model.named_modules()
     ]
+    _warn_incomplete(incomplete, "a forward hook")
+    return out
 
 
 def fingerprint(model: nn.Module) -> tuple:
-    """A cheap identity of the model's current state: its structure and which tensors it holds, in which version.
+    """The identity of the model's current state: its structure and the *values* of its tensors.
 
     Parameters
     ----------
@@ -173,28 +293,27 @@ def fingerprint(model: nn.Module) -> tuple:
     Returns
     -------
     fingerprint : tuple
-        Changes when a module is replaced or reconfigured, or a parameter or
-        buffer is replaced or modified in place (a tensor's version counter
-        moves on every in-place operation). Attributes of user-defined
-        modules are left out (they are part of the key when it is computed).
+        ``(structure, weights)``: changes when a module is replaced or
+        reconfigured, when the code or a module-level value that ``forward``
+        reaches is edited, and when a parameter or buffer changes value by
+        any route, ``.data`` included (which bumps no version counter): the
+        weights are the SHA-256 of the tensors' bytes, recomputed at every
+        ``transform`` with a cache (about 0.4 s for VGG16). Attributes of
+        user-defined modules are left out (they are part of the key when it
+        is computed).
     """
-    tensors = []
-    for name, t in model.state_dict(keep_vars=True).items():
-        try:
-            version = t._version
-        except RuntimeError:  # inference tensors have no version counter
-            version = None
-        tensors.append((name, id(t), t.data_ptr(), version))
-    return json.dumps(structure(model, user_attributes=False), sort_keys=True), tuple(tensors)
+    return json.dumps(structure(model, user_attributes=False), sort_keys=True), tensors_sha256(model.state_dict())
 
 
-def cache_config(backbone) -> dict:
+def cache_config(backbone, weights: str | None = None) -> dict:
     """Everything that determines a backbone's feature maps, as a JSON-able dict.
 
     Parameters
     ----------
     backbone : Backbone
         Its model, layer, head and preprocessing are read.
+    weights : str, optional
+        The SHA-256 of the model's tensors when already computed (:func:`fingerprint`).
 
     Returns
     -------
@@ -205,7 +324,7 @@ def cache_config(backbone) -> dict:
     return {
         "format": FORMAT,
         "structure": hashlib.sha256(json.dumps(structure(backbone.model), sort_keys=True).encode()).hexdigest(),
-        "weights": tensors_sha256(backbone.model.state_dict()),
+        "weights": weights or tensors_sha256(backbone.model.state_dict()),
         "layer": backbone.layer,
         "head": repr(backbone.head),
         "preprocessing": {"input_size": list(p.input_size), "resize_size": p.resize_size, "crop": p.crop,

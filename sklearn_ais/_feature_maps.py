@@ -280,7 +280,7 @@ class DNNFeatureMapTransformer(TransformerMixin, BaseEstimator):
         fp = fingerprint(self.backbone_.model)
         state = getattr(self, "_cache_state", None)
         if state is None or state[0] != fp:
-            state = self._cache_state = (fp, cache_config(self.backbone_))
+            state = self._cache_state = (fp, cache_config(self.backbone_, weights=fp[1]))
         return state[1]
 
     def _cache_key(self) -> str:

@@ -9,7 +9,9 @@ a silent "missing" or a silently different image order.
   folders whose names end in an image suffix are skipped. The order used is
   returned, so callers write it beside every result.
 * Matrix text files: the separator (``,``, ``;``, tab or spaces) and a
-  decimal comma (``0,5`` with ``;`` or tab separators) are detected; a
+  decimal comma (``0,5`` with ``;`` or tab separators) are detected (a file
+  whose cells can be read two ways, such as ``"1,500"`` = 1.5 or 1500, or
+  decimal commas beside decimal points, is refused with the cell); a
   header row and an index column (pandas' ``to_csv`` default) are detected
   and dropped. Only empty cells and ``NaN``/``NA`` mean "pair not judged";
   any other text is an error naming the cell.
@@ -161,6 +163,42 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|Inf|IN
 _DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+([eE][+-]?\d+)?$")
 
 
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+$")  # "1,500": 1.5 with a decimal comma, 1500 with grouping
+
+
+def _decimal_comma(rows, name) -> bool:
+    """Whether the numbers use a decimal comma; a file whose cells can be read two ways is refused.
+
+    ``"0,5"`` or ``"1,25"`` can only be a decimal comma; ``"1,500"`` alone could be 1.5 or 1500 (a
+    thousands separator), and a decimal comma beside decimal points (``"0,5"`` and ``0.8``) mixes two
+    conventions: both are refused with the line, column and text of the cell.
+    """
+    commas, points = [], []
+    for line, row in enumerate(rows, start=1):
+        for col, cell in enumerate(row, start=1):
+            if _DECIMAL_COMMA.match(cell):
+                commas.append((line, col, cell))
+            elif "." in cell and _NUMBER.match(cell):
+                points.append((line, col, cell))
+    if not commas:
+        return False
+    line, col, cell = commas[0]
+    if points:
+        p_line, p_col, p_cell = points[0]
+        raise InputFileError(
+            f"{name}, line {line}, column {col}: {cell!r} has a decimal comma but line {p_line}, column {p_col} "
+            f"has a decimal point ({p_cell!r}): the file mixes two number formats; write every number one way"
+        )
+    if all(_THOUSANDS.match(c) for _, _, c in commas):
+        value = float(cell.replace(",", "."))
+        raise InputFileError(
+            f"{name}, line {line}, column {col}: {cell!r} can be read two ways, {value:g} (decimal comma) or "
+            f"{cell.replace(',', '')} (thousands separator); write numbers without thousands separators and with "
+            "a decimal point"
+        )
+    return True
+
+
 def _is_number(cell: str, decimal_comma: bool) -> bool:
     if decimal_comma:
         cell = cell.replace(",", ".")
@@ -197,8 +235,7 @@ def read_matrix_text(path) -> np.ndarray:
     rows = _split_lines(text, sep)
     if not rows:
         raise InputFileError(f"{name}: the file is empty")
-    cells = [c for row in rows for c in row if c not in MISSING_TOKENS]
-    decimal_comma = any(_DECIMAL_COMMA.match(c) for c in cells)  # "0,5" in one cell: a decimal comma
+    decimal_comma = _decimal_comma(rows, name)
 
     def label(cell):  # text that is neither a number nor a missing-value token
         return cell not in MISSING_TOKENS and not _is_number(cell, decimal_comma)

@@ -13,7 +13,7 @@ from ._ablation import make_kernel
 from ._device import threads_for
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
 from ._sklearn_compat import Interval, StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids
+from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids, target_is_constant
 from ._triplets import TRIPLET_COMPARISONS, TripletSet, check_target
 from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
 
@@ -45,11 +45,28 @@ def _require_maps(X, min_images=MIN_IMAGES, what="AISHeatmapper"):
     return check_feature_maps(X, min_images)
 
 
+def _extractor(X) -> tuple:
+    """What FeatureMaps say about the network that computed them: backbone, layer, head (None: not recorded)."""
+    return (getattr(X, "backbone", None), getattr(X, "layer", None), type(X.head).__name__)
+
+
+def _check_same_extractor(fitted, given):
+    """Maps of another backbone or layer than the training maps are refused (their per-image scores do not apply)."""
+    if fitted is None:
+        return
+    for what, a, b in zip(("backbone", "layer", "head"), fitted, given):
+        if a is not None and b is not None and a != b:
+            raise ValueError(
+                f"the heatmapper was fitted on maps of {what} {a!r} but X holds maps of {what} {b!r}: per-image and "
+                "global AIS are scores of the fitted network's maps; fit a heatmapper on this network's maps"
+            )
+
+
 def _undefined_rows(H: np.ndarray) -> np.ndarray:
     """Rows of a validated H (NaN diagonal) whose row correlation is undefined."""
     observed = ~np.isnan(H)
     too_few = observed.sum(axis=1) < 3
-    constant = np.where(observed, H, -np.inf).max(axis=1) == np.where(observed, H, np.inf).min(axis=1)
+    constant = np.array([target_is_constant(row) for row in H], dtype=bool)  # the one rule of the human side
     return too_few | constant
 
 
@@ -168,9 +185,12 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     -----
     :meth:`transform` draws a training image with its own per-image AIS and
     any other image with the global AIS. Training images are recognised by
-    their ids when both the training and the new FeatureMaps carry ids, else
-    by the content of their maps, up to the network's own float noise (maps
-    of one image computed in another batch differ by ~1e-6); among identical
+    their ids when both the training and the new FeatureMaps carry ids, and
+    always by the content of their maps, up to the network's own float noise:
+    an id whose maps differ (another network, layer, weights or
+    preprocessing) gets the global AIS, with a warning (maps of one image
+    computed in another batch differ by ~1e-6 only); maps that say they come
+    from another backbone or layer are refused. Among identical
     training images the one at the same position wins. :meth:`fit_transform`
     draws every training image with its own scores, duplicates included.
     When every weight of an image is <= 0 (no map helps its row), its
@@ -291,6 +311,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = K
         self.train_ids_ = ids if is_feature_maps(X) else None
         self._train_signatures = _signatures(X.maps) if is_feature_maps(X) else None
+        self._train_extractor = _extractor(X) if is_feature_maps(X) else None
         return self
 
     def _fit_kernel(self, problem, H):
@@ -334,12 +355,29 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         match = np.full(n, -1, dtype=np.int64)
         if self._train_signatures is None:
             return match
-        if X.ids is not None and self.train_ids_ is not None:
-            position = {v: i for i, v in enumerate(self.train_ids_.tolist())}
-            for i, v in enumerate(X.ids.tolist()):
-                match[i] = position.get(v, -1)
-            return match
+        _check_same_extractor(getattr(self, "_train_extractor", None), _extractor(X))
         T, S = self._train_signatures, _signatures(X.maps)
+        if X.ids is not None and self.train_ids_ is not None:
+            # A match needs the same image *and* the same extractor: the id, then the maps' content.
+            position = {v: i for i, v in enumerate(self.train_ids_.tolist())}
+            other = []
+            for i, v in enumerate(X.ids.tolist()):
+                j = position.get(v, -1)
+                tol = _SAME_IMAGE_REL * max(float(np.abs(S[i]).max()), np.finfo(float).tiny)
+                if j >= 0 and not (np.abs(T[j] - S[i]).max() <= tol):
+                    other.append(i)
+                    j = -1
+                match[i] = j
+            if other:
+                warnings.warn(
+                    f"{len(other)} image(s) carry a training image's id but not its maps (indices {other[:10]}"
+                    f"{'...' if len(other) > 10 else ''}): maps of another network, layer, weights or preprocessing, "
+                    "or another image under the same name. They are drawn with the global AIS, not the per-image "
+                    "scores of the training image",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return match
         # Candidates by a scalar key (a fixed +-1 projection of the signature): two signatures
         # within a relative tol of each other have keys within tol * scale * 2K. Then verified.
         r = np.random.default_rng(0).choice([-1.0, 1.0], size=T.shape[1])

@@ -126,3 +126,29 @@ def fold_parts(data, H, train, test, *, by_pairs: bool, take=None) -> tuple:
         return data, data, mask_pairs(H, train), mask_pairs(H, test)
     take = take or (lambda d, idx: d[idx])
     return take(data, train), take(data, test), H[np.ix_(train, train)], H[np.ix_(test, test)]
+
+
+def held_out_is_undefined(H, test, *, by_pairs: bool) -> bool:
+    """Whether a fold's held-out human pairs are constant (or fewer than 3): its held-out score is undefined.
+
+    Parameters
+    ----------
+    H : ndarray of shape (n_images, n_images)
+        Validated similarities (NaN = missing).
+    test : ndarray of int
+        Image indices, or pair indices when ``by_pairs``.
+    by_pairs : bool
+
+    Returns
+    -------
+    undefined : bool
+    """
+    from ._targets import target_is_constant
+
+    if by_pairs:
+        i, j = pair_indices(len(H))
+        values = H[i[test], j[test]]
+    else:
+        values = H[np.ix_(test, test)][np.triu_indices(len(test), 1)]
+    values = values[~np.isnan(values)]
+    return values.size < 3 or target_is_constant(values)

@@ -58,6 +58,12 @@ NEIGHBOURS = (
 
 
 def _check_image(image, name="image"):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):  # the package's one reader: EXIF orientation, the pixel range rule
+        from .backbones._preprocess import _pil_to_rgb
+
+        image = _pil_to_rgb(image, name)
     x = np.asarray(image)
     if x.ndim == 2:
         x = x[..., None]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -18,9 +17,9 @@ from ._pairs import fold_parts
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._stats import fold_record
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids
-from ._triplets import TRIPLET_COMPARISONS, TripletSet, check_target, check_target_cv
-from ._validation import MIN_IMAGES, check_image_cv, is_feature_maps, validate_maps_input
+from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids, target_is_constant
+from ._triplets import TRIPLET_COMPARISONS, TripletSet, check_target, check_target_cv, split_items
+from ._validation import MIN_IMAGES, check_image_cv, check_splits, is_feature_maps, validate_maps_input
 
 __all__ = ["AISSelector", "AISSelectorCV"]
 
@@ -146,7 +145,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         data, or mean validation score when ``cv`` is set); the smallest t
         wins ties, and a t whose 2OI is undefined (NaN in
         ``path_scores_``) is never chosen. An int keeps that many maps; a
-        float in (0, 1] that fraction (rounded up).
+        float ``f`` in (0, 1] keeps ``max(1, int(f * n_maps))``, the rule of
+        scikit-learn's selectors. A boolean is refused.
     cv : int, cross-validation generator, iterable or None, default=None
         Inner cross-validation used to choose t when
         ``n_features_to_select="auto"``. Over images (an int ``k`` means
@@ -249,7 +249,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
         "random_state": ["random_state"],
-        "n_jobs": [None, Integral],
+        "n_jobs": [None, Interval(Integral, None, None, closed="neither")],
         "temperature": [Interval(Real, 0, None, closed="neither")],
     }
 
@@ -280,7 +280,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     def _prepare(self, X, y, reset):
         ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
-        H = check_target(y, len(X), self.y_kind, self.comparison, ids=ids)
+        # fit needs structure to align with; a score on a constant y is undefined (NaN, warned)
+        H = check_target(y, len(X), self.y_kind, self.comparison, ids=ids, constant="raise" if reset else "warn")
         problem = make_kernel(X, self.similarity, self.device)
         return problem, H
 
@@ -351,7 +352,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
                 raise ValueError(f"n_features_to_select={nfs} exceeds the number of maps ({K})")
             return int(nfs)
         if isinstance(nfs, Real):
-            return max(1, math.ceil(nfs * K))
+            return max(1, int(nfs * K))  # scikit-learn's rule (RFE, SequentialFeatureSelector)
         if not self._chooses_by_cv():
             curve = self.path_scores_
         else:
@@ -378,7 +379,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         n = problem.n
         by_pairs = getattr(cv, "splits_pairs", False)
         check_target_cv(cv, H)
-        splits = list(cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1))))
+        raw = cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1)))
+        splits = check_splits(raw, *split_items(H, by_pairs, n))
         for train, val in splits:  # every split checked before any work
             need = (1, 1) if getattr(cv, "splits_triplets", False) else (3, 3) if by_pairs else (MIN_IMAGES, 3)
             if len(train) < need[0] or len(val) < need[1]:
@@ -571,11 +573,9 @@ def _inner_path(selector, problem, H, train, val, by_pairs):
             warnings.warn("an inner split has no triplet within its training or validation images; it is skipped",
                           UserWarning)
             return None
-    else:
-        Hv_u = upper_triangle(val_H)
-        if np.isnan(Hv_u).all() or np.nanmax(Hv_u) == np.nanmin(Hv_u):
-            warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
-            return None
+    elif target_is_constant(upper_triangle(val_H)):  # no observed pair, or all equal (the one constant rule)
+        warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
+        return None
     _, _, _, order = selector._rank(fit_on, fit_H)
     target = _target_of(val_on, val_H, selector.comparison, selector.temperature)
     path = val_on.sweep(order, target, np.arange(1, problem.K + 1))

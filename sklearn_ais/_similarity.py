@@ -27,9 +27,13 @@ Conventions used throughout the package:
     ``tau-a``): (concordant - discordant) / (m (m - 1) / 2); a pair tied on
     either side counts 0.
 
-  When either side is constant the correlation is undefined; for a *model*
-  side we return 0 (no information), the human side is validated to be
-  non-constant before any work starts.
+  When either side is constant the correlation is undefined: the kernels
+  return 0 for a constant *model* row (the estimators and :func:`correlation`
+  report NaN with a warning) and NaN for a constant *human* side (e.g. a
+  held-out block; a whole ``y`` is validated before any work). The human
+  side is constant by :func:`~sklearn_ais._targets.target_is_constant`:
+  after centring, relative to its own magnitude, so that no offset or scale
+  of ``y`` changes a score.
 * The tie rule of the model side (all rank comparisons, and the constant test
   of the Pearson ones): model similarities are placed on a grid of step
   2**-42 (about 2.3e-13) and two values tie when they are neighbours in sorted
@@ -40,10 +44,9 @@ Conventions used throughout the package:
   tie when they are exactly equal. For ``"pearson"`` the rule only decides
   when the model side is constant (all values one tie run -> correlation
   0); otherwise the unrounded values are used.
-* A row of embeddings (or of human values) is constant when its centred
-  energy is below 1e-12 of its raw energy (coefficient of variation below
-  ~1e-6): such rows are round-off away from constant in float32/float64
-  work and get similarity 0.
+* A row of embeddings is constant when its centred energy is below 1e-12
+  of its raw energy (coefficient of variation below ~1e-6): such rows are
+  round-off away from constant in float32/float64 work and get similarity 0.
 * Bits do not depend on the batch: every value a kernel returns for one
   candidate is computed from that candidate alone, by element-wise operations
   and row sums in a fixed order (:func:`_row_sum`) or in exact integer
@@ -62,6 +65,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+from ._targets import target_is_constant
 
 # torch is imported only where a tensor is handled (kernels, CUDA): the metrics and
 # every one-off correlation run in NumPy.
@@ -305,6 +310,33 @@ def standardize_rows(x, center: bool = True, rel_eps: float = REL_EPS):
     tiny = np.finfo(np.float64).tiny
     inv = xp.where(alive, 1.0 / xp.sqrt(xp.maximum(sq, xp.full_like(sq, tiny))), xp.zeros_like(sq))
     return x * inv
+
+
+def standardize_target(values) -> np.ndarray:
+    """Observed human values, centred and scaled to unit norm; all 0 when they are constant.
+
+    Centred in two passes (an offset of 1e6 costs no digit); constant by
+    the rule of :func:`~sklearn_ais._targets.target_is_constant` (relative
+    to the values' own magnitude): a correlation does not depend on an
+    offset or a scale, so neither does this rule.
+
+    Parameters
+    ----------
+    values : ndarray of shape (m,)
+        Finite float64 values.
+
+    Returns
+    -------
+    z : ndarray of shape (m,)
+        ``(v - mean) / ||v - mean||``, or zeros (constant, or ``m == 0``).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or target_is_constant(v):
+        return np.zeros_like(v)
+    x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # exact (a power of two); no over/underflow below
+    x = x - x.mean()
+    x = x - x.mean()  # second pass: the residual mean of the first
+    return x / np.sqrt(_row_sum(x[None] * x[None], overwrite=True)[0])
 
 
 # ---------------------------------------------------------------------------
@@ -823,7 +855,7 @@ class TargetVector:
 
             self.ranks = _TargetRanks(observed)
             observed = rankdata(observed)
-        self.prepared = standardize_rows(np.asarray(observed, dtype=np.float64)[None])[0]
+        self.prepared = standardize_target(observed)
         self.is_constant = bool((self.prepared == 0).all())
         self._tensors = {}
 
@@ -858,6 +890,8 @@ class TargetVector:
         c = c.astype(np.float64, copy=False) if numpy_in else c.to(_torch().float64)
         if c.shape[1] == 0:  # no observed entry: nothing to correlate (callers report it)
             return np.zeros(c.shape[0]) if numpy_in else c.new_zeros(c.shape[0])
+        if self.is_constant:  # a constant human side (e.g. a held-out block): undefined, whatever the model
+            return np.full(c.shape[0], np.nan) if numpy_in else c.new_full((c.shape[0],), float("nan"))
         if self.comparison in _RANK_COMPARISONS:
             out = self._rank_compare(c)
             return out if numpy_in else _torch().from_numpy(out).to(device=c.device, dtype=c.dtype)
@@ -979,7 +1013,7 @@ def _check_correlation_inputs(candidates, target, cname, tname):
     observed = ~np.isnan(target)
     if observed.sum() < 3:
         raise ValueError(f"{tname} has {int(observed.sum())} observed (non-NaN) entries; at least 3 are needed")
-    if np.ptp(target[observed]) == 0:
+    if target_is_constant(target[observed]):
         raise ValueError(f"{tname} is constant over its observed entries: the correlation is undefined")
     if not np.isfinite(candidates[:, observed]).all():
         raise ValueError(f"{cname} contains NaN or inf where {tname} is observed")
@@ -992,8 +1026,12 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     Parameters
     ----------
     a : array-like of shape (m,)
-        Model side; finite where ``b`` is observed. A constant ``a``
-        correlates 0, with a warning.
+        Model side; finite where ``b`` is observed. Values off the
+        similarity scale (largest magnitude above 1 or below 2**-20, e.g.
+        distances or a matrix in small units) are first brought to it by an
+        affine map, which changes no comparison, so that the tie rule is
+        relative to their spread; a constant ``a`` (all values one tie run)
+        gives NaN, with a warning (scipy's answer for a constant input).
     b : array-like of shape (m,)
         Human side; at least 3 observed entries that are not all equal
         (else ``ValueError``).
@@ -1007,15 +1045,34 @@ def correlation(a, b, comparison: str = "spearman") -> float:
     if a.ndim != 1:
         raise ValueError(f"a (model side) must be 1-D, got shape {a.shape}")
     a2, b = _check_correlation_inputs(a[None], b, "a (model side)", "b (human side)")
-    r = float(TargetVector(b, comparison).correlate(a2)[0])
     observed = ~np.isnan(b)
-    if r == 0 and is_constant_model(a[observed]):
+    a2 = _on_similarity_scale(a2, observed)
+    if a2 is None or is_constant_model(a2[0, observed]):
         warnings.warn(
-            "the model side is constant over the observed pairs: the correlation is undefined and reported as 0",
+            "the model side is constant over the observed pairs: the correlation is undefined (NaN)",
             UserWarning,
             stacklevel=2,
         )
-    return r
+        return float("nan")
+    return float(TargetVector(b, comparison).correlate(a2)[0])
+
+
+def _on_similarity_scale(a, observed):
+    """Model values ``a`` (1, m) mapped affinely onto [-1, 1] when they are off the similarity scale.
+
+    Values whose largest magnitude is in [2**-20, 1 + 1e-9] are returned unchanged (the tie rule of
+    model similarities applies as it is). Others are centred on their mid-range and divided by their
+    half-range; ``None`` when that half-range is round-off of their magnitude (constant).
+    """
+    obs = a[0, observed]
+    peak = float(np.abs(obs).max()) if obs.size else 0.0
+    if obs.size == 0 or 2.0**-20 <= peak <= 1 + 1e-9 or peak == 0:
+        return a
+    lo, hi = float(obs.min()), float(obs.max())
+    half = (hi - lo) / 2
+    if half <= TIE_GAP / TIE_GRID * peak:
+        return None
+    return (a - (lo + half)) / half
 
 
 # ---------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def paired_test(
     out = {"n": int(ok.sum()), "test": test, "alternative": alternative, "df": np.nan,
            "scale": "fisher z" if comparison in FISHER_COMPARISONS else "raw", "statistic": np.nan, "p_value": np.nan}
     d = za - zb
-    if len(d) < 2 or not np.any(d != 0):
+    if len(d) < 2 or not np.any(d != 0) or not np.isfinite(d).all():
         return out
     if test == "wilcoxon":
         res = stats.wilcoxon(za, zb, alternative=alternative)
@@ -204,23 +204,28 @@ def paired_test(
         p = stats.t.sf(t, df)
     else:
         p = stats.t.cdf(t, df)
-    out.update(statistic=t, p_value=float(p), df=df)
+    out.update(statistic=t, p_value=float(p) if not np.isnan(t) else np.nan, df=df)  # a NaN statistic: no p
     return out
 
 
-def warn_undefined_folds(n_undefined: int, n_total: int, stacklevel=3):
-    """Folds with an undefined held-out 2OI are left out of means and tests: say so.
+def warn_undefined_folds(n_undefined: int, n_total: int, stacklevel=3, *, folds=None):
+    """Folds with an undefined held-out 2OI are left out of means and tests: say so, naming them.
 
     Parameters
     ----------
     n_undefined, n_total : int
         Folds whose held-out score is NaN, and all folds.
     stacklevel : int, default=3
+    folds : array-like of int, optional
+        The undefined folds' numbers, named in the message.
     """
     if n_undefined:
+        named = "" if folds is None else f" (fold {', '.join(str(int(f)) for f in list(folds)[:10])}" + (
+            ", ...)" if len(folds) > 10 else ")")
         warnings.warn(
-            f"{n_undefined} of {n_total} folds have an undefined held-out 2OI (NaN: a constant model similarity "
-            "matrix on the test data); they are left out of the means and the paired test",
+            f"{n_undefined} of {n_total} folds{named} have an undefined held-out 2OI (NaN: constant held-out "
+            "human pairs, or a constant model similarity matrix on the test data); they are left out of the means "
+            f"and the paired test, which use the other {n_total - n_undefined} folds",
             UserWarning,
             stacklevel=stacklevel,
         )

@@ -38,6 +38,44 @@ _SYMMETRY_TOL = 1e-8
 _DIAGONAL_TOL = 1e-12
 
 Y_KINDS = ("similarity", "dissimilarity")
+# Human values are constant when every centred value is round-off of their magnitude (see target_is_constant).
+_CONSTANT_ROUNDOFF = 64 * np.finfo(np.float64).eps
+
+
+def target_is_constant(values) -> bool:
+    """Whether observed human values carry no spread: the one "constant" rule of the human side.
+
+    Centred first (so an offset of 1e6 changes nothing) and decided relative
+    to the values' own magnitude: constant when every ``|v - mean|`` is at most
+    64 float64 round-off units of ``max |v|``. Anything above gives
+    :func:`scipy.stats.pearsonr` a well-defined r, and the package that r.
+
+    Parameters
+    ----------
+    values : array-like of float
+        Observed values (NaN are ignored).
+
+    Returns
+    -------
+    constant : bool
+        Also True with fewer than 2 observed values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais._targets import target_is_constant
+    >>> v = np.array([0.1, 0.5, 0.3])
+    >>> target_is_constant(v + 1e6), target_is_constant(np.full(3, 0.1) + 1e6)
+    (False, True)
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size < 2 or np.ptp(v) == 0:
+        return True
+    x = np.ldexp(v, -np.frexp(np.abs(v).max())[1])  # an exact power-of-two rescaling: no digit lost
+    x = x - x.mean()
+    x = x - x.mean()  # second pass: the residual mean of the first
+    return bool(np.abs(x).max() <= _CONSTANT_ROUNDOFF)  # |x| <= 1: round-off of the magnitude
 
 
 class SimilarityTargetMixin:
@@ -199,11 +237,13 @@ def diagonal_convention(M: np.ndarray) -> str | None:
     Returns
     -------
     kind : {"similarity", "dissimilarity"} or None
-        ``"dissimilarity"`` when the diagonal holds the minimum of every row
-        (self-distance), ``"similarity"`` when it holds the maximum of every
-        row (self-similarity), ``None`` when it says neither: a NaN diagonal,
-        a diagonal inside the rows' ranges, or rows whose observed values are
-        all equal to it.
+        ``"dissimilarity"`` when the diagonal is exactly zero (the signature
+        of a distance, also of unbiased estimates such as crossnobis whose
+        off-diagonal entries may be negative) or holds the minimum of every
+        row (self-distance), ``"similarity"`` when it holds the maximum of
+        every row (self-similarity), ``None`` when it says neither: a NaN
+        diagonal, a diagonal inside the rows' ranges, or rows whose observed
+        values are all equal to it.
 
     Examples
     --------
@@ -211,8 +251,11 @@ def diagonal_convention(M: np.ndarray) -> str | None:
     >>> from sklearn_ais.model_selection import diagonal_convention
     >>> D = np.array([[0., 2., 3.], [2., 0., 1.], [3., 1., 0.]])
     >>> inside = D + np.diag([1.5, 1.5, 1.5])
-    >>> diagonal_convention(D), diagonal_convention(-D), diagonal_convention(inside)
+    >>> diagonal_convention(D), diagonal_convention(5 - D), diagonal_convention(inside)
     ('dissimilarity', 'similarity', None)
+    >>> crossnobis = np.array([[0., -.2, 1.], [-.2, 0., .5], [1., .5, 0.]])  # unbiased: may be negative
+    >>> diagonal_convention(crossnobis)
+    'dissimilarity'
     """
     M = np.asarray(M, dtype=np.float64)
     n = len(M)
@@ -221,6 +264,8 @@ def diagonal_convention(M: np.ndarray) -> str | None:
     diag = np.diag(M).copy()
     off = M.copy()
     np.fill_diagonal(off, np.nan)
+    if (diag == 0).all() and (np.nan_to_num(off) != 0).any():
+        return "dissimilarity"  # an exactly zero diagonal: self-distances, whatever the sign of the rest
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
         lo, hi = np.nanmin(off, axis=1), np.nanmax(off, axis=1)
@@ -244,8 +289,8 @@ def diagonal_convention(M: np.ndarray) -> str | None:
 def _kind_mismatch_message(detected: str, y_kind: str) -> str:
     if detected == "dissimilarity":
         return (
-            "y looks like a dissimilarity matrix (an RDM): its diagonal holds the smallest value of every row, "
-            'as self-distances do, but y_kind="similarity". Pass y_kind="dissimilarity" (command line: --kind '
+            "y looks like a dissimilarity matrix (an RDM): its diagonal is exactly zero or holds the smallest value "
+            'of every row, as self-distances do, but y_kind="similarity". Pass y_kind="dissimilarity" (command line: --kind '
             "dissimilarity). If it really holds similarities, set its diagonal to NaN (self-pairs are never "
             "compared)."
         )
@@ -275,7 +320,8 @@ def sample_ids(X):
     return None
 
 
-def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: float = _SYMMETRY_TOL) -> np.ndarray:
+def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: float = _SYMMETRY_TOL,
+                            constant: str = "raise") -> np.ndarray:
     """Return ``y`` as a validated (n, n) float64 *similarity* matrix (NaN = missing, NaN diagonal).
 
     Parameters
@@ -295,6 +341,10 @@ def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: 
         Image ids of ``X``, overriding those ``X`` carries.
     tol : float, default=1e-8
         Relative tolerance of the symmetry check.
+    constant : {"raise", "warn"}, default="raise"
+        A ``y`` that is constant over its observed pairs (see
+        :func:`target_is_constant`): an error (``fit``: nothing to align
+        with), or a warning (``score``: the score is undefined, NaN).
 
     Returns
     -------
@@ -342,7 +392,7 @@ def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: 
     check_symmetric(H, "y", tol)
     if y_kind == "dissimilarity":
         H = -H
-    _check_observed(H, n_samples)
+    _check_observed(H, n_samples, constant)
     return H
 
 
@@ -385,13 +435,15 @@ def _check_triangle_only(H):
             )
 
 
-def _check_observed(H, n_samples):
+def _check_observed(H, n_samples, constant="raise"):
     iu = np.triu_indices(n_samples, 1)
     obs = H[iu][~np.isnan(H[iu])]
     if obs.size < 3:
         raise ValueError(f"y has {obs.size} observed pairs; at least 3 are needed to compute a correlation")
-    if np.ptp(obs) == 0:
-        raise ValueError("y is constant over its observed pairs: there is no similarity structure to align with")
+    if target_is_constant(obs):
+        if constant != "warn":
+            raise ValueError("y is constant over its observed pairs: there is no similarity structure to align with")
+        warnings.warn("y is constant over its observed pairs: the score is undefined (NaN)", UserWarning, stacklevel=4)
     empty = np.nonzero(np.isnan(H).all(axis=1))[0]
     if len(empty):
         warnings.warn(

@@ -440,13 +440,13 @@ class TripletShuffleSplit(_TripletSplitMixin, ShuffleSplit):
                          random_state=random_state)
 
 
-def check_target(y, X, y_kind="similarity", comparison=None, *, ids=None):
+def check_target(y, X, y_kind="similarity", comparison=None, *, ids=None, **matrix_options):
     """The one entry of ``y`` for estimators that take a matrix or triplets: chosen by ``comparison``.
 
     A triplet comparison (``TRIPLET_COMPARISONS``) needs odd-one-out triplets
     (:func:`check_triplet_target`); any other comparison a similarity matrix
-    (:func:`~sklearn_ais._targets.check_similarity_target`). Each refuses the
-    other kind with the way to pass it.
+    (:func:`~sklearn_ais._targets.check_similarity_target`, which receives
+    ``matrix_options``). Each refuses the other kind with the way to pass it.
 
     Returns
     -------
@@ -468,7 +468,16 @@ def check_target(y, X, y_kind="similarity", comparison=None, *, ids=None):
             f"y holds odd-one-out triplets (an (N, 3) table, shape {getattr(y, 'shape', (len(y), 3))}): score them with "
             "comparison='odd_one_out' (accuracy) or comparison='triplet_log_likelihood'"
         )
-    return check_similarity_target(y, X, y_kind, ids=ids)
+    return check_similarity_target(y, X, y_kind, ids=ids, **matrix_options)
+
+
+def split_items(target, by_pairs, n_images):
+    """``(n_items, what)`` that a fold's indices refer to: images, matrix entries, or triplets (rows of ``y``)."""
+    if not by_pairs:
+        return n_images, "images"
+    if isinstance(target, TripletSet):
+        return len(target), "triplets"
+    return n_images * (n_images - 1) // 2, "pairs"
 
 
 def check_target_cv(cv, target):

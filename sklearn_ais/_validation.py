@@ -229,3 +229,72 @@ def default_repeated_cv(random_state=0):
     cv : RepeatedKFold
     """
     return RepeatedKFold(n_splits=5, n_repeats=8, random_state=random_state)
+
+
+def check_splits(splits, n_items: int, what: str = "images") -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of a cross-validation, materialised and checked before any fit.
+
+    Every fold is a (train, test) pair of integer index arrays into the
+    ``n_items`` images (or matrix entries); refused with the fold's number:
+    an empty part, an index out of range (a list of entry-wise splits passed
+    where image splits are expected says so), a non-integer index, and a test
+    set that overlaps its own training set (a held-out score on training data
+    is not held out).
+
+    Parameters
+    ----------
+    splits : iterable of (train, test)
+    n_items : int
+        Number of images (``what="images"``) or of matrix entries (``"pairs"``).
+    what : {"images", "pairs"}, default="images"
+
+    Returns
+    -------
+    splits : list of (ndarray, ndarray)
+        int64 index arrays.
+
+    Examples
+    --------
+    >>> from sklearn_ais._validation import check_splits
+    >>> check_splits([([0, 1, 2], [3, 3])], 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: fold 0: its test images repeat an index (e.g. 3)
+    """
+    out = []
+    for fold, split in enumerate(splits):
+        try:
+            train, test = split
+        except (TypeError, ValueError):
+            raise ValueError(f"fold {fold} is not a (train, test) pair of index arrays: got {split!r:.80}") from None
+        parts = []
+        for side, idx in (("training", train), ("test", test)):
+            arr = np.asarray(idx)
+            if arr.dtype == bool and arr.ndim == 1 and len(arr) == n_items:
+                arr = np.flatnonzero(arr)  # a boolean mask over the items
+            if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+                raise ValueError(f"fold {fold}: its {side} {what} must be a 1-D array of integer indices, got "
+                                 f"dtype {arr.dtype} and shape {arr.shape}")
+            if not arr.size:
+                raise ValueError(f"fold {fold} has no {side} {what}: an empty part has no score")
+            arr = arr.astype(np.int64)
+            if arr.min() < 0 or arr.max() >= n_items:
+                bad = int(arr.max() if arr.max() >= n_items else arr.min())
+                hint = ""
+                if what == "images" and 0 <= bad < n_items * (n_items - 1) // 2:
+                    hint = (f" These look like entry-wise (pair) splits; image splits are expected here: pass "
+                            f"image indices 0..{n_items - 1}, or the pair splitter itself (PairKFold) to "
+                            "cross_validate_alignment")
+                raise ValueError(f"fold {fold}: {side} index {bad} is out of range for {n_items} {what}.{hint}")
+            if len(np.unique(arr)) != len(arr):
+                dup = int(np.flatnonzero(np.bincount(arr) > 1)[0])
+                raise ValueError(f"fold {fold}: its {side} {what} repeat an index (e.g. {dup})")
+            parts.append(arr)
+        shared = np.intersect1d(parts[0], parts[1])
+        if shared.size:
+            raise ValueError(
+                f"fold {fold}: {shared.size} of its {len(parts[1])} test {what} are also in its training set "
+                f"(e.g. {shared[:3].tolist()}); a held-out score needs a test set disjoint from the training set"
+            )
+        out.append((parts[0], parts[1]))
+    return out

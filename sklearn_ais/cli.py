@@ -128,19 +128,20 @@ def _check_folds(args, n):
 
 
 def _check_readable(images):
-    """Open every image file's header (cheap) so that an unreadable file fails now, not mid-run."""
-    from PIL import Image
-
+    """Decode every image file fully, with the reader the run uses, so that an unreadable file (a truncated
+    JPEG, pixels out of range) fails now, not mid-run."""
     from ._files import InputFileError, display_name
+    from .backbones._preprocess import _open_file
 
     if not isinstance(images, list):
         return
     for path in images:
         try:
-            with Image.open(path) as im:
-                im.size  # noqa: B018 - reads the header
+            _open_file(path)
         except Exception as exc:  # PIL raises several types for unreadable files
-            raise InputFileError(f"{display_name(path)}: not a readable image ({type(exc).__name__})") from None
+            cause = exc.__cause__ or exc
+            raise InputFileError(f"{display_name(path)}: not a readable image ({type(cause).__name__}: "
+                                 f"{str(cause)[:120]})") from None
 
 
 def _images_checksum(arg, images) -> str:

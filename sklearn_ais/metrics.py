@@ -14,7 +14,8 @@ from ._feature_alignment import feature_alignment_score
 from ._map_metrics import *  # noqa: F403  (map and distribution comparisons, listed in its __all__)
 from ._similarity import COMPARISONS, SIMILARITIES, correlation, similarity_matrix, upper_triangle
 from ._sklearn_compat import StrOptions, validate_params
-from ._targets import as_float_matrix, check_symmetric
+from ._targets import (Y_KINDS, as_float_matrix, check_similarity_target, check_symmetric, diagonal_convention,
+                       target_is_constant)
 from ._triplets import TRIPLET_COMPARISONS, THINGS_CEILING, check_triplet_target, triplet_noise_ceiling
 
 __all__ = [
@@ -32,6 +33,28 @@ __all__ = [
 ]
 
 
+def _check_model(M, name="model_similarity"):
+    """The model side of a comparison: square, symmetric, finite, and a *similarity* by its diagonal."""
+    from ._targets import _kind_mismatch_message, diagonal_convention
+
+    M = _check_square(M, name)
+    if np.isnan(M).any():
+        raise ValueError(f"{name} contains NaN")
+    if diagonal_convention(M) == "dissimilarity":
+        raise ValueError(_kind_mismatch_message("dissimilarity", "similarity").replace("y ", f"{name} ", 1)
+                         .replace("(command line: --kind dissimilarity)", "(or pass -D: every comparison is "
+                                  "invariant to that sign flip)"))
+    return M
+
+
+def _human(M, n, y_kind, name="human_similarity"):
+    """A human matrix through the input contract (:func:`~sklearn_ais._targets.check_similarity_target`)."""
+    try:
+        return check_similarity_target(M, n, y_kind)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _check_square(M, name):
     M = np.asarray(M)
     if np.iscomplexobj(M) or not (np.issubdtype(M.dtype, np.number) or M.dtype == bool):
@@ -47,18 +70,26 @@ def _check_square(M, name):
 
 @validate_params(
     {"model_similarity": ["array-like"], "human_similarity": ["array-like"],
-     "comparison": [StrOptions(set(COMPARISONS))]},
+     "comparison": [StrOptions(set(COMPARISONS))], "y_kind": [StrOptions(set(Y_KINDS))]},
     prefer_skip_nested_validation=True,
 )
-def second_order_isomorphism(model_similarity, human_similarity, comparison: str = "spearman") -> float:
+def second_order_isomorphism(model_similarity, human_similarity, comparison: str = "spearman", *,
+                             y_kind: str = "similarity") -> float:
     """Correlation of the upper triangles of two similarity matrices (2OI).
 
     Parameters
     ----------
     model_similarity : array-like of shape (n, n)
     human_similarity : array-like of shape (n, n)
-        NaN marks a missing pair; those pairs are ignored.
-    comparison : {"spearman", "pearson"}, default="spearman"
+        NaN marks a missing pair; those pairs are ignored. Read by the
+        estimators' input contract
+        (:func:`~sklearn_ais.model_selection.check_similarity_target`): a
+        diagonal that contradicts ``y_kind`` (e.g. an RDM passed as a
+        similarity) is an error.
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a"}, default="spearman"
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
+        What ``human_similarity`` holds. The model side is always a
+        similarity (a dissimilarity diagonal there is an error too).
 
     Returns
     -------
@@ -75,21 +106,21 @@ def second_order_isomorphism(model_similarity, human_similarity, comparison: str
     >>> bool(np.isclose(second_order_isomorphism(A, B), spearmanr(A[iu], B[iu]).statistic))
     True
     """
-    Z = _check_square(model_similarity, "model_similarity")
+    Z = _check_model(model_similarity)
     H = _check_square(human_similarity, "human_similarity")
     if Z.shape != H.shape:
         raise ValueError(f"shapes differ: model {Z.shape} vs human {H.shape}")
-    if np.isnan(Z).any():
-        raise ValueError("model_similarity contains NaN")
+    H = _human(H, len(H), y_kind)
     return correlation(upper_triangle(Z), upper_triangle(H), comparison)
 
 
 @validate_params(
     {"embeddings": ["array-like"], "human_similarity": ["array-like"], "similarity": [StrOptions(set(SIMILARITIES))],
-     "comparison": [StrOptions(set(COMPARISONS))]},
+     "comparison": [StrOptions(set(COMPARISONS))], "y_kind": [StrOptions(set(Y_KINDS))]},
     prefer_skip_nested_validation=True,
 )
-def alignment_score(embeddings, human_similarity, similarity: str = "pearson", comparison: str = "spearman") -> float:
+def alignment_score(embeddings, human_similarity, similarity: str = "pearson", comparison: str = "spearman", *,
+                    y_kind: str = "similarity") -> float:
     """2OI of an embedding matrix (n, D) with a human similarity matrix (n, n).
 
     Examples
@@ -109,6 +140,9 @@ def alignment_score(embeddings, human_similarity, similarity: str = "pearson", c
         Model similarity of two embedding rows.
     comparison : str, default="spearman"
         Correlation of the upper triangles.
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
+        What ``human_similarity`` holds (checked against its diagonal, as
+        the estimators do).
 
     Returns
     -------
@@ -119,7 +153,7 @@ def alignment_score(embeddings, human_similarity, similarity: str = "pearson", c
         raise ValueError(f"embeddings must be 2-D (n_images, n_features), got shape {E.shape}")
     if not np.isfinite(E).all():
         raise ValueError("embeddings contain NaN or inf")
-    return second_order_isomorphism(similarity_matrix(E, similarity), human_similarity, comparison)
+    return second_order_isomorphism(similarity_matrix(E, similarity), human_similarity, comparison, y_kind=y_kind)
 
 
 POOLINGS = ("nili", "mean")
@@ -153,7 +187,7 @@ def _pool(U):
 def _paired_correlation(a, b, comparison):
     """Correlation over the pairs both vectors observe (NaN when fewer than 3, or one side constant)."""
     ok = ~np.isnan(a) & ~np.isnan(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+    if ok.sum() < 3 or target_is_constant(a[ok]) or target_is_constant(b[ok]):  # the one constant rule
         return np.nan
     return correlation(a[ok], b[ok], comparison)
 
@@ -222,8 +256,17 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
         raise ValueError("a noise ceiling needs at least 2 subjects")
     if np.isinf(S).any():
         raise ValueError("subject_similarities contain +/-inf; use NaN to mark a pair a subject did not judge")
+    kinds = {}
     for s, M in enumerate(S):
         check_symmetric(M, f"subject_similarities[{s}]")
+        kinds.setdefault(diagonal_convention(M), []).append(s)
+    kinds.pop(None, None)
+    if len(kinds) > 1:  # one subject's RDM among similarity matrices would flip that subject's sign
+        raise ValueError(
+            f"subject_similarities mix similarities (subjects {kinds['similarity'][:5]}: the diagonal holds each "
+            f"row's largest value) and dissimilarities (subjects {kinds['dissimilarity'][:5]}: zero diagonal or "
+            "each row's smallest value); orient every subject the same way (negate the dissimilarities)"
+        )
     iu = np.triu_indices(S.shape[1], 1)
     U = S[:, iu[0], iu[1]]
     V = _standardized_subjects(U, comparison) if pooling == "nili" else U
@@ -249,23 +292,33 @@ def noise_ceiling(subject_similarities, comparison: str = "spearman", pooling: s
 
 
 @validate_params(
-    {"half1": ["array-like"], "half2": ["array-like"], "comparison": [StrOptions(set(COMPARISONS))]},
+    {"half1": ["array-like"], "half2": ["array-like"], "comparison": [StrOptions(set(COMPARISONS))],
+     "y_kind": [StrOptions(set(Y_KINDS))]},
     prefer_skip_nested_validation=True,
 )
-def split_half_ceiling(half1, half2, comparison: str = "spearman") -> float:
+def split_half_ceiling(half1, half2, comparison: str = "spearman", *, y_kind: str = "similarity") -> float:
     """Split-half reliability of a similarity matrix, Spearman-Brown corrected.
 
     Parameters
     ----------
     half1, half2 : array-like of shape (n, n)
-        The matrix from two disjoint halves of the raters.
+        The matrix from two disjoint halves of the raters; both through the
+        input contract, as ``y_kind`` says.
+    comparison : str, default="spearman"
+    y_kind : {"similarity", "dissimilarity"}, default="similarity"
 
     Returns
     -------
     ceiling : float
         ``2 r / (1 + r)`` with ``r`` the correlation of the two halves.
     """
-    r = second_order_isomorphism(half1, half2, comparison)
+    A = _check_square(half1, "half1")
+    B = _check_square(half2, "half2")
+    if A.shape != B.shape:
+        raise ValueError(f"shapes differ: half1 {A.shape} vs half2 {B.shape}")
+    A, B = _human(A, len(A), y_kind, "half1"), _human(B, len(B), y_kind, "half2")
+    both = ~np.isnan(A) & ~np.isnan(B)
+    r = correlation(upper_triangle(np.where(both, A, 0.0)), upper_triangle(np.where(both, B, np.nan)), comparison)
     return float(2 * r / (1 + r)) if r > -1 else -1.0
 
 

@@ -19,9 +19,9 @@ the selected maps, plus a paired test.
 
 from __future__ import annotations
 
-import numbers
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,12 +30,13 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, RepeatedKFold, ShuffleSplit
 from sklearn.utils import check_random_state
 
-from ._pairs import fold_parts, mask_pairs, observed_pairs, pair_indices
+from ._pairs import fold_parts, held_out_is_undefined, mask_pairs, observed_pairs, pair_indices
+from ._sklearn_compat import is_count
 from ._stats import fold_record
 from ._targets import diagonal_convention, sample_ids, similarity_frame
 from ._triplets import (TripletKFold, Triplets, TripletSet, TripletShuffleSplit, check_target, check_target_cv,
-                        triplet_noise_ceiling)
-from ._validation import MIN_IMAGES, check_image_cv, default_repeated_cv
+                        split_items, triplet_noise_ceiling)
+from ._validation import MIN_IMAGES, check_image_cv, check_splits, default_repeated_cv
 
 __all__ = [
     "KFold",
@@ -190,7 +191,7 @@ class RepeatedPairKFold:
             Repeat by repeat, fold by fold.
         """
         _refuse_scikit_learn_caller(self)
-        if not isinstance(self.n_repeats, numbers.Integral) or self.n_repeats < 1:
+        if not is_count(self.n_repeats):
             raise ValueError(f"n_repeats must be an integer >= 1, got {self.n_repeats!r}")
         rng = check_random_state(self.random_state)
         observed = _observed_pairs(X, y)
@@ -240,7 +241,13 @@ def summarize_folds(table: pd.DataFrame, *, comparison="spearman", test="correct
     if len(table) == 0:
         raise ValueError("table has no folds to summarize")
     defined = table[["test_score_full", "test_score_selected"]].notna().all(axis=1).to_numpy()
-    warn_undefined_folds(int((~defined).sum()), len(table))
+    folds = table["fold"].to_numpy() if "fold" in table else np.arange(len(table))
+    if not defined.any():
+        raise ValueError(
+            f"every one of the {len(table)} folds has an undefined held-out score (NaN: constant held-out human "
+            "pairs, or a constant model similarity matrix): there is nothing to summarize"
+        )
+    warn_undefined_folds(int((~defined).sum()), len(table), folds=folds[~defined])
     used = table[defined]
     full, sel = used["test_score_full"].to_numpy(), used["test_score_selected"].to_numpy()
     ratio = (used["n_test"] / used["n_train"]).to_numpy() if len(used) else None
@@ -321,6 +328,8 @@ def _check_fold_sizes(splits, H, by_pairs):
                         f"fold {fold}: the {side} images share {(~np.isnan(sub)).sum()} observed human pairs; "
                         "at least 3 are needed. Use fewer splits or fill the missing judgments."
                     )
+        if held_out_is_undefined(H, train, by_pairs=by_pairs):
+            raise ValueError(f"fold {fold}: its training human pairs are constant: there is nothing to fit on")
 
 
 def _check_triplet_folds(splits, T, by_triplets):
@@ -470,7 +479,8 @@ def _prepare_cv(estimator, X, y, cv, y_kind, random_state):
     H = check_target(y, n, y_kind, getattr(estimator, "comparison", None), ids=ids)  # similarity (or triplets) from here on
     check_target_cv(cv, H)
     by_pairs = getattr(cv, "splits_pairs", False)
-    splits = [(np.asarray(a), np.asarray(b)) for a, b in (cv.split(X, H) if by_pairs else cv.split(np.arange(n)))]
+    raw = cv.split(X, H) if by_pairs else cv.split(np.arange(n))
+    splits = check_splits(raw, *split_items(H, by_pairs, n))
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
@@ -505,7 +515,8 @@ class PermutationTestResult:
     null : ndarray of shape (n_permutations,)
         The same statistic with the images' human judgments permuted.
     p_value : float
-        ``(1 + #(null >= observed)) / (1 + n_permutations)``.
+        ``(1 + #(null >= observed)) / (1 + n_permutations)``, over the permutations whose gain is
+        defined; NaN (with a warning) when the observed gain is undefined.
     n_permutations : int
     table : DataFrame
         The observed per-fold table (as :func:`cross_validate_alignment`'s).
@@ -525,6 +536,26 @@ class PermutationTestResult:
 def _gain(records) -> float:
     diffs = np.array([r["test_score_selected"] - r["test_score_full"] for r in records], dtype=np.float64)
     return float(np.nanmean(diffs)) if np.isfinite(diffs).any() else np.nan
+
+
+def _permutation_p(observed: float, null) -> float:
+    """``(1 + #(null >= observed)) / (1 + N)`` over the permutations whose statistic is defined.
+
+    An undefined observed statistic has no p-value (NaN, with a warning); undefined permutations are
+    left out of the count and the denominator (warned), never counted as below the observed value.
+    """
+    null = np.asarray(null, dtype=np.float64)
+    if np.isnan(observed):
+        warnings.warn("the observed gain is undefined (NaN: every fold's held-out score is undefined): it has no "
+                      "p-value (NaN)", UserWarning, stacklevel=3)
+        return np.nan
+    defined = null[~np.isnan(null)]
+    if len(defined) < len(null):
+        warnings.warn(f"{len(null) - len(defined)} of {len(null)} permutations give an undefined gain (NaN); the "
+                      f"p-value uses the other {len(defined)}", UserWarning, stacklevel=3)
+    if not len(defined):
+        return np.nan
+    return (1 + int(np.sum(defined >= observed))) / (1 + len(defined))
 
 
 def permutation_test_alignment(
@@ -577,7 +608,7 @@ def permutation_test_alignment(
     >>> bool(res.p_value <= 0.05)
     True
     """
-    if not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
+    if not is_count(n_permutations):
         raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
     rng = check_random_state(random_state)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)
@@ -588,7 +619,7 @@ def permutation_test_alignment(
     observed_records = records[0]
     observed = _gain(observed_records)
     null = np.array([_gain(r) for r in records[1:]])
-    p = (1 + int(np.sum(null >= observed))) / (1 + n_permutations)
+    p = _permutation_p(observed, null)
     table = pd.DataFrame([{"fold": f, **r} for f, r in enumerate(observed_records)])
     return PermutationTestResult(observed, null, float(p), int(n_permutations), table)
 
@@ -612,7 +643,11 @@ def _fit_and_score(estimator, X, H, train, test, by_pairs, return_estimator, ret
     fit_time = time.perf_counter() - t0
     path, t = getattr(est, "path_scores_", None), getattr(est, "n_features_to_select_", None)
     train_score = float(path[t - 1]) if path is not None and t is not None else est.score(X_train, H_train)
-    scores = (train_score, est.score_all(X_test, H_test), est.score(X_test, H_test))
-    paths = (est.path_scores_, est.path_score(X_test, H_test)) if return_paths else None
+    if held_out_is_undefined(H, test, by_pairs=by_pairs):  # constant held-out pairs: NaN, named by the table's warning
+        scores = (train_score, np.nan, np.nan)
+        paths = (est.path_scores_, np.full(len(est.path_scores_), np.nan)) if return_paths else None
+    else:
+        scores = (train_score, est.score_all(X_test, H_test), est.score(X_test, H_test))
+        paths = (est.path_scores_, est.path_score(X_test, H_test)) if return_paths else None
     return fold_record(len(train), len(test), scores, np.sum(est.get_support()), fit_time,
                        estimator=est if return_estimator else None, paths=paths)

@@ -69,7 +69,15 @@ def _axes(ax, figsize=(4, 4)):
 
 
 def _as_image(image, name="image") -> np.ndarray:
-    """An array imshow draws faithfully: (H, W) gray, or (H, W, 3) uint8 / float in [0, 1]."""
+    """An array imshow draws faithfully: (H, W) gray, or (H, W, 3) uint8 / float in [0, 1].
+
+    A PIL image goes through the package's one image reader (EXIF orientation applied, the pixel range
+    rule of arrays), so an overlay is drawn on the pixels the heatmap was computed from.
+    """
+    if _is_pil(image):
+        from .backbones._preprocess import _pil_to_rgb
+
+        image = np.asarray(_pil_to_rgb(image, name))
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (1, 4):
         img = img[..., 0] if img.shape[2] == 1 else img[..., :3]
@@ -86,6 +94,14 @@ def _as_image(image, name="image") -> np.ndarray:
     if img.min() < 0 or img.max() > 255:
         raise ValueError(f"integer {name} values must lie in 0..255")
     return img.astype(np.uint8)
+
+
+def _is_pil(image) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(image, Image.Image)
 
 
 def _as_heatmap(heatmap, shape, name="heatmap") -> np.ndarray:
@@ -105,8 +121,9 @@ def plot_overlay(image, heatmap, ax=None, alpha=0.5, cmap="inferno"):
 
     Parameters
     ----------
-    image : array-like of shape (H, W, 3) or (H, W)
-        ``uint8`` or float in [0, 1].
+    image : array-like of shape (H, W, 3) or (H, W), or PIL image
+        ``uint8`` or float in [0, 1]; a PIL image is read as every image
+        is (its EXIF orientation applied).
     heatmap : array-like of shape (H, W)
         Drawn on a fixed [0, 1] colour scale when it lies in [0, 1] (so
         overlays of different images are comparable), else autoscaled.

@@ -81,6 +81,14 @@ def load_images(path):
     raise InputFileError(f"{display_name(path)}: give a folder of images or a .npy array of shape (n, H, W, 3)")
 
 
+class ResultsKeptError(InputFileError):
+    """The output folder refused finished results; they were kept in ``path`` (named in the message)."""
+
+    def __init__(self, message, path):
+        super().__init__(message)
+        self.path = Path(path)
+
+
 def check_output_folder(out, overwrite: bool = False, inputs=()) -> Path:
     """Check, before any computation, that results can be written to ``out``.
 
@@ -187,7 +195,10 @@ class AnalysisResult:
 
         The files are written into a temporary folder beside ``out`` and moved
         into place only when all of them are complete: an interrupted run
-        leaves ``out`` as it was.
+        leaves ``out`` as it was. ``out`` is checked again at that moment
+        (another process may have filled it during the run): if it refuses
+        the results, they stay in the temporary folder and
+        :class:`ResultsKeptError` (an ``InputFileError``) names it.
 
         Parameters
         ----------
@@ -200,11 +211,21 @@ class AnalysisResult:
         report : Path
             ``out / "report.html"``.
         """
-        out = check_output_folder(out, overwrite)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        out = Path(out).absolute()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError:  # no sibling folder: the results go to the system's temporary folder, then moved
+            tmp = Path(tempfile.mkdtemp(prefix=f"sklearn-ais-{out.name}.partial-"))
         try:
             self._write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # A finished computation is never lost: if out cannot take the results now (filled by another
+        # process during the run, not writable), they stay in tmp and the error names it.
+        try:
+            out = check_output_folder(out, overwrite)
             if out.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 os.replace(out, old / out.name)
@@ -212,9 +233,11 @@ class AnalysisResult:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except (OSError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) else f"{exc.strerror or exc}"
+            raise ResultsKeptError(
+                f"{display_name(out)}: the results could not be moved there ({reason}); they are complete and kept "
+                f"in {display_name(tmp)}", tmp) from None
         return out / "report.html"
 
     def _write(self, folder: Path):
@@ -315,6 +338,11 @@ def run_analysis(
     if len(ids) != n:
         raise ValueError(f"got {n} images but {len(ids)} ids")
     H = check_similarity_target(similarity, n, kind)  # all checks before any forward pass
+    from ._sklearn_compat import is_count
+
+    for name, value, low in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1)):
+        if not is_count(value, low):
+            raise ValueError(f"{name} must be an integer >= {low} (not a boolean), got {value!r}")
     t0 = time.perf_counter()
     transformer = _transformer(transformer, backbone, weights, device, crop, verbose)
     fm, baseline = _extract(transformer, images, ids, H, verbose)

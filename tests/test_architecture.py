@@ -17,7 +17,7 @@ LAYERS = {
     3: ["_similarity", "_ablation", "metrics", "_map_metrics", "_feature_alignment", "_removal",
         "_wordnet"],
     4: ["_selector", "_heatmaps", "attention", "alignment._base", "alignment._reweighting", "alignment._glocal",
-        "alignment._pruning", "_pair_heatmaps"],
+        "alignment._pruning", "_pair_heatmaps", "alignment._harmonization_loss", "alignment._harmonization"],
     5: ["model_selection", "alignment._compare", "alignment", "_deletion", "evaluation"],
     6: ["plotting", "_report", "workflow"],
     7: ["cli"],

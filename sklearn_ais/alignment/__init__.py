@@ -27,6 +27,12 @@ Comparison
 :func:`compare_alignment`, :func:`summarize_comparison`; the figure is
 :func:`sklearn_ais.plotting.plot_comparison` (also importable from here).
 
+Harmonization training
+----------------------
+:class:`Harmonizer` fine-tunes a network with :func:`harmonization_loss`
+(Fel et al., 2022) so that its gradient saliency matches target maps (human
+maps, object masks or AIS heatmaps).
+
 Maps
 ----
 :func:`feature_alignment_score` (also in :mod:`sklearn_ais.metrics`): the
@@ -54,6 +60,9 @@ _LAZY = {
     "summarize_comparison": "._compare",
     "feature_alignment_score": ".._feature_alignment",
     "split_half_map_ceiling": ".._feature_alignment",
+    "Harmonizer": "._harmonization",
+    "prepare_target_maps": "._harmonization",
+    "harmonization_loss": "._harmonization_loss",
 }
 
 __all__ = sorted(_LAZY)

@@ -6,13 +6,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._similarity import correlation, similarity_matrix, triplet_scores, upper_triangle
-from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids
+from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
 from .._triplets import check_triplet_target, is_triplet_target
 from .._device import torch_threads  # noqa: F401  (re-exported for the alignment estimators)
 from .._validation import (
     MIN_IMAGES,
     check_feature_maps,
     check_image_cv,
+    check_splits,
     is_feature_maps,
     record_n_features,
     validate_maps_input,
@@ -63,7 +64,10 @@ def compare_upper(model_similarity, H, comparison: str = "spearman") -> float:
     -------
     r : float
     """
-    return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), upper_triangle(H), comparison)
+    h = upper_triangle(H)
+    if target_is_constant(h):  # e.g. a constant held-out block: undefined, not an error deep inside
+        return float("nan")
+    return correlation(upper_triangle(np.asarray(model_similarity, dtype=np.float64)), h, comparison)
 
 
 def embedding_2oi(E, H, similarity: str = "pearson", comparison: str = "spearman") -> float:
@@ -119,7 +123,7 @@ def split_images(cv, n: int):
     -------
     splits : list of (ndarray, ndarray)
     """
-    return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros((n, 1)))]
+    return check_splits(cv.split(np.zeros((n, 1))), n)
 
 
 def standardization(E) -> tuple[np.ndarray, np.ndarray]:
@@ -190,5 +194,5 @@ class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
             T = check_triplet_target(y, S.shape[0], ids=sample_ids(X)).indices
             a, b, o = T.T
             return float(triplet_scores(np.stack([S[a, b], S[a, o], S[b, o]], axis=1)[None], "odd_one_out")[0])
-        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X))
+        H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X), constant="warn")
         return compare_upper(S, H, self.comparison)

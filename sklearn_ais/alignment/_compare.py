@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from .._containers import FeatureMaps
-from .._pairs import fold_parts
+from .._pairs import fold_parts, held_out_is_undefined
 from .._targets import check_similarity_target, sample_ids, similarity_frame
 from ._base import embedding_2oi
 
@@ -445,7 +445,7 @@ def compare_alignment(
     ['none', 'ais']
     """
     from .._stats import ALTERNATIVES, TESTS
-    from .._validation import check_image_cv
+    from .._validation import check_image_cv, check_splits
 
     if test not in TESTS or alternative not in ALTERNATIVES:
         raise ValueError(f"test must be one of {TESTS} and alternative one of {ALTERNATIVES}, got {test!r}, "
@@ -462,9 +462,16 @@ def compare_alignment(
     entries = _entries(backbones)
     n, ids = _image_count_and_ids(entries, images)
     H = check_similarity_target(y, n, y_kind, ids=ids)  # before any extraction; dissimilarities come back negated
-    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((n, 1)))]
+    splits = check_splits(cv.split(np.zeros((n, 1))), n)
+    for fold, (train, _) in enumerate(splits):
+        if held_out_is_undefined(H, train, by_pairs=False):
+            raise ValueError(f"fold {fold}: its training human pairs are constant (or fewer than 3): nothing to fit on")
     if inference not in ("folds", "bootstrap"):
         raise ValueError(f"inference must be 'folds' or 'bootstrap', got {inference!r}")
+    from .._sklearn_compat import is_count
+
+    if inference == "bootstrap" and not is_count(n_bootstrap):
+        raise ValueError(f"n_bootstrap must be a positive integer (not a boolean), got {n_bootstrap!r}")
     ceilings = _fold_ceilings(subject_similarities, splits, n, comparison)
     if inference == "bootstrap" and subject_similarities is not None:
         from ._bootstrap import oriented_subjects
@@ -478,6 +485,7 @@ def compare_alignment(
             Xs = _extract_all(entries, images, n, ids, n_jobs, progress)
             rows = _evaluate(Xs, H, splits, methods, similarity, comparison, n_jobs, progress)
     table = pd.DataFrame(rows)
+    _check_undefined_folds(table)
     reference = "none" if "none" in methods else next(iter(methods))
     summary = summarize_comparison(table, reference, comparison=comparison, test=test, alternative=alternative)
     ceiling_table = pd.DataFrame(ceilings) if ceilings else None
@@ -637,12 +645,26 @@ def _check_same_images(label, X, n, ids):
         )
 
 
+def _check_undefined_folds(table):
+    """An undefined held-out 2OI (NaN) is named and left out of the summary; all of a method's undefined is an error."""
+    from .._stats import warn_undefined_folds
+
+    undefined = table["test_2oi"].isna()
+    for (bb, method), g in table.groupby(["backbone", "method"], sort=False):
+        if g["test_2oi"].isna().all():
+            raise ValueError(f"{method!r} on backbone {bb!r}: every fold has an undefined held-out 2OI (NaN: constant "
+                             "held-out human pairs, or a constant model similarity matrix)")
+    folds = np.unique(table.loc[undefined, "fold"].to_numpy())
+    warn_undefined_folds(len(folds), int(table["fold"].nunique()), stacklevel=4, folds=folds)
+
+
 def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) -> dict:
     """Held-out and training 2OI of one method on one fold (``template`` None: all maps, nothing fitted)."""
     X_tr, X_te, H_tr, H_te = fold_parts(X, H, train_idx, test_idx, by_pairs=False)
+    undefined = held_out_is_undefined(H, test_idx, by_pairs=False)  # NaN, named once the table is built
     if template is None:
         return {
-            "test_2oi": embedding_2oi(_embed(X_te), H_te, similarity, comparison),
+            "test_2oi": np.nan if undefined else embedding_2oi(_embed(X_te), H_te, similarity, comparison),
             "train_2oi": embedding_2oi(_embed(X_tr), H_tr, similarity, comparison),
             "n_kept": _n_kept(None, X.shape[1]),
             "fit_time": 0.0,
@@ -652,7 +674,7 @@ def _fit_and_score(X, H, train_idx, test_idx, template, similarity, comparison) 
     est.fit(X_tr, similarity_frame(H_tr, ids=sample_ids(X_tr)))
     fit_time = time.perf_counter() - t0
     return {
-        "test_2oi": float(est.score(X_te, H_te)),
+        "test_2oi": np.nan if undefined else float(est.score(X_te, H_te)),
         "train_2oi": float(est.score(X_tr, H_tr)),
         "n_kept": _n_kept(est, X.shape[1]),
         "fit_time": fit_time,

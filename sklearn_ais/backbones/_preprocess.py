@@ -16,8 +16,12 @@ Pixel values: ``uint8`` arrays and tensors are 0..255, ``uint16`` arrays are
 divide by 255). Every image is converted to 8-bit RGB, the format the
 pretrained networks were trained on: grayscale is replicated, alpha is
 dropped (as ``PIL.Image.convert("RGB")`` does), palette, CMYK and 16-bit
-images are converted, files are rotated by their EXIF orientation. Float
-inputs are therefore quantised to 1/255 steps.
+images are converted, files and in-memory PIL images are rotated by their
+EXIF orientation (the image a viewer shows; overlays follow the same rule).
+The range of integer pixels depends on the values' type, never on the
+container: PIL ``"I;16"`` images are 16-bit like ``uint16`` arrays, PIL
+``"I"`` images (32-bit integers) hold 0..255 like ``int32`` arrays, or are
+refused. Float inputs are therefore quantised to 1/255 steps.
 
 Preprocessing follows torchvision's convention: resize the shorter side to
 ``resize_size`` with PIL (antialiased), centre-crop ``input_size``, scale to
@@ -230,11 +234,26 @@ def same_size_groups(pixels) -> list[tuple[np.ndarray, np.ndarray]]:
 
 # -- decoding ----------------------------------------------------------------
 def _pil_to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """The one reader of PIL images (files and in-memory): EXIF orientation applied, then 8-bit RGB.
+
+    The pixel range follows the container-free rule of arrays: ``"I;16"`` modes are 16-bit
+    (as ``uint16`` arrays), ``"I"`` (32-bit integers, as ``int32`` arrays) must hold 0..255.
+    """
+    image = ImageOps.exif_transpose(image)  # the image a viewer shows (idempotent: the tag is removed)
     mode = image.mode
-    if mode.startswith("I"):
-        # 16-bit (and 32-bit integer) grayscale: PIL's convert would clip at 255.
+    if mode.startswith("I;16"):
+        # 16-bit grayscale: PIL's convert would clip at 255.
         arr = np.asarray(image).astype(np.float64)
         return Image.fromarray(np.round(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)).convert("RGB")
+    if mode.startswith("I"):
+        # 32-bit integers carry no range of their own: the rule of an int32 array (0..255, else refused).
+        arr = np.asarray(image)
+        try:
+            _check_pixels(arr, label)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (a PIL image of mode {mode!r}; 16-bit pixels: pass "
+                             "Image.fromarray(np.asarray(image).astype(np.uint16)) or a uint16 array)") from None
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if mode == "F":
         arr = np.asarray(image)
         _check_pixels(arr, label)
@@ -400,6 +419,8 @@ def _checked_item(item, i: int):
             )
         return item
     if isinstance(item, Image.Image):
+        if item.mode.startswith("I") and not item.mode.startswith("I;16"):
+            _pil_to_rgb(item, f"image {i}")  # the range rule, checked now (before any work)
         return item
     label = f"image {i}"
     if isinstance(item, torch.Tensor):
