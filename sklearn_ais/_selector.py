@@ -302,10 +302,13 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         X : FeatureMaps or array-like of shape (n_images, n_units)
             Feature maps from :class:`DNNFeatureMapTransformer`, or unit
             activations (identity head: ablating unit k sets column k to 0).
-        y : array-like of shape (n_images, n_images)
+        y : array-like of shape (n_images, n_images), or triplets
             Human similarity matrix (NaN = missing pair), a labelled
             DataFrame (see :func:`~sklearn_ais.model_selection.similarity_frame`),
-            or 1-D class labels (same class = similar).
+            or 1-D class labels (same class = similar). With a triplet
+            ``comparison``: odd-one-out choices, an (N, 3) table of image
+            indices with the odd one out last, a DataFrame of image ids, or
+            :class:`~sklearn_ais.model_selection.Triplets`.
 
         Returns
         -------
