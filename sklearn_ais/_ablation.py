@@ -44,7 +44,7 @@ import torch
 
 from ._containers import FeatureMaps
 from ._device import as_tensor, resolve_device
-from ._similarity import REL_EPS, TargetVector, standardize_rows, rsm_torch
+from ._similarity import REL_EPS, TargetVector, TripletTarget, standardize_rows, rsm_torch
 
 # Cached leave-one-out similarities (float64 elements): 1 GiB at most.
 _STACK_BUDGET = 1 << 27
@@ -63,6 +63,8 @@ _RECOMPUTE_REL = 0.1
 # VGG heads centre through G - s s^T / D; a row whose centred energy is below this
 # fraction of its raw energy would lose more than 4 digits that way: centred explicitly.
 _LOSSY_REL = 1e-4
+# Triplets touching few pairs read their Gram entries from the n x n Gram matrix up to this many elements.
+_SMALL_GRAM = 1 << 24
 
 
 def _chunk(total: int, per_item: int, budget: int | None = None) -> int:
@@ -217,6 +219,8 @@ class AblationKernel:
                 Zu = stack[torch.as_tensor(maps[a : a + step], device=self.device)]
                 out[a : a + step] = target.correlate(Zu if pairs is None else Zu[:, pairs]).cpu().numpy()
             return base, out
+        if isinstance(target, TripletTarget) and target.sparse and hasattr(self, "_pair_loo"):
+            return self._pair_loo(target, maps)
         # Base through the same arithmetic as the candidates, so a dead map gives exactly AIS = 0.
         base_u = self._base_upper()
         base = float(target.correlate(base_u)[0])
@@ -276,13 +280,43 @@ class AblationKernel:
         return rsm_torch(self.embeddings(keep)[None], self.similarity)[0].cpu().numpy()
 
     def score(self, target: TargetVector, keep=None) -> float:
+        if isinstance(target, TripletTarget):  # the touched pairs only
+            return float(target.correlate(self.pair_similarities(target.pair_i, target.pair_j, keep)[None])[0])
         return float(target.correlate(self._rsm_uppers(self.embeddings(keep)[None]))[0])
 
     def _row_targets(self, H, comparison, rows):
         rows = range(self.n) if rows is None else rows
         for t in rows:
             others = np.r_[0:t, t + 1 : self.n]
-            yield t, others, TargetVector(H[t, others], comparison, device=self.device, similarities=True)
+            yield t, others, self._row_target(H, t, others, comparison)
+
+    def _row_target(self, H, t, others, comparison):
+        """Target of image t's row: the human row (``others``: its columns, default all n, t's own NaN), or for
+        a :class:`TripletTarget` ``H`` the triplets that contain t."""
+        if isinstance(H, TripletTarget):
+            if getattr(self, "_row_base", (None,))[0] is not H:
+                self._row_base = (H, self.pair_similarities(H.pair_i, H.pair_j))
+            return H.row_target(t, self._row_base[1], others)
+        if others is None:
+            row = np.array(H[t], dtype=np.float64)
+            row[t] = np.nan  # the diagonal never enters a comparison
+            return TargetVector(row, comparison, device=self.device, similarities=True)
+        return TargetVector(H[t, others], comparison, device=self.device, similarities=True)
+
+    # Odd-one-out triplets --------------------------------------------------
+    def triplet_target(self, triplets, comparison, temperature=1.0) -> TripletTarget:
+        """The human odd-one-out choices (a checked ``TripletSet`` over this problem's images) as a target."""
+        return TripletTarget(triplets.indices, self.n, comparison, temperature, device=self.device)
+
+    def pair_similarities(self, pi, pj, keep=None) -> torch.Tensor:
+        """(P,) model similarities of pairs ``(pi[p], pj[p])``, maps outside ``keep`` ablated: no n x n matrix."""
+        En = standardize_rows(self.embeddings(keep), center=self.similarity == "pearson")
+        pi, pj = (torch.as_tensor(np.asarray(v), device=self.device) for v in (pi, pj))
+        out = torch.empty(len(pi), dtype=En.dtype, device=self.device)
+        step = _chunk(len(pi), 2 * En.shape[1])
+        for a in range(0, len(pi), step):
+            out[a : a + step] = (En[pi[a : a + step]] * En[pj[a : a + step]]).sum(dim=1)
+        return out.clamp_(-1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -371,13 +405,9 @@ class PooledKernel(AblationKernel):
         center = self.pearson
         return (standardize_rows(rows_E, center=center) @ standardize_rows(others, center=center).T).clamp(-1, 1)
 
-    def _upper_from_delta(self, dE, ks=None):
-        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
-
-        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
-        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
-        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
-        """
+    def _delta_terms(self, dE, ks):
+        """Row scales ``r`` (C, n), the rank-one corrections and the rows to recompute when map ``ks[c]``
+        (values ``dE[c]``) is ablated in every image (``ks`` None: nothing ablated, ``dE`` zero)."""
         dD = self.Dt[ks] if (self.pearson and ks is not None) else torch.zeros_like(dE)
         v, raw, flagged = self._ablated_rows(dE, dD)
         r = self._inv_sqrt(v, raw)
@@ -387,15 +417,32 @@ class PooledKernel(AblationKernel):
             terms = ((a, b), (b, a - ((self.K - 1) / self.K) * b))
         else:
             terms = ((b, b),)
+        return r, terms, flagged
+
+    def _upper_from_delta(self, dE, ks=None):
+        """Candidate upper triangles when map ``ks[c]`` (values ``dE[c]``, (C, n)) is ablated in every image.
+
+        ``Z = (r r^T) * G - sum_t x_t y_t^T`` with ``r = v^-1/2`` (0 for a constant row) and the
+        rank-2 (Pearson: ``num_ij = G_ij - d_i e_j - e_i d_j + e_i e_j (K-1)/K``, scaled by r) or
+        rank-1 (cosine) correction, built row block by row block (:meth:`_scaled_upper`).
+        """
+        r, terms, flagged = self._delta_terms(dE, ks)
         Zu = self._scaled_upper(len(dE), lambda r0, r1: self.G[None, r0:r1, r0:], r, terms)
-        if ks is not None:
-            for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
-                rows = torch.nonzero(flagged[c]).flatten()
-                keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
-                keep[ks[c]] = 0
-                Ek = self.E * keep
-                self._set_rows(Zu[c], rows, self._direct_rows(Ek[rows], Ek))
+        for c, rows, direct in self._recomputed_rows(flagged, ks):
+            self._set_rows(Zu[c], rows, direct)
         return Zu
+
+    def _recomputed_rows(self, flagged, ks):
+        """``(c, rows, similarities (R, n))`` of the rows of candidate c that lost too many digits, computed
+        directly with map ``ks[c]`` ablated (none when nothing is ablated)."""
+        if ks is None:
+            return
+        for c in torch.nonzero(flagged.any(dim=1)).flatten().tolist():
+            rows = torch.nonzero(flagged[c]).flatten()
+            keep = torch.ones(self.K, dtype=self.E.dtype, device=self.device)
+            keep[ks[c]] = 0
+            Ek = self.E * keep
+            yield c, rows, self._direct_rows(Ek[rows], Ek)
 
     @property
     def _pooled_budget(self):
@@ -488,11 +535,95 @@ class PooledKernel(AblationKernel):
             ks = torch.as_tensor(maps[a : a + step], device=self.device)
             yield a, self._upper_from_delta(self.Et[ks], ks)
 
+    # Odd-one-out triplets that touch few pairs: the same arithmetic on those pairs only ----------
+    def _pair_index(self, target):
+        """Touched pairs as tensors and their Gram entries (from the Gram matrix when it is small, so that
+        the values equal the dense path's bit for bit; else row by row: no n x n matrix)."""
+        pi, pj = (torch.as_tensor(v, device=self.device) for v in (target.pair_i, target.pair_j))
+        if self.n * self.n <= _SMALL_GRAM:
+            return pi, pj, self.G[pi, pj]
+        M = self.D if self.pearson else self.E
+        Gp = torch.empty(len(pi), dtype=M.dtype, device=self.device)
+        step = _chunk(len(pi), 2 * self.K)
+        for a in range(0, len(pi), step):
+            Gp[a : a + step] = (M[pi[a : a + step]] * M[pj[a : a + step]]).sum(dim=1)
+        return pi, pj, Gp
+
+    def _pairs_from_delta(self, dE, ks, pi, pj, Gp):
+        """:meth:`_upper_from_delta` on the pairs ``(pi, pj)`` only: (C, P), the same operations per entry."""
+        r, terms, flagged = self._delta_terms(dE, ks)
+        Z = Gp[None] * r[:, pi]
+        Z *= r[:, pj]
+        for x, y in terms:
+            Z -= x[:, pi] * y[:, pj]
+        for c, rows, direct in self._recomputed_rows(flagged, ks):
+            at = torch.full((self.n,), -1, dtype=torch.long, device=self.device)
+            at[rows] = torch.arange(len(rows), device=self.device)
+            for here, there in ((pi, pj), (pj, pi)):  # as _set_rows: row j's value last
+                m = at[here] >= 0
+                Z[c, m] = direct[at[here[m]], there[m]]
+        return Z
+
+    def _pair_loo(self, target, maps):
+        pi, pj, Gp = self._pair_index(target)
+        zero = torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device)
+        base = float(target.correlate(self._pairs_from_delta(zero, None, pi, pj, Gp))[0])
+        out = np.empty(len(maps))
+        step = _chunk(len(maps), 6 * len(pi))
+        for a in range(0, len(maps), step):
+            ks = torch.as_tensor(maps[a : a + step], device=self.device)
+            out[a : a + len(ks)] = target.correlate(self._pairs_from_delta(self.Et[ks], ks, pi, pj, Gp)).cpu().numpy()
+        return base, out
+
+    def _pair_sweep(self, order, target, ts):
+        """:meth:`sweep` on the touched pairs: running Gram entries of those pairs only."""
+        pi, pj, Gp0 = self._pair_index(target)
+        order = torch.as_tensor(np.asarray(order), device=self.device)
+        want = np.zeros(self.K + 1, dtype=bool)
+        want[ts] = True
+        out = {}
+        if want[self.K]:
+            zero = torch.zeros(1, self.n, dtype=self.E.dtype, device=self.device)
+            out[self.K] = float(target.correlate(self._pairs_from_delta(zero, None, pi, pj, Gp0))[0])
+            want[self.K] = False
+        last = int(np.nonzero(want)[0].max()) if want.any() else 0
+        s = torch.zeros(self.n, dtype=self.E.dtype, device=self.device)
+        q = torch.zeros_like(s)
+        G = torch.zeros(len(pi), dtype=self.E.dtype, device=self.device)
+        step = _chunk(self.K, 3 * len(pi))
+        for a in range(0, last, step):
+            b = min(a + step, last)
+            Eo = self.Et[order[a:b]]
+            cs = torch.cumsum(Eo, 0) + s
+            cq = torch.cumsum(Eo * Eo, 0) + q
+            s, q = cs[-1].clone(), cq[-1].clone()
+            cG = Eo[:, pi] * Eo[:, pj]
+            cG[0] += G
+            cG = torch.cumsum(cG, dim=0)
+            G = cG[-1].clone()
+            sel = np.nonzero(want[a + 1 : b + 1])[0]
+            if not len(sel):
+                continue
+            sel_t = torch.as_tensor(sel, device=self.device)
+            cs, cq = cs[sel_t], cq[sel_t]
+            v = cq - cs * cs / self.K if self.pearson else cq
+            r = self._inv_sqrt(v, cq)
+            Z = cG[sel_t] * r[:, pi]
+            Z *= r[:, pj]
+            if self.pearson:
+                u = r * cs / math.sqrt(self.K)
+                Z -= u[:, pi] * u[:, pj]
+            for c, val in zip(sel, target.correlate(Z).cpu().numpy()):
+                out[a + 1 + c] = val
+        return np.array([out[int(t)] for t in ts])
+
     def sweep(self, order, target, ts):
         """Sums over the kept maps accumulate from zero: no cancellation, and by
         Cauchy-Schwarz the centred energy of a row keeping t < K maps is at least
         (1 - t / K) of its raw energy. t = K (all maps) is the base, computed from
         the centred statistics."""
+        if isinstance(target, TripletTarget) and target.sparse:
+            return self._pair_sweep(order, target, np.asarray(ts))
         order = torch.as_tensor(np.asarray(order), device=self.device)
         ts = np.asarray(ts)
         want = np.zeros(self.K + 1, dtype=bool)
@@ -569,9 +700,7 @@ class PooledKernel(AblationKernel):
                          self.Dt if self.pearson else self.Et])
         Z = torch.empty_like(src)
         for r, t in enumerate(rows_list):
-            row = np.array(H[t], dtype=np.float64)
-            row[t] = np.nan  # the diagonal never enters a comparison
-            tv = TargetVector(row, comparison, device=self.device, similarities=True)
+            tv = self._row_target(H, t, None, comparison)
             e_t = torch.cat([zero, self.E[t]])  # index 0: nothing ablated
             d_t = torch.cat([zero, self.D[t]]) if self.pearson else None
             v_t, raw_t, flagged = self._ablated_rows(e_t, d_t, t)

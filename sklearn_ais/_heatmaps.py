@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from numbers import Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -11,8 +12,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._ablation import make_kernel
 from ._device import threads_for
 from ._similarity import COMPARISONS, SIMILARITIES, upper_triangle
-from ._sklearn_compat import StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
+from ._sklearn_compat import Interval, StrOptions, _fit_context
+from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids, target_is_constant
+from ._triplets import TRIPLET_COMPARISONS, TripletSet, check_target
 from ._validation import MIN_IMAGES, as_feature_mask, check_feature_maps, is_feature_maps, refuse_masked
 
 __all__ = ["AISHeatmapper"]
@@ -107,15 +109,20 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     similarity : {"pearson", "cosine"}, default="pearson"
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine", "odd_one_out", \
+        "triplet_log_likelihood"}, default="spearman"
         Correlation of the global scores ``scores_`` (upper triangles), and
-        of the per-image scores unless ``image_comparison`` is given.
+        of the per-image scores unless ``image_comparison`` is given. With
+        odd-one-out triplets as ``y``: ``"odd_one_out"`` or
+        ``"triplet_log_likelihood"`` (see :class:`AISSelector`), the
+        per-image score being that of the triplets that contain the image.
     image_comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"} or None, default=None
         Row correlation of the per-image scores; None: ``comparison``. The
         released code of Truong et al. (2024) scores a row by the plain
         Pearson r (``"pearson"``; ``compute_perturbation.py``, line 81, with
         ``utils.pearsonr_2d``) while its global score is r²
         (``"pearson_r2"``); the paper's text names Spearman for the rows.
+        Ignored for triplets (their per-image score follows ``comparison``).
     keep : array-like of bool of shape (n_maps,), array of int, or None, default=None
         Only these maps may carry weight (a boolean mask, e.g. a fitted
         selector's ``support_``, or map indices). In a ``Pipeline`` after an
@@ -156,6 +163,8 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         colour map (``viz_heatmap.py``, line 46).
     y_kind : {"similarity", "dissimilarity"}, default="similarity"
     device : str, default="auto"
+    temperature : float > 0, default=1.0
+        Of ``comparison="triplet_log_likelihood"``.
 
     Attributes
     ----------
@@ -220,7 +229,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "similarity": [StrOptions(set(SIMILARITIES))],
-        "comparison": [StrOptions(set(COMPARISONS))],
+        "comparison": [StrOptions(set(COMPARISONS) | set(TRIPLET_COMPARISONS))],
         "keep": ["array-like", None],
         "image_comparison": [StrOptions(set(COMPARISONS)), None],
         "weighting": [StrOptions({"positive", "signed", "average"})],
@@ -230,6 +239,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         "squared": ["boolean"],
         "y_kind": [StrOptions(set(Y_KINDS))],
         "device": [str],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
     }
 
     def __init__(
@@ -246,6 +256,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         squared=False,
         y_kind="similarity",
         device="auto",
+        temperature=1.0,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -258,6 +269,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         self.squared = squared
         self.y_kind = y_kind
         self.device = device
+        self.temperature = temperature
 
     def __sklearn_tags__(self):
         # fit also takes a 2-D array of units (per-image AIS, nothing to draw); transform needs FeatureMaps.
@@ -295,7 +307,7 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
             refuse_masked(X)
             X = validate_data(self, X, dtype=np.float64, ensure_min_samples=MIN_IMAGES)
             K = X.shape[1]
-        H = check_similarity_target(y, len(X), self.y_kind, ids=ids)
+        H = check_target(y, len(X), self.y_kind, self.comparison, ids=ids)
         keep = self._keep_mask(K)
         problem = make_kernel(X, self.similarity, self.device)
         with threads_for(problem.n, problem.K):
@@ -309,26 +321,34 @@ class AISHeatmapper(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
 
     def _fit_kernel(self, problem, H):
         """Per-image and global AIS on prepared kernels."""
+        triplets = isinstance(H, TripletSet)
+        target = problem.triplet_target(H, self.comparison, self.temperature) if triplets else None
         image_comparison = self.comparison if self.image_comparison is None else self.image_comparison
-        base, ablated = problem.per_image(H, image_comparison)
+        base, ablated = problem.per_image(target if triplets else H, image_comparison)
         image_scores = base[:, None] - ablated
         # A row correlation needs >= 3 observed human pairs that are not all equal;
         # otherwise the per-image AIS is undefined: NaN (not 0), and transform
         # weights that image by the global AIS, as an image never seen in fit.
-        undefined = np.flatnonzero(_undefined_rows(H))
+        if triplets:  # an image in no triplet has no per-image score
+            undefined = np.setdiff1d(np.arange(problem.n), H.images())
+            why = "appear in no triplet"
+        else:
+            undefined = np.flatnonzero(_undefined_rows(H))
+            why = "have fewer than 3 observed human pairs, or all equal ones, in their row of y"
         if len(undefined):
             base[undefined] = np.nan
             image_scores[undefined] = np.nan
             warnings.warn(
-                f"{len(undefined)} image(s) have fewer than 3 observed human pairs, or all equal ones, in their "
-                f"row of y (rows {undefined[:10].tolist()}{'...' if len(undefined) > 10 else ''}): their "
-                "per-image AIS is undefined (NaN in image_scores_) and their heatmaps use the global AIS",
+                f"{len(undefined)} image(s) {why} (rows {undefined[:10].tolist()}"
+                f"{'...' if len(undefined) > 10 else ''}): their per-image AIS is undefined (NaN in image_scores_) "
+                "and their heatmaps use the global AIS",
                 UserWarning,
                 stacklevel=3,
             )
         self.image_base_scores_ = base
         self.image_scores_ = image_scores
-        target = problem.target(upper_triangle(H), self.comparison)
+        if not triplets:
+            target = problem.target(upper_triangle(H), self.comparison)
         gbase, gablated = problem.leave_one_out(target)
         self.scores_ = gbase - gablated
 

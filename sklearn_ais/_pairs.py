@@ -118,6 +118,10 @@ def fold_parts(data, H, train, test, *, by_pairs: bool, take=None) -> tuple:
     -------
     data_train, data_test, H_train, H_test : tuple
     """
+    if hasattr(H, "take") and hasattr(H, "select"):  # odd-one-out triplets (_triplets.TripletSet)
+        from ._triplets import triplet_fold_parts
+
+        return triplet_fold_parts(data, H, train, test, by_triplets=by_pairs, take=take)
     if by_pairs:
         return data, data, mask_pairs(H, train), mask_pairs(H, test)
     take = take or (lambda d, idx: d[idx])

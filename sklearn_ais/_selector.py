@@ -17,14 +17,26 @@ from ._pairs import fold_parts
 from ._similarity import COMPARISONS, SIMILARITIES, is_constant_model, upper_triangle
 from ._stats import fold_record
 from ._sklearn_compat import Interval, RealNotInt, StrOptions, _fit_context
-from ._targets import Y_KINDS, SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
+from ._targets import Y_KINDS, SimilarityTargetMixin, sample_ids, target_is_constant
+from ._triplets import TRIPLET_COMPARISONS, TripletSet, check_target, check_target_cv, split_items
 from ._validation import MIN_IMAGES, check_image_cv, check_splits, is_feature_maps, validate_maps_input
 
 __all__ = ["AISSelector", "AISSelectorCV"]
 
 
+def _target_of(problem, H, comparison, temperature=1.0):
+    """The prepared human side: the upper triangle of a matrix, or odd-one-out triplets."""
+    if isinstance(H, TripletSet):
+        return problem.triplet_target(H, comparison, temperature)
+    return problem.target(upper_triangle(H), comparison)
+
+
 def _model_is_constant(problem, H, keep=None) -> bool:
-    """Whether the model RSM (maps outside ``keep`` ablated) is one tie run over the observed pairs."""
+    """Whether the model RSM (maps outside ``keep`` ablated) is one tie run over the observed pairs.
+
+    Never for triplets: a tie for the most similar pair is a wrong choice, so every score is defined."""
+    if isinstance(H, TripletSet):
+        return False
     Zu = upper_triangle(problem.model_rsm(keep))[~np.isnan(upper_triangle(H))]
     return bool(Zu.size) and is_constant_model(Zu)
 
@@ -121,8 +133,14 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     similarity : {"pearson", "cosine"}, default="pearson"
         Model similarity between two image embeddings. ``"pearson"`` is
         ``np.corrcoef`` of the embedding rows.
-    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine"}, default="spearman"
-        Correlation between the model's and the human upper triangles.
+    comparison : {"spearman", "pearson", "pearson_r2", "kendall_tau_a", "rho_a", "cosine", "odd_one_out", \
+        "triplet_log_likelihood"}, default="spearman"
+        Correlation between the model's and the human upper triangles; or,
+        when ``y`` holds odd-one-out triplets, ``"odd_one_out"`` (accuracy:
+        the model's odd one out is the image outside its most similar pair,
+        ties count as wrong) or ``"triplet_log_likelihood"`` (mean log
+        probability of the human pair under a softmax over the three pair
+        similarities divided by ``temperature``, gLocal's loss negated).
     n_features_to_select : "auto", int or float, default="auto"
         ``"auto"``: the t with the best 2OI along the ranked sweep (training
         data, or mean validation score when ``cv`` is set); the smallest t
@@ -155,6 +173,8 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         they share the kernels; any backend set with
         ``joblib.parallel_config`` is used instead). The same results as
         ``n_jobs=1``.
+    temperature : float > 0, default=1.0
+        Temperature of ``comparison="triplet_log_likelihood"`` (ignored otherwise).
 
     Attributes
     ----------
@@ -220,7 +240,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
 
     _parameter_constraints: dict = {
         "similarity": [StrOptions(set(SIMILARITIES))],
-        "comparison": [StrOptions(set(COMPARISONS))],
+        "comparison": [StrOptions(set(COMPARISONS) | set(TRIPLET_COMPARISONS))],
         "n_features_to_select": [
             StrOptions({"auto"}),
             Interval(Integral, 1, None, closed="left"),
@@ -231,6 +251,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         "device": [str],
         "random_state": ["random_state"],
         "n_jobs": [None, Interval(Integral, None, None, closed="neither")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
     }
 
     def __init__(
@@ -244,6 +265,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         device="auto",
         random_state=0,
         n_jobs=None,
+        temperature=1.0,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -253,19 +275,20 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.temperature = temperature
 
     # ------------------------------------------------------------------
     def _prepare(self, X, y, reset):
         ids = sample_ids(X)
         X = validate_maps_input(self, X, reset=reset)
         # fit needs structure to align with; a score on a constant y is undefined (NaN, warned)
-        H = check_similarity_target(y, len(X), self.y_kind, ids=ids, constant="raise" if reset else "warn")
+        H = check_target(y, len(X), self.y_kind, self.comparison, ids=ids, constant="raise" if reset else "warn")
         problem = make_kernel(X, self.similarity, self.device)
         return problem, H
 
     def _rank(self, problem, H):
         """AIS of every map, ranking order, base score, and the full sweep."""
-        target = problem.target(upper_triangle(H), self.comparison)
+        target = _target_of(problem, H, self.comparison, self.temperature)
         base, ablated = problem.leave_one_out(target)
         scores = base - ablated
         order = np.argsort(-scores, kind="stable")  # ties: lower map index first
@@ -280,10 +303,13 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         X : FeatureMaps or array-like of shape (n_images, n_units)
             Feature maps from :class:`DNNFeatureMapTransformer`, or unit
             activations (identity head: ablating unit k sets column k to 0).
-        y : array-like of shape (n_images, n_images)
+        y : array-like of shape (n_images, n_images), or triplets
             Human similarity matrix (NaN = missing pair), a labelled
             DataFrame (see :func:`~sklearn_ais.model_selection.similarity_frame`),
-            or 1-D class labels (same class = similar).
+            or 1-D class labels (same class = similar). With a triplet
+            ``comparison``: odd-one-out choices, an (N, 3) table of image
+            indices with the odd one out last, a DataFrame of image ids, or
+            :class:`~sklearn_ais.model_selection.Triplets`.
 
         Returns
         -------
@@ -356,10 +382,11 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
         cv = check_image_cv(self.cv, self.random_state)
         n = problem.n
         by_pairs = getattr(cv, "splits_pairs", False)
+        check_target_cv(cv, H)
         raw = cv.split(np.zeros((n, 1)), H) if by_pairs else cv.split(np.zeros((n, 1)))
-        splits = check_splits(raw, n * (n - 1) // 2 if by_pairs else n, "pairs" if by_pairs else "images")
+        splits = check_splits(raw, *split_items(H, by_pairs, n))
         for train, val in splits:  # every split checked before any work
-            need = (3, 3) if by_pairs else (MIN_IMAGES, 3)
+            need = (1, 1) if getattr(cv, "splits_triplets", False) else (3, 3) if by_pairs else (MIN_IMAGES, 3)
             if len(train) < need[0] or len(val) < need[1]:
                 what = "pairs" if by_pairs else "images"
                 raise ValueError(
@@ -403,7 +430,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
     def _score_problem(self, problem, H, selected):
         """2OI of the selected maps (or of all maps) on prepared kernels (NaN when undefined)."""
         keep = self.support_ if selected else None
-        r = problem.score(problem.target(upper_triangle(H), self.comparison), keep=keep)
+        r = problem.score(_target_of(problem, H, self.comparison, self.temperature), keep=keep)
         if r == 0.0 and _model_is_constant(problem, H, keep):
             _warn_undefined("X with the selected maps" if selected else "X with all maps", stacklevel=4)
             return np.nan
@@ -432,7 +459,7 @@ class AISSelector(_MapsAwareTransform, SimilarityTargetMixin, SelectorMixin, Bas
 
     def _path_problem(self, problem, H):
         order = np.argsort(self.ranking_, kind="stable")
-        target = problem.target(upper_triangle(H), self.comparison)
+        target = _target_of(problem, H, self.comparison, self.temperature)
         return self._path(problem, H, order, target)
 
     def score_all(self, X, y):
@@ -545,12 +572,17 @@ def _subset(problem, idx):
 def _inner_path(selector, problem, H, train, val, by_pairs):
     """Validation path of one inner split: maps ranked on the training part, the sweep on the validation part."""
     fit_on, val_on, fit_H, val_H = fold_parts(problem, H, train, val, by_pairs=by_pairs, take=_subset)
-    Hv_u = upper_triangle(val_H)
-    if target_is_constant(Hv_u):  # no observed pair, or all equal (the one constant rule)
+    if isinstance(val_H, TripletSet):
+        if len(fit_H) == 0 or len(val_H) == 0:
+            warnings.warn("an inner split has no triplet within its training or validation images; it is skipped",
+                          UserWarning)
+            return None
+    elif target_is_constant(upper_triangle(val_H)):  # no observed pair, or all equal (the one constant rule)
         warnings.warn("an inner validation split has no usable human pairs; it is skipped", UserWarning)
         return None
     _, _, _, order = selector._rank(fit_on, fit_H)
-    path = val_on.sweep(order, val_on.target(Hv_u, selector.comparison), np.arange(1, problem.K + 1))
+    target = _target_of(val_on, val_H, selector.comparison, selector.temperature)
+    path = val_on.sweep(order, target, np.arange(1, problem.K + 1))
     return _undefined(val_on, val_H, path, lambda i: np.isin(np.arange(problem.K), order[: i + 1]))
 
 
@@ -596,6 +628,8 @@ class AISSelectorCV(AISSelector):
         Shuffles the folds of an int ``cv``.
     n_jobs : int or None, default=None
         The splits run in parallel through ``joblib`` (see :class:`AISSelector`).
+    temperature : float > 0, default=1.0
+        Of ``comparison="triplet_log_likelihood"`` (see :class:`AISSelector`).
 
     Attributes
     ----------
@@ -637,6 +671,7 @@ class AISSelectorCV(AISSelector):
         device="auto",
         random_state=0,
         n_jobs=None,
+        temperature=1.0,
     ):
         self.similarity = similarity
         self.comparison = comparison
@@ -645,6 +680,7 @@ class AISSelectorCV(AISSelector):
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.temperature = temperature
 
     def _chooses_by_cv(self) -> bool:
         return True  # cv=None means the default 5 shuffled folds

@@ -1103,3 +1103,213 @@ def _on_similarity_scale(a, observed):
     if half <= TIE_GAP / TIE_GRID * peak:
         return None
     return (a - (lo + half)) / half
+
+
+# ---------------------------------------------------------------------------
+# Odd-one-out triplets: a comparison of the model's pair similarities with human choices
+# ---------------------------------------------------------------------------
+# Candidates of (rows x triplets x 3) elements scored at once: 48 MB of float64.
+_TRIPLET_BLOCK = 1 << 21
+
+
+def triplet_scores(s, comparison: str, temperature: float = 1.0):
+    """Scores of candidates' similarities ``s`` (B, N, 3) of N triplets: the human pair first.
+
+    ``"odd_one_out"``: the fraction of triplets whose most similar pair (model)
+    is the human pair, a tie for that pair (the tie rule of the module
+    docstring) counting as wrong. ``"triplet_log_likelihood"``: the mean log
+    probability of the human pair under a softmax over the three similarities
+    divided by ``temperature`` (gLocal's global loss, negated). A row's value
+    depends on that row alone (fixed-order sums).
+
+    Parameters
+    ----------
+    s : ndarray or tensor of shape (B, N, 3)
+    comparison : {"odd_one_out", "triplet_log_likelihood"}
+    temperature : float, default=1.0
+
+    Returns
+    -------
+    scores : ndarray or tensor of shape (B,), float64
+    """
+    return _triplet_scores3(s[..., 0], s[..., 1], s[..., 2], comparison, temperature)
+
+
+# Two similarities whose difference exceeds (TIE_GAP + 1.5) grid steps are surely not tied on the grid, and
+# those within (TIE_GAP - 1.5) steps surely are (the grid index is a floor of c * 2**42 up to 2**-10): only the
+# differences in between are placed on the grid.
+_SURE_APART = (TIE_GAP + 1.5) / TIE_GRID
+_SURE_TIED = (TIE_GAP - 1.5) / TIE_GRID
+
+
+def _beats(s0, s1):
+    """``s0`` exceeds ``s1`` by more than a tie (the module's tie rule), element-wise."""
+    d = s0 - s1
+    out = d > _SURE_APART
+    unsure = (d > _SURE_TIED) & ~out
+    if bool(unsure.any()):
+        out[unsure] = (tie_grid(s0[unsure]) - tie_grid(s1[unsure])) > TIE_GAP
+    return out
+
+
+def _triplet_scores3(s0, s1, s2, comparison, temperature):
+    """:func:`triplet_scores` on the three pairs' similarities, (B, N) each: the human pair's, then the others."""
+    numpy_in = _is_numpy(s0)
+    N = s0.shape[1]
+    if N == 0:
+        return np.zeros(s0.shape[0]) if numpy_in else s0.new_zeros(s0.shape[0])
+    if comparison == "odd_one_out":
+        right = _beats(s0, s1) & _beats(s0, s2)
+        return right.sum(axis=1) / N if numpy_in else right.sum(dim=1).double() / N
+    if comparison != "triplet_log_likelihood":
+        raise ValueError(f"comparison must be one of ('odd_one_out', 'triplet_log_likelihood'), got {comparison!r}")
+    z0, z1, z2 = s0 / temperature, s1 / temperature, s2 / temperature
+    xp = np if numpy_in else _torch()
+    top = xp.maximum(xp.maximum(z0, z1), z2)
+    lse = top + xp.log(xp.exp(z0 - top) + xp.exp(z1 - top) + xp.exp(z2 - top))
+    return _row_sum(z0 - lse, overwrite=True) / N
+
+
+def _gather_columns(c, cols):
+    """``c[:, cols]`` for a (B, m) array or tensor and int64 ``cols`` (NumPy's take on the CPU: ~10x torch's)."""
+    if _is_numpy(c):
+        return np.take(c, cols, axis=1)
+    torch = _torch()
+    if c.device.type == "cpu":
+        return torch.from_numpy(np.take(c.numpy(), cols, axis=1))
+    return torch.index_select(c, 1, torch.as_tensor(cols, device=c.device))
+
+
+class TripletTarget:
+    """Human odd-one-out choices prepared once for many candidates (the triplet counterpart of :class:`TargetVector`).
+
+    Parameters
+    ----------
+    triplets : ndarray of shape (N, 3), int
+        Canonical rows ``(a, b, odd)`` over ``n`` images.
+    n : int
+        Number of images (candidates' upper triangles have ``n (n - 1) / 2`` entries).
+    comparison : {"odd_one_out", "triplet_log_likelihood"}
+    temperature : float, default=1.0
+    device : str or torch.device, default="cpu"
+
+    Attributes
+    ----------
+    pair_i, pair_j : ndarray of int, shape (P,)
+        The distinct pairs the triplets touch (``pair_i < pair_j``), in upper-triangle order.
+    positions : ndarray of int, shape (P,)
+        Their positions in the strict upper triangle.
+    slots : ndarray of int, shape (N, 3)
+        Each triplet's three pairs, as indices into the touched pairs: (a, b), (a, odd), (b, odd).
+    """
+
+    def __init__(self, triplets, n, comparison, temperature=1.0, device="cpu"):
+        from ._triplets import TRIPLET_COMPARISONS
+
+        if comparison not in TRIPLET_COMPARISONS:
+            raise ValueError(f"comparison must be one of {TRIPLET_COMPARISONS}, got {comparison!r}")
+        T = np.asarray(triplets, dtype=np.int64).reshape(-1, 3)
+        self.triplets, self.n = T, int(n)
+        self.comparison, self.temperature, self.device = comparison, float(temperature), device
+        self.n_full = self.n * (self.n - 1) // 2
+        a, b, o = T.T
+        first = np.stack([np.minimum(a, b), np.minimum(a, o), np.minimum(b, o)], axis=1)
+        second = np.stack([np.maximum(a, b), np.maximum(a, o), np.maximum(b, o)], axis=1)
+        pos = first * self.n - first * (first + 1) // 2 + (second - first - 1)
+        # Triplets in the order of their first pair in memory: the gathers then read nearby entries (the sums
+        # are over all triplets, so the order changes no count).
+        order = np.argsort(pos.min(axis=1), kind="stable")
+        T, pos = T[order], pos[order]
+        self.triplets = T
+        self.positions, inverse = np.unique(pos, return_inverse=True)
+        self.slots = inverse.reshape(T.shape)
+        self.slots_full = pos  # the same, as positions in the full upper triangle (one gather from full rows)
+        self._columns = {name: [np.ascontiguousarray(getattr(self, name)[:, k]) for k in range(3)]
+                         for name in ("slots", "slots_full")}
+        # the row and column of each touched position (positions are row-major over the upper triangle)
+        starts = np.arange(self.n) * self.n - np.arange(self.n) * (np.arange(self.n) + 1) // 2
+        self.pair_i = np.searchsorted(starts, self.positions, side="right") - 1
+        self.pair_j = self.positions - starts[self.pair_i] + self.pair_i + 1
+        self.n_observed = len(T)
+        self.is_constant = False
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.positions)
+
+    @property
+    def sparse(self) -> bool:
+        """The triplets touch at most a third of the pairs: only those are worth computing."""
+        return 3 * self.n_pairs <= self.n_full
+
+    def correlate(self, candidates):
+        """Score of each candidate: rows of all ``n (n - 1) / 2`` pair similarities, or of the touched pairs only.
+
+        Parameters
+        ----------
+        candidates : ndarray or tensor of shape (B, n_full) or (B, n_pairs)
+
+        Returns
+        -------
+        scores : ndarray or tensor of shape (B,), float64
+        """
+        numpy_in = _is_numpy(candidates)
+        c = candidates
+        if c.shape[1] not in (self.n_pairs, self.n_full):
+            raise ValueError(f"candidates have {c.shape[1]} entries; expected {self.n_full} (all pairs) or "
+                             f"{self.n_pairs} (the pairs the triplets touch)")
+        cols = self._columns["slots" if c.shape[1] == self.n_pairs else "slots_full"]  # equal if every pair is touched
+        step = max(1, _TRIPLET_BLOCK // max(1, 3 * len(self.triplets)))
+        parts = []
+        for a0 in range(0, c.shape[0], step):
+            block = c[a0:a0 + step]
+            parts.append(_triplet_scores3(*(_gather_columns(block, k) for k in cols), self.comparison,
+                                          self.temperature))
+        return np.concatenate(parts) if numpy_in else _torch().cat(parts)
+
+    def row_target(self, t, base_pairs, others=None) -> "_TripletRowTarget":
+        """The triplets that contain image ``t``, scored from candidate rows of ``t``'s similarities.
+
+        Parameters
+        ----------
+        t : int
+        base_pairs : ndarray or tensor of shape (n_pairs,)
+            Unablated similarities of the touched pairs (the pairs without ``t`` keep them).
+        others : ndarray of int, optional
+            The columns of a candidate row (default: all ``n`` images, ``t`` included).
+        """
+        return _TripletRowTarget(self, t, base_pairs, others)
+
+
+class _TripletRowTarget:
+    """Triplets containing image t; ``correlate(Z)`` takes rows (B, m) of t's similarities to ``others``."""
+
+    def __init__(self, target, t, base_pairs, others):
+        T = target.triplets
+        rows = np.flatnonzero((T == t).any(axis=1))
+        self.comparison, self.temperature = target.comparison, target.temperature
+        self.n_observed = len(rows)
+        a, b, o = T[rows].T
+        slots = target.slots[rows]
+        pairs = ((a, b), (a, o), (b, o))
+        col = np.full((len(rows), 3), -1, dtype=np.int64)
+        n = target.n
+        where = np.arange(n) if others is None else np.full(n, -1, dtype=np.int64)
+        if others is not None:
+            where[np.asarray(others)] = np.arange(len(others))
+        for s, (x, y) in enumerate(pairs):
+            col[:, s] = np.where(x == t, where[y], np.where(y == t, where[x], -1))
+        self.col, self.fixed = col, col < 0
+        self.base = base_pairs[slots] if len(rows) else base_pairs[:0].reshape(0, 3)
+
+    def correlate(self, Z):
+        numpy_in = _is_numpy(Z)
+        if numpy_in:
+            s = np.where(self.fixed[None], self.base[None], Z[:, np.maximum(self.col, 0)])
+        else:
+            torch = _torch()
+            col = torch.as_tensor(np.maximum(self.col, 0), device=Z.device)
+            fixed = torch.as_tensor(self.fixed, device=Z.device)
+            base = torch.as_tensor(self.base, device=Z.device, dtype=Z.dtype)
+            s = torch.where(fixed[None], base[None], Z[:, col])
+        return triplet_scores(s, self.comparison, self.temperature)

@@ -18,6 +18,7 @@ from ._similarity import COMPARISONS, SIMILARITIES, correlation, similarity_matr
 from ._sklearn_compat import StrOptions, validate_params
 from ._targets import (Y_KINDS, as_float_matrix, check_similarity_target, check_symmetric, diagonal_convention,
                        target_is_constant)
+from ._triplets import TRIPLET_COMPARISONS, THINGS_CEILING, check_triplet_target, triplet_noise_ceiling
 
 __all__ = [
     "alignment_score",
@@ -26,6 +27,9 @@ __all__ = [
     "second_order_isomorphism",
     "similarity_matrix",
     "split_half_ceiling",
+    "normalize_to_ceiling",
+    "triplet_noise_ceiling",
+    "triplet_score",
     "upper_triangle",
     *_map_metrics.__all__,
 ]
@@ -346,3 +350,71 @@ def split_half_ceiling(half1, half2, comparison: str = "spearman", *, y_kind: st
     both = ~np.isnan(A) & ~np.isnan(B)
     r = correlation(upper_triangle(np.where(both, A, 0.0)), upper_triangle(np.where(both, B, np.nan)), comparison)
     return float(2 * r / (1 + r)) if r > -1 else -1.0
+
+
+def triplet_score(embeddings, triplets, similarity: str = "pearson", comparison: str = "odd_one_out",
+                  temperature: float = 1.0) -> float:
+    """Odd-one-out accuracy (or log-likelihood) of embeddings on human triplets.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (n_images, n_features)
+    triplets : Triplets, TripletSet or array-like of shape (N, 3)
+        Image indices, odd one out last for a plain array.
+    similarity : {"pearson", "cosine"}, default="pearson"
+    comparison : {"odd_one_out", "triplet_log_likelihood"}, default="odd_one_out"
+        Accuracy (the model's odd one out is the image outside its most
+        similar pair; ties count as wrong), or the mean log probability of
+        the human pair under a softmax over the three similarities / ``temperature``.
+    temperature : float > 0, default=1.0
+
+    Returns
+    -------
+    score : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_ais.metrics import triplet_score
+    >>> E = np.array([[1., 0., 0.], [.9, .1, 0.], [0., 1., 0.], [0., 0., 1.]])
+    >>> triplet_score(E, [[0, 1, 2], [0, 2, 1]], similarity="cosine")
+    0.5
+    """
+    from ._similarity import triplet_scores
+
+    if comparison not in TRIPLET_COMPARISONS:
+        raise ValueError(f"comparison must be one of {TRIPLET_COMPARISONS}, got {comparison!r}")
+    S = similarity_matrix(embeddings, similarity)
+    a, b, o = check_triplet_target(triplets, len(S)).indices.T
+    s = np.stack([S[a, b], S[a, o], S[b, o]], axis=1)[None]
+    return float(triplet_scores(s, comparison, temperature)[0])
+
+
+def normalize_to_ceiling(score, ceiling=THINGS_CEILING, chance=None):
+    """A score as a fraction of the noise ceiling (Brain-Score's THINGS benchmark: accuracy / 0.6767).
+
+    Parameters
+    ----------
+    score : float or array-like
+    ceiling : float, default=0.6767
+        E.g. :func:`triplet_noise_ceiling` of the data, or THINGS' published value.
+    chance : float, optional
+        With ``chance`` (1/3 for odd-one-out accuracy): ``(score - chance) / (ceiling - chance)``,
+        so 0 is chance and 1 the ceiling.
+
+    Returns
+    -------
+    normalized : float or ndarray
+
+    Examples
+    --------
+    >>> from sklearn_ais.metrics import normalize_to_ceiling
+    >>> round(normalize_to_ceiling(0.55), 4), round(normalize_to_ceiling(0.55, chance=1 / 3), 4)
+    (0.8128, 0.631)
+    """
+    score = np.asarray(score, dtype=np.float64)
+    lo = 0.0 if chance is None else float(chance)
+    if not ceiling > lo:
+        raise ValueError(f"ceiling ({ceiling}) must exceed {'chance' if chance is not None else 0} ({lo})")
+    out = (score - lo) / (float(ceiling) - lo)
+    return float(out) if out.ndim == 0 else out

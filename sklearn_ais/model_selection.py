@@ -34,7 +34,9 @@ from ._pairs import (SmallFoldWarning, fold_parts, held_out_is_undefined, mask_p
                      warn_small_test_folds)
 from ._sklearn_compat import is_count
 from ._stats import fold_record
-from ._targets import check_similarity_target, diagonal_convention, sample_ids, similarity_frame
+from ._targets import diagonal_convention, sample_ids, similarity_frame
+from ._triplets import (TripletKFold, Triplets, TripletSet, TripletShuffleSplit, check_target, check_target_cv,
+                        split_items, triplet_noise_ceiling)
 from ._validation import MIN_IMAGES, check_image_cv, check_splits, default_repeated_cv
 
 __all__ = [  # noqa: F822 (cross_validate_layers is resolved lazily)
@@ -55,6 +57,10 @@ __all__ = [  # noqa: F822 (cross_validate_layers is resolved lazily)
     "permutation_test_alignment",
     "similarity_frame",
     "summarize_folds",
+    "TripletKFold",
+    "Triplets",
+    "TripletShuffleSplit",
+    "triplet_noise_ceiling",
 ]
 
 
@@ -304,6 +310,8 @@ class AlignmentCVResult:
 
 def _check_fold_sizes(splits, H, by_pairs):
     """Each fold must leave enough on both sides for a 2OI (clear error before any work)."""
+    if isinstance(H, TripletSet):
+        return _check_triplet_folds(splits, H, by_pairs)
     for fold, (train, test) in enumerate(splits):
         if by_pairs:
             for side, idx in (("training", train), ("test", test)):
@@ -327,6 +335,29 @@ def _check_fold_sizes(splits, H, by_pairs):
                     )
         if held_out_is_undefined(H, train, by_pairs=by_pairs):
             raise ValueError(f"fold {fold}: its training human pairs are constant: there is nothing to fit on")
+
+
+def _check_triplet_folds(splits, T, by_triplets):
+    """Each fold of triplet data must keep at least one triplet on each side."""
+    for fold, (train, test) in enumerate(splits):
+        for side, idx in (("training", train), ("test", test)):
+            if not by_triplets and len(idx) < MIN_IMAGES:
+                raise ValueError(f"fold {fold} has {len(idx)} {side} images; at least {MIN_IMAGES} are needed. "
+                                 "Use fewer splits.")
+            kept = len(T.select(idx)) if by_triplets else len(T.take(idx))
+            if kept == 0:
+                raise ValueError(
+                    f"fold {fold}: no triplet has all three images among its {len(idx)} {side} images (image-wise "
+                    "folds keep a triplet only when its three images are on one side). Use fewer splits, or "
+                    "TripletKFold to hold out triplets." if not by_triplets else
+                    f"fold {fold} has no {side} triplet. Use fewer splits."
+                )
+
+
+def _split_name(by_pairs, H):
+    if isinstance(H, TripletSet):
+        return "triplets" if by_pairs else "images"
+    return "pairs" if by_pairs else "images"
 
 
 def cross_validate_alignment(
@@ -438,7 +469,7 @@ def cross_validate_alignment(
     records = _fold_records(estimator, X, H, splits, by_pairs, None, return_estimators, return_paths, n_jobs,
                             verbose)
     rows = [
-        {"fold": fold, "split": "pairs" if by_pairs else "images",
+        {"fold": fold, "split": _split_name(by_pairs, H),
          **{k: v for k, v in r.items() if k not in ("estimator", "train_path", "test_path")}}
         for fold, r in enumerate(records)
     ]
@@ -481,10 +512,11 @@ def _prepare_cv(estimator, X, y, cv, y_kind, random_state):
     ids = sample_ids(X)
     X = validate_maps_input(clone(estimator), X, reset=True)
     n = X.shape[0]
-    H = check_similarity_target(y, n, y_kind, ids=ids)  # similarity from here on
+    H = check_target(y, n, y_kind, getattr(estimator, "comparison", None), ids=ids)  # similarity (or triplets) from here on
+    check_target_cv(cv, H)
     by_pairs = getattr(cv, "splits_pairs", False)
     raw = cv.split(X, H) if by_pairs else cv.split(np.arange(n))
-    splits = check_splits(raw, n * (n - 1) // 2 if by_pairs else n, "pairs" if by_pairs else "images")
+    splits = check_splits(raw, *split_items(H, by_pairs, n))
     if not splits:
         raise ValueError(f"cv={cv!r} produced no splits")
     _check_fold_sizes(splits, H, by_pairs)
@@ -634,7 +666,7 @@ def permutation_test_alignment(
     _check_permutations(n_permutations, stop_after)
     rng = check_random_state(random_state)
     X, H, splits, by_pairs = _prepare_cv(estimator, X, y, cv, y_kind, random_state)
-    n = len(H)
+    n = np.shape(H)[0]  # images (of a matrix or of triplets)
     perms = [rng.permutation(n) for _ in range(n_permutations)]
     observed_records = _fold_records(estimator, X, H, splits, by_pairs, None, False, False, n_jobs, verbose)
     observed = _gain(observed_records)

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_ais"
 
 # Layer of every module (ARCHITECTURE.md); a module may import from its own layer and the ones below.
 LAYERS = {
-    0: ["_sklearn_compat", "_device", "_targets", "_validation", "_pairs", "_files", "_stats", "_parallel"],
+    0: ["_sklearn_compat", "_device", "_targets", "_triplets", "_validation", "_pairs", "_files", "_stats", "_parallel"],
     1: ["datasets"],
     2: ["backbones", "_containers", "_feature_maps", "_feature_cache", "_geometry"],
     3: ["_similarity", "_ablation", "metrics", "_map_metrics", "_feature_alignment", "_removal",

@@ -257,6 +257,15 @@ def test_every_docstring_lists_every_accepted_comparison():
         assert required in documented, required
     # pair_heatmaps accepts these two only (it refuses the others), and says so
     accepted = {"sklearn_ais._pair_heatmaps.pair_heatmaps": {"spearman", "pearson"}}
+    # the estimators that also take odd-one-out triplets as y list the triplet comparisons too
+    from sklearn_ais._triplets import TRIPLET_COMPARISONS
+
+    for name in ("sklearn_ais._selector.AISSelector", "sklearn_ais._selector.AISSelectorCV",
+                 "sklearn_ais._heatmaps.AISHeatmapper"):
+        accepted[name] = set(COMPARISONS) | set(TRIPLET_COMPARISONS)
+    for name in ("sklearn_ais._similarity.triplet_scores", "sklearn_ais._similarity.TripletTarget",
+                 "sklearn_ais.metrics.triplet_score"):  # triplet-only scores
+        accepted[name] = set(TRIPLET_COMPARISONS)
     wrong = {name: sorted(accepted.get(name, set(COMPARISONS)) ^ choices) for name, choices in documented.items()
              if choices != accepted.get(name, set(COMPARISONS))}
     assert not wrong, f"docstrings whose comparison choices differ from COMPARISONS: {wrong}"

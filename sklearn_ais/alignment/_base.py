@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .._similarity import correlation, similarity_matrix, upper_triangle
+from .._similarity import correlation, similarity_matrix, triplet_scores, upper_triangle
 from .._targets import SimilarityTargetMixin, check_similarity_target, sample_ids, target_is_constant
+from .._triplets import check_triplet_target, is_triplet_target
 from .._device import torch_threads  # noqa: F401  (re-exported for the alignment estimators)
 from .._validation import (
     MIN_IMAGES,
@@ -173,8 +174,11 @@ class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
-        y : array-like of shape (n_images, n_images)
-            Human similarity matrix (or a labelled DataFrame).
+        y : array-like of shape (n_images, n_images), or triplets
+            Human similarity matrix (or a labelled DataFrame); or odd-one-out
+            triplets (an (N, 3) table, odd one out last, or
+            :class:`~sklearn_ais.model_selection.Triplets`), scored by the
+            odd-one-out accuracy of the predicted similarities (ties wrong).
         sample_weight : None
             Accepted for scikit-learn's scoring; the samples are pairs, so
             anything but None is an error.
@@ -186,5 +190,9 @@ class SimilarityAligner(SimilarityTargetMixin, TransformerMixin, BaseEstimator):
         if sample_weight is not None:
             raise ValueError("sample_weight is not supported: the samples of a similarity analysis are pairs")
         S = self.predict_similarity(X)
+        if is_triplet_target(y, S.shape[0]):  # odd-one-out choices: the accuracy of the predicted similarities
+            T = check_triplet_target(y, S.shape[0], ids=sample_ids(X)).indices
+            a, b, o = T.T
+            return float(triplet_scores(np.stack([S[a, b], S[a, o], S[b, o]], axis=1)[None], "odd_one_out")[0])
         H = check_similarity_target(y, S.shape[0], self.y_kind, ids=sample_ids(X), constant="warn")
         return compare_upper(S, H, self.comparison)

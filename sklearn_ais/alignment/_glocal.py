@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._similarity import COMPARISONS, SIMILARITIES, similarity_matrix
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .._targets import check_similarity_target, sample_ids
+from .._triplets import check_triplet_target, is_triplet_target
 from ._base import SimilarityAligner, as_embeddings, standardization, torch_threads
 
 __all__ = ["GLocalAligner", "glocal_loss", "odd_one_out_accuracy", "triplets_from_similarity"]
@@ -402,9 +403,12 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         Parameters
         ----------
         X : array-like of shape (n_images, n_features) or FeatureMaps
-        y : array-like of shape (n_images, n_images), optional
-            Human similarity matrix; triplets are derived from it when
-            ``triplets`` is not given.
+        y : array-like of shape (n_images, n_images), or triplets, optional
+            Human similarity matrix (triplets are derived from it when
+            ``triplets`` is not given), or the odd-one-out choices themselves:
+            an (N, 3) table of image indices with the odd one out last, a
+            DataFrame of image ids, or
+            :class:`~sklearn_ais.model_selection.Triplets`.
         triplets : array-like of shape (m, 3), int, optional
             Human odd-one-out judgments ``(i, j, k)`` (``k`` the odd one out),
             indices into the rows of ``X``. scikit-learn's cross-validation
@@ -420,6 +424,8 @@ class GLocalAligner(ClassNamePrefixFeaturesOutMixin, SimilarityAligner):
         n, D = E.shape
         if triplets is not None:
             T = self._check_triplets(triplets, n)
+        elif is_triplet_target(y, n):  # odd-one-out choices as y (Triplets, or an (N, 3) table): its native data
+            T = check_triplet_target(y, n, ids=ids).indices
         elif y is not None:
             H = check_similarity_target(y, n, self.y_kind, ids=ids)
             T = triplets_from_similarity(H, self.n_triplets, self.random_state)

@@ -12,6 +12,7 @@ from ._kriegeskorte import load_kriegeskorte92
 from ._peterson import load_peterson_animals
 from ._synthetic import make_planted_patch_task, make_similarity_task
 from ._things import load_things_similarity
+from ._things_triplets import load_things_triplets, simulate_triplets
 
 __all__ = [
     "DataUnavailableError",
@@ -20,7 +21,9 @@ __all__ = [
     "load_kriegeskorte92",
     "load_peterson_animals",
     "load_things_similarity",
+    "load_things_triplets",
     "make_planted_patch_task",
     "make_similarity_task",
+    "simulate_triplets",
     "write_example_folder",
 ]
