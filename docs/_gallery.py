@@ -25,6 +25,7 @@ EXAMPLES = {
     "plot_compare_methods.py": (True, True),
     "plot_compare_networks.py": (True, True),
     "plot_selector_cross_validation.py": (True, True),
+    "plot_transformer_layers.py": (False, False),
 }
 
 NOT_RUN_NOTE = (

@@ -170,6 +170,8 @@ def warn_small_test_folds(splits, H, *, by_pairs: bool, stacklevel: int = 4) -> 
     """
     import warnings
 
+    if not isinstance(H, np.ndarray):  # odd-one-out triplets: a fold's size is its triplets, not its pairs
+        return None
     if by_pairs:
         counts = [len(test) for _, test in splits]
     else:

@@ -483,7 +483,7 @@ def cross_validate_alignment(
         statistic = {"greater": lambda g: g, "less": lambda g: -g, "two-sided": np.abs}[alternative]
         observed = statistic(_gain(records))
         rng = check_random_state(random_state)
-        perms = [rng.permutation(len(H)) for _ in range(n_permutations)]
+        perms = [rng.permutation(np.shape(H)[0]) for _ in range(n_permutations)]
         null, p, _ = _sequential_null(estimator, X, H, splits, by_pairs, perms, observed, stop_after, n_jobs, verbose,
                                       statistic)
         summary["test"], summary["t_statistic"], summary["df"], summary["p_value"] = "permutation", np.nan, np.nan, p

@@ -66,6 +66,16 @@ def test_the_reference_covers_every_public_submodule():
     assert set(sklearn_ais._SUBMODULES) - {"cli"} == set(DOCUMENTED)
 
 
+def test_the_gallery_knows_every_example():
+    """Each examples/plot_*.py is listed in docs/_gallery.py (whether it needs the data set, whether it is slow)."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from _gallery import EXAMPLES
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    assert sorted(EXAMPLES) == sorted(p.name for p in (ROOT / "examples").glob("plot_*.py"))
+
+
 @pytest.mark.slow
 def test_every_public_name_has_a_page(site):
     pages = {p.stem for p in (site / "api" / "generated").glob("*.html")}

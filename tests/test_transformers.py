@@ -311,7 +311,7 @@ def test_token_gradcam_is_the_gradient_weighted_patch_grid():
     images = _images(2, 200)[:, :, :180]  # not square: resized and centre-cropped
     for method in ("gradcam", "guided_backprop"):
         maps = attention_maps(bb, images, method=method)
-        assert maps.shape == (2, 200, 180) and maps.min() >= 0 and maps.max() == 1
+        assert maps.shape == (2, 200, 180) and np.nanmin(maps) >= 0 and np.nanmax(maps) == 1  # NaN: outside the crop
     model = _working_copy(bb.model, "cpu", guided=False)
     x = torch.randn(2, 3, 160, 160)
     target = torch.tensor([1, 2])
