@@ -40,8 +40,8 @@ def _check_model(M, name="model_similarity"):
     from ._targets import _kind_mismatch_message, diagonal_convention
 
     M = _check_square(M, name)
-    if np.isnan(M).any():
-        raise ValueError(f"{name} contains NaN")
+    if np.isnan(M[~np.eye(len(M), dtype=bool)]).any():  # a NaN diagonal is allowed: self-pairs are never compared
+        raise ValueError(f"{name} contains NaN off its diagonal")
     if diagonal_convention(M) == "dissimilarity":
         raise ValueError(_kind_mismatch_message("dissimilarity", "similarity").replace("y ", f"{name} ", 1)
                          .replace("(command line: --kind dissimilarity)", "(or pass -D: every comparison is "

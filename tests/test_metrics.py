@@ -212,3 +212,21 @@ def test_metrics_with_missing_pairs_equal_the_observed_pairs_only():
     want = stats.spearmanr(tie_runs(Z0[iu][ok]), H[iu][ok]).statistic
     assert metrics.second_order_isomorphism(Z0, H) == pytest.approx(want, abs=1e-12)
     assert metrics.alignment_score(X0, H) == pytest.approx(want, abs=1e-12)
+
+
+def test_model_side_with_a_nan_diagonal_is_a_similarity_without_self_pairs():
+    """The refusal of a zero-diagonal model side says "set its diagonal to NaN": that must then be accepted, and give
+    the same 2OI as any other diagonal (self-pairs are never compared); NaN off the diagonal is still refused."""
+    from scipy.stats import spearmanr
+
+    from sklearn_ais.metrics import second_order_isomorphism
+
+    rng = np.random.default_rng(0)
+    Z, H = np.corrcoef(rng.normal(size=(12, 5))), np.corrcoef(rng.normal(size=(12, 5)))
+    iu = np.triu_indices(12, 1)
+    Zn = Z.copy()
+    np.fill_diagonal(Zn, np.nan)
+    assert np.isclose(second_order_isomorphism(Zn, H), spearmanr(Z[iu], H[iu]).statistic)
+    Zn[0, 1] = Zn[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN off its diagonal"):
+        second_order_isomorphism(Zn, H)
