@@ -301,6 +301,13 @@ def _kind_mismatch_message(detected: str, y_kind: str) -> str:
     )
 
 
+def samples_and_ids(X, ids=None):
+    """The number of samples of ``X`` (the samples themselves, or their count) and their ids (``ids`` if given)."""
+    if isinstance(X, (int, np.integer)):
+        return int(X), ids
+    return len(X), sample_ids(X) if ids is None else ids
+
+
 def sample_ids(X):
     """Image ids carried by ``X``: ``FeatureMaps.ids``, the index of a DataFrame, else None.
 
@@ -353,12 +360,7 @@ def check_similarity_target(y, X, y_kind: str = "similarity", *, ids=None, tol: 
     """
     if y_kind not in Y_KINDS:
         raise ValueError(f"y_kind must be 'similarity' or 'dissimilarity', got {y_kind!r}")
-    if isinstance(X, (int, np.integer)):
-        n_samples = int(X)
-    else:
-        n_samples = len(X)
-        if ids is None:
-            ids = sample_ids(X)
+    n_samples, ids = samples_and_ids(X, ids)
     if y is None:
         raise ValueError(
             "this estimator requires y to be passed, but the target y is None: pass the n x n human "

@@ -210,14 +210,9 @@ def check_triplet_target(y, X, *, ids=None) -> TripletSet:
     -------
     triplets : TripletSet
     """
-    from ._targets import sample_ids
+    from ._targets import samples_and_ids
 
-    if isinstance(X, (int, np.integer)):
-        n = int(X)
-    else:
-        n = len(X)
-        if ids is None:
-            ids = sample_ids(X)
+    n, ids = samples_and_ids(X, ids)
     if y is None:
         raise ValueError("this estimator requires y: pass the odd-one-out triplets, an (N, 3) array of image indices")
     if isinstance(y, TripletSet):
